@@ -1,0 +1,98 @@
+"""Data quality for node stores, in the spirit of OHDSI's DataQualityDashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+
+import duckdb
+
+from medlab.cdm.dq.catalogue import Check, all_checks
+from medlab.cdm.store import fetch_one
+
+__all__ = ["Check", "CheckResult", "QualityReport", "all_checks", "run_checks"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check on one store."""
+
+    check: Check
+    violations: int
+    denominator: int
+
+    @property
+    def pct_violated(self) -> float:
+        """Violations as a percentage of the denominator (0 when nothing was checked)."""
+        return 100.0 * self.violations / self.denominator if self.denominator else 0.0
+
+    @property
+    def passed(self) -> bool:
+        """Whether the violations stay within the check's threshold."""
+        return self.pct_violated <= self.check.threshold
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form of one check result."""
+        c = self.check
+        return {
+            "name": c.name,
+            "check": c.kind,
+            "category": c.category,
+            "table": c.table,
+            "field": c.field,
+            "description": c.description,
+            "violations": self.violations,
+            "denominator": self.denominator,
+            "pct_violated": round(self.pct_violated, 4),
+            "threshold": c.threshold,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """Every check's result on one store."""
+
+    results: list[CheckResult]
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        """Results above their threshold."""
+        return [r for r in self.results if not r.passed]
+
+    def to_dict(self) -> dict[str, object]:
+        """``{"checks": [...], "passed": n, "failed": m}``."""
+        return {
+            "checks": [r.to_dict() for r in self.results],
+            "passed": len(self.results) - len(self.failed),
+            "failed": len(self.failed),
+        }
+
+
+def run_checks(
+    con: duckdb.DuckDBPyConnection,
+    checks: list[Check] | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> QualityReport:
+    """Run ``checks`` (default: all) on a store, one query per distinct source."""
+    checks = all_checks() if checks is None else checks
+    order = {id(c): i for i, c in enumerate(checks)}
+    found: dict[int, CheckResult] = {}
+    groups = [
+        list(g) for _, g in groupby(sorted(checks, key=lambda c: c.source), lambda c: c.source)
+    ]
+    for i, group in enumerate(groups):
+        if progress:
+            progress(group[0].table, i, len(groups))
+        aggregates = ", ".join(
+            f"count(*) FILTER (WHERE ({c.counted}) AND ({c.violated})), "
+            f"count(*) FILTER (WHERE {c.counted})"
+            for c in group
+        )
+        row = fetch_one(con, f"SELECT {aggregates} FROM {group[0].source}")
+        assert row is not None
+        for j, c in enumerate(group):
+            found[order[id(c)]] = CheckResult(c, int(row[2 * j]), int(row[2 * j + 1]))
+    return QualityReport([found[i] for i in range(len(checks))])

@@ -1,0 +1,151 @@
+"""Node stores: one DuckDB file holding a site's OMOP CDM v5.4 data and medlab's own metadata."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from medlab import __version__
+from medlab.cdm import schema
+from medlab.errors import StoreError
+
+STORE_FORMAT = 1
+Row = tuple[Any, ...]
+META_SCHEMA = "medlab"
+
+
+def _create_statements() -> list[str]:
+    statements = [
+        f"CREATE SCHEMA {schema.RESULTS_SCHEMA}",
+        f"CREATE SCHEMA {META_SCHEMA}",
+        f"CREATE TABLE {META_SCHEMA}.store_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+        f"""CREATE TABLE {META_SCHEMA}.load_log (
+            load_id INTEGER PRIMARY KEY, loaded_at TIMESTAMP NOT NULL, source VARCHAR NOT NULL,
+            source_cdm_version VARCHAR, files JSON NOT NULL, rows_loaded BIGINT NOT NULL,
+            warnings JSON NOT NULL, medlab_version VARCHAR NOT NULL)""",
+    ]
+    for table in schema.tables().values():
+        cols = ",\n  ".join(
+            f'"{c.name}" {c.duckdb_type}{" NOT NULL" if c.required else ""}' for c in table.columns
+        )
+        statements.append(f"CREATE TABLE {table.qualified} (\n  {cols}\n)")
+    return statements
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Row:
+    """The first row of a query (which must return at least one), fully consuming the result.
+
+    DuckDB 2 refuses new work on a connection whose previous result was not read to the end.
+    """
+    rows = con.execute(sql, params or []).fetchall()
+    if not rows:
+        raise LookupError(f"query returned no rows: {sql[:80]}")
+    return tuple(rows[0])
+
+
+def fetch_first(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> Row | None:
+    """The first row of a query, or None when it returns none."""
+    rows = con.execute(sql, params or []).fetchall()
+    return tuple(rows[0]) if rows else None
+
+
+def init_store(path: Path) -> None:
+    """Create an empty node store at ``path``; refuse to overwrite an existing file."""
+    if path.exists():
+        raise StoreError(
+            f"{path}: a file already exists here; a node store is never overwritten",
+            hint="choose a new path, or remove the old store yourself if you mean to",
+        )
+    if not path.parent.exists():
+        raise StoreError(f"{path.parent}: the directory does not exist")
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("BEGIN TRANSACTION")
+        for statement in _create_statements():
+            con.execute(statement)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        info = {
+            "store_format": str(STORE_FORMAT),
+            "cdm_version": schema.CDM_VERSION,
+            "created_at": now,
+            "created_by": f"medlab {__version__}",
+        }
+        con.executemany(f"INSERT INTO {META_SCHEMA}.store_info VALUES (?, ?)", list(info.items()))
+        con.execute("COMMIT")
+    except BaseException:
+        con.close()
+        path.unlink(missing_ok=True)
+        raise
+    con.close()
+
+
+@contextmanager
+def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open an existing node store, checking that it is one."""
+    if not path.exists():
+        raise StoreError(
+            f"{path}: no node store here", hint=f"create one with: medlab node init {path}"
+        )
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open as a DuckDB node store ({exc})") from None
+    try:
+        try:
+            fmt = fetch_first(
+                con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = 'store_format'"
+            )
+        except duckdb.Error:
+            fmt = None
+        if fmt is None:
+            raise StoreError(
+                f"{path}: a DuckDB file, but not a medlab node store",
+                hint="create one with: medlab node init NEW_PATH, then load into it",
+            )
+        if int(fmt[0]) != STORE_FORMAT:
+            raise StoreError(f"{path}: store format {fmt[0]}, this medlab reads {STORE_FORMAT}")
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
+
+
+def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows in every CDM and results table, by table name."""
+    counts: dict[str, int] = {}
+    for table in schema.tables().values():
+        (n,) = fetch_one(con, f"SELECT count(*) FROM {table.qualified}")  # type: ignore[misc]
+        counts[table.name] = int(n)
+    return counts
+
+
+def store_info(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The store's own metadata (format, CDM version, creation time)."""
+    return dict(con.execute(f"SELECT key, value FROM {META_SCHEMA}.store_info").fetchall())
+
+
+def load_history(con: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
+    """Every load into the store, oldest first."""
+    rows = con.execute(
+        f"""SELECT load_id, loaded_at, source, source_cdm_version, rows_loaded, warnings
+            FROM {META_SCHEMA}.load_log ORDER BY load_id"""
+    ).fetchall()
+    return [
+        {
+            "load_id": r[0],
+            "loaded_at": r[1].isoformat(),
+            "source": r[2],
+            "source_cdm_version": r[3],
+            "rows_loaded": r[4],
+            "warnings": len(json.loads(r[5])),
+        }
+        for r in rows
+    ]

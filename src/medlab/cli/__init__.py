@@ -1,0 +1,1 @@
+"""The ``medlab`` command: a thin wiring layer over the library."""

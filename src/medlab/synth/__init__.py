@@ -1,0 +1,1 @@
+"""Realistic synthetic hospitals with planted, documented effects."""
