@@ -201,7 +201,7 @@ def foreign_keys() -> tuple[ForeignKey, ...]:
     for t in cdm_tables():
         for col in t.columns:
             ref = _REFERENCE_COLUMNS.get(col.name)
-            if ref and ref != t.name and col.name not in t.primary_key:
+            if ref and col.name not in t.primary_key:
                 ref_col = table(ref).primary_key[0]
                 keys.append(ForeignKey(t.name, col.name, ref, ref_col))
     return tuple(keys)

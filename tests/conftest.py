@@ -1,0 +1,72 @@
+"""Shared fixtures: the real Eunomia sample and small synthetic stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from medlab.cdm.loader import load_omop_csv
+from medlab.cdm.store import init_store
+from medlab.synth.generate import synthesize
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("dev", max_examples=20, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+REPO = Path(__file__).resolve().parents[1]
+EUNOMIA = Path(os.environ.get("MEDLAB_EUNOMIA_DIR", REPO.parent / "shared/data/eunomia-gibleed"))
+
+
+@pytest.fixture(scope="session")
+def eunomia_dir() -> Path:
+    """The Eunomia GiBleed CSV export (OMOP CDM v5.3.1), as shipped in shared/."""
+    if not (EUNOMIA / "PERSON.csv").exists():
+        pytest.skip(f"Eunomia sample not found at {EUNOMIA} (set MEDLAB_EUNOMIA_DIR)")
+    return EUNOMIA
+
+
+@pytest.fixture(scope="session")
+def eunomia_store(tmp_path_factory: pytest.TempPathFactory, eunomia_dir: Path) -> Path:
+    """A node store with Eunomia loaded (read it, do not change it)."""
+    store = tmp_path_factory.mktemp("eunomia") / "eunomia.duckdb"
+    init_store(store)
+    load_omop_csv(store, eunomia_dir)
+    return store
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small synthetic hospitals (1,500 patients, seed 11)."""
+    out = tmp_path_factory.mktemp("synth_small")
+    synthesize(out, sites=3, patients=1500, seed=11)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The issue's reference run: 3 sites, 30,000 patients, seed 7."""
+    out = tmp_path_factory.mktemp("synth_study")
+    synthesize(out, sites=3, patients=30000, seed=7)
+    return out
+
+
+@pytest.fixture
+def writable_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Copy a store to a temporary path so a test may change it."""
+
+    def copy(store: Path) -> Path:
+        target = tmp_path / store.name
+        shutil.copy(store, target)
+        return target
+
+    return copy
