@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,10 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
         if int(fmt[0]) != STORE_FORMAT:
             raise StoreError(f"{path}: store format {fmt[0]}, this medlab reads {STORE_FORMAT}")
         con.execute("SET TimeZone = 'UTC'")
+        # DuckDB's own progress bar would write into our stdout (and into --json output).
+        con.execute("SET enable_progress_bar = false")
+        # A bounded working set; DuckDB spills larger sorts and joins to disk.
+        con.execute("SET memory_limit = ?", [os.environ.get("MEDLAB_MEMORY_LIMIT", "4GB")])
         yield con
     finally:
         con.close()

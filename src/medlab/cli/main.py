@@ -29,24 +29,15 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print a plain message and exit with their own code."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="medlab")
     except MedlabError as exc:
         stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         if exc.hint:
             stderr.print(f"hint: {exc.hint}", highlight=False)
         return exc.exit_code
-    except typer.Abort:
-        stderr.print("aborted")
-        return 130
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+        # Typer exits here after --help, usage errors (2) and normal completion (0).
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

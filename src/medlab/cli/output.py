@@ -32,6 +32,7 @@ def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
+        disable=not stderr.is_terminal,
     ) as progress:
         task = progress.add_task("", total=None)
 

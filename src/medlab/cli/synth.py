@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medlab.cli.output import emit_json, progress_bar, stdout
-from medlab.synth.generate import synthesize
+from medlab.synth.generate import records, synthesize
 
 
 def synth(
@@ -30,15 +30,19 @@ def synth(
     table = Table(title=f"synthetic hospitals in {outdir} (seed {seed})")
     for col in ("site", "profile", "persons", "visits", "conditions", "drugs", "measurements"):
         table.add_column(col, justify="left" if col in ("site", "profile") else "right")
-    for site in truth["sites"]:  # type: ignore[attr-defined]
+    for site in records(truth, "sites"):
         rows = site["rows"]
         table.add_row(
-            site["store"], site["profile"], f"{site['persons']:,}",
-            f"{rows.get('visit_occurrence', 0):,}", f"{rows.get('condition_occurrence', 0):,}",
-            f"{rows.get('drug_exposure', 0):,}", f"{rows.get('measurement', 0):,}",
+            site["store"],
+            site["profile"],
+            f"{site['persons']:,}",
+            f"{rows.get('visit_occurrence', 0):,}",
+            f"{rows.get('condition_occurrence', 0):,}",
+            f"{rows.get('drug_exposure', 0):,}",
+            f"{rows.get('measurement', 0):,}",
         )
     stdout.print(table)
-    for effect in truth["effects"]:  # type: ignore[attr-defined]
+    for effect in records(truth, "effects"):
         if effect["kind"] == "hazard_ratio":
             stdout.print(
                 f"planted: {effect['target']['name']} vs {effect['comparator']['name']} → "

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import numpy as np
 
 from medlab import __version__
@@ -165,6 +167,26 @@ def _eras(con) -> None:  # type: ignore[no-untyped-def]
     })""")
 
 
+def _write_chunk(
+    con: duckdb.DuckDBPyConnection, builder: ChunkBuilder, location_id: int
+) -> dict[str, int]:
+    """Simulate the chunk's records and append them in one transaction."""
+    builder.persons(location_id)
+    builder.collect_events()
+    visits = builder.visits()
+    acute = builder.conditions(visits)
+    clinical.drugs(builder, visits, acute)
+    lab_visits = clinical.measurements(builder, visits)
+    clinical.procedures_devices_observations(builder, visits, acute, lab_visits)
+    written: dict[str, int] = {}
+    con.execute("BEGIN TRANSACTION")
+    for table_name, parts in builder.tables.items():
+        table = schema.table(table_name)
+        written[table_name] = insert(con, table, to_arrow(table, parts))
+    con.execute("COMMIT")
+    return written
+
+
 def synthesize_site(
     out: Path,
     site_no: int,
@@ -174,59 +196,61 @@ def synthesize_site(
     vocab_dir: Path,
     progress: Progress | None = None,
 ) -> SiteResult:
-    """Write one hospital's node store; returns its row counts."""
+    """Write one hospital's node store; returns its row counts.
+
+    Chunks are committed one by one so memory stays bounded at any size; if anything fails,
+    the half-written store is removed, so a store exists only when it is complete.
+    """
     profile = P.SITE_PROFILES[(site_no - 1) % len(P.SITE_PROFILES)]
     store = out / f"{name}.duckdb"
     init_store(store)
-    load_omop_csv(store, vocab_dir)
-    codes = _vocabulary_codes(vocab_dir)
-    rows: dict[str, int] = {}
-    with open_store(store) as con:
-        con.execute("BEGIN TRANSACTION")
-        care_sites, providers, location_id = _health_system(con, site_no, name, profile, persons)
-        ids = IdSequence()
-        chunks = max(1, -(-persons // CHUNK_PERSONS))
-        for chunk in range(chunks):
-            if progress:
-                progress(f"{name} chunk {chunk + 1}/{chunks}", chunk, chunks)
-            n = min(CHUNK_PERSONS, persons - chunk * CHUNK_PERSONS)
-            rng = np.random.default_rng([seed, site_no, chunk])
-            pop = simulate(rng, n, profile)
-            person_ids = site_no * 10_000_000 + chunk * CHUNK_PERSONS + np.arange(1, n + 1)
-            builder = ChunkBuilder(rng, pop, person_ids, profile, ids, codes, care_sites, providers)
-            builder.persons(location_id)
-            builder.collect_events()
-            visits = builder.visits()
-            acute = builder.conditions(visits)
-            clinical.drugs(builder, visits, acute)
-            lab_visits = clinical.measurements(builder, visits)
-            clinical.procedures_devices_observations(builder, visits, acute, lab_visits)
-            for table_name, parts in builder.tables.items():
-                table = schema.table(table_name)
-                rows[table_name] = rows.get(table_name, 0) + insert(
-                    con, table, to_arrow(table, parts)
+    try:
+        load_omop_csv(store, vocab_dir)
+        codes = _vocabulary_codes(vocab_dir)
+        rows: dict[str, int] = {}
+        with open_store(store) as con:
+            care_sites, providers, location_id = _health_system(
+                con, site_no, name, profile, persons
+            )
+            ids = IdSequence()
+            chunks = max(1, -(-persons // CHUNK_PERSONS))
+            for chunk in range(chunks):
+                if progress:
+                    progress(f"{name} chunk {chunk + 1}/{chunks}", chunk, chunks)
+                n = min(CHUNK_PERSONS, persons - chunk * CHUNK_PERSONS)
+                rng = np.random.default_rng([seed, site_no, chunk])
+                pop = simulate(rng, n, profile)
+                person_ids = site_no * 10_000_000 + chunk * CHUNK_PERSONS + np.arange(1, n + 1)
+                builder = ChunkBuilder(
+                    rng, pop, person_ids, profile, ids, codes, care_sites, providers
                 )
-        if progress:
-            progress(f"{name} eras", chunks, chunks)
-        _eras(con)
-        (load_id,) = fetch_one(
-            con,  # type: ignore[misc]
-            f"SELECT coalesce(max(load_id), 0) + 1 FROM {META_SCHEMA}.load_log",
-        )
-        con.execute(
-            f"INSERT INTO {META_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                load_id,
-                dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                f"medlab synth seed={seed} site={name} persons={persons}",
-                "5.4",
-                json.dumps([{"table": t, "rows": r} for t, r in sorted(rows.items())]),
-                sum(rows.values()),
-                "[]",
-                __version__,
-            ],
-        )
-        con.execute("COMMIT")
+                for table_name, n_rows in _write_chunk(con, builder, location_id).items():
+                    rows[table_name] = rows.get(table_name, 0) + n_rows
+            if progress:
+                progress(f"{name} eras", chunks, chunks)
+            con.execute("BEGIN TRANSACTION")
+            _eras(con)
+            (load_id,) = fetch_one(
+                con, f"SELECT coalesce(max(load_id), 0) + 1 FROM {META_SCHEMA}.load_log"
+            )
+            con.execute(
+                f"INSERT INTO {META_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    load_id,
+                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                    f"medlab synth seed={seed} site={name} persons={persons}",
+                    "5.4",
+                    json.dumps([{"table": t, "rows": r} for t, r in sorted(rows.items())]),
+                    sum(rows.values()),
+                    "[]",
+                    __version__,
+                ],
+            )
+            con.execute("COMMIT")
+    except BaseException:
+        store.unlink(missing_ok=True)
+        Path(f"{store}.wal").unlink(missing_ok=True)
+        raise
     return SiteResult(name, store.name, profile.kind, persons, rows)
 
 
@@ -330,6 +354,13 @@ def truth_document(seed: int, results: list[SiteResult]) -> dict[str, object]:
             for c in P.CONDITIONS
         ],
     }
+
+
+def records(truth: dict[str, object], key: str) -> list[dict[str, Any]]:
+    """The list of records under ``key`` of a truth document (sites or effects)."""
+    value = truth[key]
+    assert isinstance(value, list)
+    return value
 
 
 def synthesize(
