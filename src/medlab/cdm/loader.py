@@ -9,18 +9,16 @@ data has (rows of persons absent from PERSON) load and come back as warnings.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
-import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from medlab import __version__
 from medlab.cdm import schema
-from medlab.cdm.store import META_SCHEMA, fetch_first, fetch_one, open_store
+from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load
 from medlab.errors import LoadError
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -29,7 +27,10 @@ ProgressCallback = Callable[[str, int, int], None]
 # cdm_version_concept_id 0 is "No matching concept", the OMOP convention for an unknown value.
 _V53_DEFAULTS: dict[tuple[str, str], str] = {
     ("cdm_source", "cdm_version_concept_id"): "0",
-    ("metadata", "metadata_id"): "rowid + 1",
+    ("metadata", "metadata_id"): (
+        "row_number() OVER (ORDER BY rowid) "
+        "+ (SELECT coalesce(max(metadata_id), 0) FROM main.metadata)"
+    ),
 }
 
 
@@ -141,6 +142,12 @@ def discover(directory: Path) -> tuple[list[tuple[Path, schema.Table]], list[str
             continue
         stem = name.removesuffix(".csv")
         if stem in known:
+            twin = next((p for p, t in found if t.name == stem), None)
+            if twin is not None:
+                raise LoadError(
+                    f"{directory}: both {twin.name} and {path.name} hold table {stem}",
+                    hint="keep one file per table",
+                )
             found.append((path, known[stem]))
         else:
             skipped.append(f"{path.name}: not a CDM v5.4 table medlab stores; skipped")
@@ -160,43 +167,44 @@ class _FileLoader:
         self.path = path
         self.table = table
         self.warnings: list[str] = []
+        self.rows = 0
+        self.base = 0
+        self.source_of: dict[str, str] = {}  # CDM column -> staged text column
+        self.renamed: dict[str, str] = {}
+        self.absent: list[str] = []
 
     def _error(
         self,
         message: str,
         *,
         record: int | None = None,
+        line: int | None = None,
         column: str | None = None,
         hint: str | None = None,
     ) -> LoadError:
-        line = None if record is None else _physical_line(self.path, record - self.base)
+        """A LoadError at a staged record (its rowid) or at a given line."""
+        if record is not None:
+            line = _physical_line(self.path, record - self.base)
         return LoadError(message, file=self.path.name, line=line, column=column, hint=hint)
 
-    def _map_header(self, header: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-        """Source column → CDM column, and the v5.3 renames applied."""
-        seen: set[str] = set()
-        for name in header:
-            if name in seen:
-                raise self._error("the header names this column twice", record=None, column=name)
-            seen.add(name)
+    def _map_header(self, header: list[str]) -> dict[str, str]:
+        """Source column -> CDM column name, applying the v5.3 renames."""
+        for i, name in enumerate(header):
+            if name in header[:i]:
+                raise self._error("the header names this column twice", line=1, column=name)
         renames = schema.V53_RENAMES.get(self.table.name, {})
-        targets = set(self.table.column_names)
         mapping: dict[str, str] = {}
-        renamed: dict[str, str] = {}
         for name in header:
-            target = name
-            if name not in targets and renames.get(name) and renames[name] not in header:
-                target = renames[name]
-                renamed[name] = target
-            mapping[name] = target
-        return mapping, renamed
+            target = renames.get(name)
+            if name not in self.table.column_names and target and target not in header:
+                self.renamed[name] = target
+                mapping[name] = target
+            else:
+                mapping[name] = name
+        return mapping
 
-    def stage(self) -> tuple[int, dict[str, str], list[str]]:
-        """Read the file into a temporary table of text and check its header."""
-        header = _read_header(self.path)
-        mapping, renamed = self._map_header(header)
-        staged = {f"c{i}": name for i, name in enumerate(header)}
-        columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header)))
+    def _stage_file(self, width: int) -> None:
+        columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width))
         try:
             self.con.execute("DROP TABLE IF EXISTS temp.stage")
             self.con.execute(
@@ -207,40 +215,36 @@ class _FileLoader:
             )
         except duckdb.Error as exc:
             text = str(exc)
-            line = None
-            if "Line: " in text:
-                try:
-                    line = int(text.split("Line: ", 1)[1].split()[0].rstrip(",.:"))
-                except ValueError:
-                    line = None
+            found = re.search(r"Line: (\d+)", text)
             first = text.splitlines()[0] if text else "unreadable CSV"
             raise LoadError(
                 f"malformed CSV ({first})",
                 file=self.path.name,
-                line=line,
+                line=int(found.group(1)) if found else None,
                 hint='files must be comma-separated with a header row and " quoting',
             ) from None
-        rows, base = fetch_one(
-            self.con,  # type: ignore[misc]
-            "SELECT count(*), coalesce(min(rowid), 0) FROM temp.stage",
-        )
+
+    def stage(self) -> None:
+        """Read the file into a temporary table of text and check its header."""
+        header = _read_header(self.path)
+        mapping = self._map_header(header)
+        self._stage_file(len(header))
+        rows, base = fetch_one(self.con, "SELECT count(*), coalesce(min(rowid), 0) FROM temp.stage")
         # Inside a transaction DuckDB numbers new rows from a large offset, in file order.
-        self.base = int(base)
-        # Rename staged columns to their CDM names so checks and inserts read naturally.
+        self.rows, self.base = int(rows), int(base)
         self.source_of = {mapping[name]: f"c{i}" for i, name in enumerate(header)}
-        self.header = header
-        absent = [c.name for c in self.table.columns if c.name not in self.source_of]
-        for name, target in mapping.items():
-            if target in self.table.column_names:
+        self.absent = [c.name for c in self.table.columns if c.name not in self.source_of]
+        for name in header:
+            if mapping[name] in self.table.column_names:
                 continue
-            stage_col = self.source_of[target]
-            (filled,) = fetch_one(
-                self.con,  # type: ignore[misc]
-                f'SELECT count("{stage_col}") FROM temp.stage',
+            staged = self.source_of[mapping[name]]
+            (first,) = fetch_one(
+                self.con, f'SELECT min(rowid) FROM temp.stage WHERE "{staged}" IS NOT NULL'
             )
-            if filled:
+            if first is not None:
                 raise self._error(
                     f"not a column of CDM v5.4 table {self.table.name}, and it holds values",
+                    record=first,
                     column=name,
                     hint="remove or rename the column; medlab does not drop data silently",
                 )
@@ -248,26 +252,40 @@ class _FileLoader:
                 f"{self.path.name}: column {name} is not in CDM v5.4 {self.table.name} "
                 "and is empty; ignored"
             )
-        del staged
-        return int(rows), renamed, absent
 
-    def check_values(self, rows: int, absent: list[str]) -> None:
-        """Refuse missing required columns, unparsable values and required values left empty."""
-        for name in absent:
-            col = self.table.column(name)
-            if col.required and rows and (self.table.name, name) not in _V53_DEFAULTS:
+    def check_columns(self) -> None:
+        """Refuse a missing required column; note the ones a v5.3 export cannot have."""
+        for name in self.absent:
+            if not self.table.column(name).required:
+                continue
+            default = _V53_DEFAULTS.get((self.table.name, name))
+            if default is not None:
+                if self.rows:
+                    self.warnings.append(
+                        f"{self.path.name}: {name} is absent (a CDM v5.3 export); "
+                        f"filled as {default}"
+                    )
+            elif self.rows:
                 raise self._error(
                     f"required column {name} of {self.table.name} is missing from the header",
+                    line=1,
                     column=name,
                 )
+            else:
+                self.warnings.append(
+                    f"{self.path.name}: no data rows, and the header lacks required column {name}"
+                )
+
+    def check_values(self) -> None:
+        """Refuse unparsable values and required values left empty (the first, by line)."""
         probes: list[str] = []
         labels: list[tuple[str, str]] = []
         for col in self.table.columns:
             src = self.source_of.get(col.name)
             if src is None:
                 continue
-            parsed = _parse_expr(col, src)
             if col.ddl_type in _TYPE_WORDS:
+                parsed = _parse_expr(col, src)
                 probes.append(
                     f'min(rowid) FILTER (WHERE "{src}" IS NOT NULL AND ({parsed}) IS NULL)'
                 )
@@ -275,26 +293,20 @@ class _FileLoader:
             if col.required:
                 probes.append(f'min(rowid) FILTER (WHERE "{src}" IS NULL)')
                 labels.append(("null", col.name))
-        if not probes or not rows:
+        if not probes or not self.rows:
             return
         found = fetch_one(self.con, f"SELECT {', '.join(probes)} FROM temp.stage")
-        assert found is not None
         failures = [(r, kind, name) for r, (kind, name) in zip(found, labels) if r is not None]
         if not failures:
             return
         record, kind, name = min(failures)
-        src = self.source_of[name]
-        col = self.table.column(name)
         if kind == "null":
             raise self._error(f"required value of {name} is empty", record=record, column=name)
         (value,) = fetch_one(
-            self.con,  # type: ignore[misc]
-            f'SELECT "{src}" FROM temp.stage WHERE rowid = ?',
-            [record],
+            self.con, f'SELECT "{self.source_of[name]}" FROM temp.stage WHERE rowid = ?', [record]
         )
-        raise self._error(
-            f"cannot read {value!r} as {_TYPE_WORDS[col.ddl_type]}", record=record, column=name
-        )
+        kind_words = _TYPE_WORDS[self.table.column(name).ddl_type]
+        raise self._error(f"cannot read {value!r} as {kind_words}", record=record, column=name)
 
     def check_keys(self) -> None:
         """Refuse a primary key that would make rows ambiguous.
@@ -307,20 +319,18 @@ class _FileLoader:
         the store is always refused: that is the same data loaded twice.
         """
         pk = self.table.primary_key
-        if not pk or any(k not in self.source_of for k in pk):
+        if not self.rows or not pk or any(k not in self.source_of for k in pk):
             return
-        parsed = [f"{_parse_expr(self.table.column(k), self.source_of[k])}" for k in pk]
-        keys = ", ".join(parsed)
+        parsed = [_parse_expr(self.table.column(k), self.source_of[k]) for k in pk]
         everything = ", ".join(f'"{c}"' for c in self.source_of.values())
-        dup = fetch_one(
+        first, repeats, first_copy = fetch_one(
             self.con,
             f"""SELECT min(rowid), count(*), min(rowid) FILTER (WHERE copies > 1) FROM (
-                  SELECT rowid, row_number() OVER (PARTITION BY {keys} ORDER BY rowid) AS n,
+                  SELECT rowid, row_number() OVER (PARTITION BY {", ".join(parsed)}
+                                                   ORDER BY rowid) AS n,
                          count(*) OVER (PARTITION BY {everything}) AS copies
                   FROM temp.stage) WHERE n > 1""",
         )
-        assert dup is not None
-        first, repeats, first_copy = dup
         key_name = ", ".join(pk)
         if first_copy is not None:
             raise self._error(
@@ -343,34 +353,30 @@ class _FileLoader:
                 "is_primary_key"
             )
         join = " AND ".join(f'({p}) = t."{k}"' for p, k in zip(parsed, pk))
-        clash = fetch_one(
+        (clash,) = fetch_one(
             self.con,
             f"""SELECT min(s.rowid) FROM temp.stage s
                 WHERE EXISTS (SELECT 1 FROM {self.table.qualified} t WHERE {join})""",
         )
-        if clash is not None and clash[0] is not None:
+        if clash is not None:
             raise self._error(
                 f"primary key ({key_name}) is already in the store",
-                record=clash[0],
+                record=clash,
                 column=key_name,
                 hint="load into a new store, or remove the rows already loaded",
             )
 
-    def insert(self, absent: list[str]) -> None:
-        """Insert the parsed rows into the CDM table."""
+    def insert(self) -> None:
+        """Insert the parsed rows into the CDM table, in file order."""
+        if not self.rows:
+            return
         names: list[str] = []
         exprs: list[str] = []
         for col in self.table.columns:
             if col.name in self.source_of:
                 exprs.append(_parse_expr(col, self.source_of[col.name]))
             elif (self.table.name, col.name) in _V53_DEFAULTS:
-                default = _V53_DEFAULTS[(self.table.name, col.name)]
-                if col.name == self.table.primary_key[:1][0] if self.table.primary_key else False:
-                    default = (
-                        f'{default} + (SELECT coalesce(max("{col.name}"), 0) '
-                        f"FROM {self.table.qualified})"
-                    )
-                exprs.append(default)
+                exprs.append(_V53_DEFAULTS[(self.table.name, col.name)])
             else:
                 continue
             names.append(f'"{col.name}"')
@@ -378,7 +384,23 @@ class _FileLoader:
             f"INSERT INTO {self.table.qualified} ({', '.join(names)}) "
             f"SELECT {', '.join(exprs)} FROM temp.stage ORDER BY rowid"
         )
-        del absent
+
+    def load(self) -> FileReport:
+        """Stage, check and insert; returns what the file contributed."""
+        self.stage()
+        self.check_columns()
+        self.check_values()
+        self.check_keys()
+        self.insert()
+        return FileReport(
+            self.path.name,
+            self.table.name,
+            self.rows,
+            self.path.stat().st_size,
+            _sha256(self.path),
+            self.renamed,
+            self.absent,
+        )
 
 
 def _referential_warnings(con: duckdb.DuckDBPyConnection, tables: set[str]) -> list[str]:
@@ -388,7 +410,7 @@ def _referential_warnings(con: duckdb.DuckDBPyConnection, tables: set[str]) -> l
             continue
         src, ref = schema.table(fk.table), schema.table(fk.ref_table)
         orphans, total = fetch_one(
-            con,  # type: ignore[misc]
+            con,
             f"""SELECT count(*) FILTER (WHERE r."{fk.ref_column}" IS NULL
                        AND {schema.reference_present(f's."{fk.column}"', fk.column)}),
                        count(*)
@@ -425,64 +447,22 @@ def load_omop_csv(
                 if progress:
                     progress(path.name, i, len(files))
                 loader = _FileLoader(con, path, table)
-                rows, renamed, absent = loader.stage()
-                loader.check_values(rows, absent)
-                if rows:
-                    loader.check_keys()
-                    loader.insert(absent)
+                reports.append(loader.load())
                 warnings.extend(loader.warnings)
-                if rows and absent:
-                    missing_required = [a for a in absent if table.column(a).required]
-                    for name in missing_required:
-                        warnings.append(
-                            f"{path.name}: {name} is absent (a CDM v5.3 export); filled as "
-                            f"{_V53_DEFAULTS[(table.name, name)]}"
-                        )
-                elif not rows:
-                    required_absent = [
-                        a
-                        for a in absent
-                        if table.column(a).required and (table.name, a) not in _V53_DEFAULTS
-                    ]
-                    if required_absent:
-                        warnings.append(
-                            f"{path.name}: no data rows, and the header lacks required "
-                            f"column(s) {', '.join(required_absent)}"
-                        )
-                reports.append(
-                    FileReport(
-                        path.name,
-                        table.name,
-                        rows,
-                        path.stat().st_size,
-                        _sha256(path),
-                        renamed,
-                        absent,
-                    )
-                )
             con.execute("DROP TABLE IF EXISTS temp.stage")
             if progress:
                 progress("referential checks", len(files), len(files))
             warnings.extend(_referential_warnings(con, {r.table for r in reports if r.rows}))
             version = _source_version(con, any(r.renamed_columns for r in reports))
-            (load_id,) = fetch_one(
-                con,  # type: ignore[misc]
-                f"SELECT coalesce(max(load_id), 0) + 1 FROM {META_SCHEMA}.load_log",
+            load_id = record_load(
+                con,
+                source=str(directory.resolve()),
+                source_cdm_version=version,
+                files=[asdict(f) for f in reports],
+                rows=sum(f.rows for f in reports),
+                warnings=warnings,
             )
-            report = LoadReport(int(load_id), str(directory), version, reports, warnings)
-            con.execute(
-                f"INSERT INTO {META_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    report.load_id,
-                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                    str(directory.resolve()),
-                    version,
-                    json.dumps([asdict(f) for f in reports]),
-                    report.rows_loaded,
-                    json.dumps(warnings),
-                    __version__,
-                ],
-            )
+            report = LoadReport(load_id, str(directory), version, reports, warnings)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

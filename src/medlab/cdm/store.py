@@ -123,11 +123,38 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
         con.close()
 
 
+def record_load(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source: str,
+    source_cdm_version: str,
+    files: list[dict[str, Any]],
+    rows: int,
+    warnings: list[str],
+) -> int:
+    """Append an entry to the store's load log (inside the caller's transaction); its id."""
+    (load_id,) = fetch_one(con, f"SELECT coalesce(max(load_id), 0) + 1 FROM {META_SCHEMA}.load_log")
+    con.execute(
+        f"INSERT INTO {META_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            load_id,
+            dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            source,
+            source_cdm_version,
+            json.dumps(files),
+            rows,
+            json.dumps(warnings),
+            __version__,
+        ],
+    )
+    return int(load_id)
+
+
 def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Rows in every CDM and results table, by table name."""
     counts: dict[str, int] = {}
     for table in schema.tables().values():
-        (n,) = fetch_one(con, f"SELECT count(*) FROM {table.qualified}")  # type: ignore[misc]
+        (n,) = fetch_one(con, f"SELECT count(*) FROM {table.qualified}")
         counts[table.name] = int(n)
     return counts
 

@@ -22,7 +22,7 @@ import numpy as np
 from medlab import __version__
 from medlab.cdm import schema
 from medlab.cdm.loader import load_omop_csv
-from medlab.cdm.store import META_SCHEMA, fetch_one, init_store, open_store
+from medlab.cdm.store import init_store, open_store, record_load
 from medlab.errors import UsageError
 from medlab.synth import clinical
 from medlab.synth import profiles as P
@@ -71,7 +71,10 @@ def _vocabulary_codes(vocab_dir: Path) -> dict[int, str]:
         return {int(r["concept_id"]): r["concept_code"] for r in csv.DictReader(handle)}
 
 
-def _health_system(con, site_no: int, name: str, profile: P.SiteProfile, n: int) -> tuple:  # type: ignore[no-untyped-def]
+def _health_system(
+    con: duckdb.DuckDBPyConnection, site_no: int, name: str, profile: P.SiteProfile, n: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """LOCATION, CARE_SITE, PROVIDER and CDM_SOURCE rows; returns care sites, providers, location."""
     location_id = site_no
     care_sites = np.array([site_no * 10 + 1, site_no * 10 + 2], dtype=np.int64)
     providers = np.arange(1, max(2, n // 400) + 1, dtype=np.int64) + site_no * 100_000
@@ -123,7 +126,7 @@ def _health_system(con, site_no: int, name: str, profile: P.SiteProfile, n: int)
     return care_sites, providers, location_id
 
 
-def _eras(con) -> None:  # type: ignore[no-untyped-def]
+def _eras(con: duckdb.DuckDBPyConnection) -> None:
     """DRUG_ERA (by ingredient) and CONDITION_ERA with a 30-day persistence window.
 
     Exposures closer than 30 days join one era, as in OHDSI's standard era derivation;
@@ -230,21 +233,13 @@ def synthesize_site(
                 progress(f"{name} eras", chunks, chunks)
             con.execute("BEGIN TRANSACTION")
             _eras(con)
-            (load_id,) = fetch_one(
-                con, f"SELECT coalesce(max(load_id), 0) + 1 FROM {META_SCHEMA}.load_log"
-            )
-            con.execute(
-                f"INSERT INTO {META_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    load_id,
-                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                    f"medlab synth seed={seed} site={name} persons={persons}",
-                    "5.4",
-                    json.dumps([{"table": t, "rows": r} for t, r in sorted(rows.items())]),
-                    sum(rows.values()),
-                    "[]",
-                    __version__,
-                ],
+            record_load(
+                con,
+                source=f"medlab synth seed={seed} site={name} persons={persons}",
+                source_cdm_version="5.4",
+                files=[{"table": t, "rows": r} for t, r in sorted(rows.items())],
+                rows=sum(rows.values()),
+                warnings=[],
             )
             con.execute("COMMIT")
     except BaseException:
