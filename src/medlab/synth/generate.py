@@ -74,7 +74,7 @@ def _vocabulary_codes(vocab_dir: Path) -> dict[int, str]:
 def _health_system(
     con: duckdb.DuckDBPyConnection, site_no: int, name: str, profile: P.SiteProfile, n: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """LOCATION, CARE_SITE, PROVIDER and CDM_SOURCE rows; returns care sites, providers, location."""
+    """LOCATION, CARE_SITE, PROVIDER and CDM_SOURCE rows; the ids the events refer to."""
     location_id = site_no
     care_sites = np.array([site_no * 10 + 1, site_no * 10 + 2], dtype=np.int64)
     providers = np.arange(1, max(2, n // 400) + 1, dtype=np.int64) + site_no * 100_000
