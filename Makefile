@@ -24,6 +24,7 @@ test: check
 	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/load_bench.py
 	$(BIN)/python benchmarks/synth_bench.py
 
 clean:

@@ -246,3 +246,27 @@ def test_load_log_records_files_and_hashes(eunomia_store: Path) -> None:
         files = json.loads(con.execute("SELECT files FROM medlab.load_log").fetchall()[0][0])
     person = next(f for f in files if f["table"] == "person")
     assert person["rows"] == 2694 and len(person["sha256"]) == 64
+
+
+def test_athena_tab_separated_vocabulary_loads(seeded_store: Path, tmp_path: Path) -> None:
+    (tmp_path / "athena").mkdir()
+    (tmp_path / "athena" / "CONCEPT.csv").write_text(
+        "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\t"
+        "standard_concept\tconcept_code\tvalid_start_date\tvalid_end_date\tinvalid_reason\n"
+        '320128\tEssential "primary" hypertension\tCondition\tSNOMED\tClinical Finding\tS\t'
+        "59621000\t20020131\t20991231\t\n"
+    )
+    load_omop_csv(seeded_store, tmp_path / "athena")
+    with open_store(seeded_store, read_only=True) as con:
+        name, start = con.execute("SELECT concept_name, valid_start_date FROM concept").fetchall()[
+            0
+        ]
+    assert name == 'Essential "primary" hypertension' and start.isoformat() == "2002-01-31"
+
+
+def test_two_files_for_one_table_are_refused(seeded_store: Path, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    for name in ("PERSON.csv", "person.csv"):
+        (tmp_path / "src" / name).write_text("person_id\n")
+    err = _refused(seeded_store, tmp_path / "src")
+    assert "both PERSON.csv and person.csv" in str(err)

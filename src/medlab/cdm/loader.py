@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import duckdb
 
@@ -102,20 +103,50 @@ _TYPE_WORDS = {
 }
 
 
-def _physical_line(path: Path, record_index: int) -> int:
+@dataclass(frozen=True)
+class _Dialect:
+    """How a file is delimited: OHDSI exports are quoted CSV; Athena vocabulary downloads
+    are tab-separated without quoting (concept names may contain a bare ``"``)."""
+
+    delimiter: str
+    quoted: bool
+
+    def reader(self, handle: TextIO) -> Iterator[list[str]]:
+        """A csv reader for this dialect."""
+        if self.quoted:
+            return csv.reader(handle, delimiter=self.delimiter)
+        return csv.reader(handle, delimiter=self.delimiter, quoting=csv.QUOTE_NONE)
+
+    @property
+    def duckdb_options(self) -> str:
+        """The read_csv options that parse this dialect."""
+        if self.quoted:
+            return f"delim = '{self.delimiter}', quote = '\"', escape = '\"'"
+        return "delim = '\t', quote = '', escape = ''"
+
+
+def _dialect(path: Path) -> _Dialect:
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        first = handle.readline()
+    if "\t" in first and "," not in first:
+        return _Dialect("\t", quoted=False)
+    return _Dialect(",", quoted=True)
+
+
+def _physical_line(path: Path, dialect: _Dialect, record_index: int) -> int:
     """The 1-based line on which data record ``record_index`` (0-based) ends."""
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.reader(handle)
+        reader = dialect.reader(handle)
         next(reader, None)
         for i, _ in enumerate(reader):
             if i == record_index:
-                return reader.line_num
+                return reader.line_num  # type: ignore[attr-defined]
     return record_index + 2
 
 
-def _read_header(path: Path) -> list[str]:
+def _read_header(path: Path, dialect: _Dialect) -> list[str]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
+        header = next(dialect.reader(handle), None)
     if not header:
         raise LoadError("the file is empty; expected a header row", file=path.name, line=1)
     return [h.strip().strip('"').lower() for h in header]
@@ -166,6 +197,7 @@ class _FileLoader:
         self.con = con
         self.path = path
         self.table = table
+        self.dialect = _dialect(path)
         self.warnings: list[str] = []
         self.rows = 0
         self.base = 0
@@ -184,7 +216,7 @@ class _FileLoader:
     ) -> LoadError:
         """A LoadError at a staged record (its rowid) or at a given line."""
         if record is not None:
-            line = _physical_line(self.path, record - self.base)
+            line = _physical_line(self.path, self.dialect, record - self.base)
         return LoadError(message, file=self.path.name, line=line, column=column, hint=hint)
 
     def _map_header(self, header: list[str]) -> dict[str, str]:
@@ -209,7 +241,7 @@ class _FileLoader:
             self.con.execute("DROP TABLE IF EXISTS temp.stage")
             self.con.execute(
                 f"""CREATE TEMP TABLE stage AS SELECT * FROM read_csv(?, header = true,
-                    delim = ',', quote = '"', escape = '"', auto_detect = false,
+                    {self.dialect.duckdb_options}, auto_detect = false,
                     columns = {{{columns}}})""",
                 [str(self.path)],
             )
@@ -221,12 +253,13 @@ class _FileLoader:
                 f"malformed CSV ({first})",
                 file=self.path.name,
                 line=int(found.group(1)) if found else None,
-                hint='files must be comma-separated with a header row and " quoting',
+                hint='expected a header row, then comma-separated values with " quoting '
+                "(or tab-separated without quoting, as Athena writes vocabulary files)",
             ) from None
 
     def stage(self) -> None:
         """Read the file into a temporary table of text and check its header."""
-        header = _read_header(self.path)
+        header = _read_header(self.path, self.dialect)
         mapping = self._map_header(header)
         self._stage_file(len(header))
         rows, base = fetch_one(self.con, "SELECT count(*), coalesce(min(rowid), 0) FROM temp.stage")
@@ -346,7 +379,7 @@ class _FileLoader:
                     record=first,
                     column=key_name,
                 )
-            line = _physical_line(self.path, first - self.base)
+            line = _physical_line(self.path, self.dialect, first - self.base)
             self.warnings.append(
                 f"{self.path.name}: {repeats} rows reuse a {key_name} of another row "
                 f"(first at line {line}); loaded, and flagged by data quality check "
