@@ -48,9 +48,7 @@ def _fills(
             "refills": remaining,
             "quantity": ds.astype(np.float64),
             "days_supply": ds,
-            "drug_source_value": np.array(
-                [b.codes.get(int(c), str(c)) for c in concept[course]], dtype=object
-            ),
+            "drug_source_value": b.source_values(concept[course]),
             "drug_source_concept_id": concept[course],
         },
     )
@@ -222,9 +220,7 @@ def measurements(b: ChunkBuilder, visits: Visits) -> np.ndarray:
             "range_high": np.ma.masked_invalid(high),
             "visit_occurrence_id": visits.ids[visit_idx],
             "measurement_source_concept_id": _cat(rows_concept),
-            "measurement_source_value": np.array(
-                [b.codes.get(int(c), str(c)) for c in _cat(rows_concept)], dtype=object
-            ),
+            "measurement_source_value": b.source_values(_cat(rows_concept)),
         },
     )
     return lab
@@ -287,9 +283,7 @@ def procedures_devices_observations(
             "procedure_type_concept_id": np.full(n, P.TYPE_EHR),
             "quantity": np.ones(n, dtype=np.int64),
             "visit_occurrence_id": _cat(vids),
-            "procedure_source_value": np.array(
-                [b.codes.get(int(c), str(c)) for c in concept], dtype=object
-            ),
+            "procedure_source_value": b.source_values(concept),
             "procedure_source_concept_id": concept,
         },
     )
@@ -330,9 +324,7 @@ def procedures_devices_observations(
             "observation_datetime": visits.start[allergic],
             "observation_type_concept_id": np.full(n, P.TYPE_EHR),
             "visit_occurrence_id": visits.ids[allergic],
-            "observation_source_value": np.array(
-                [b.codes.get(int(c), str(c)) for c in concept], dtype=object
-            ),
+            "observation_source_value": b.source_values(concept),
             "observation_source_concept_id": concept,
         },
     )

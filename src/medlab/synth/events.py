@@ -81,6 +81,12 @@ class ChunkBuilder:
         # Planted clinical events that get a visit of their own: (person, day, kind, concept).
         self.events: list[tuple[np.ndarray, np.ndarray, str, int]] = []
 
+    def source_values(self, concepts: np.ndarray) -> np.ndarray:
+        """The source code recorded for each concept (its vocabulary code), per row."""
+        unique, inverse = np.unique(concepts, return_inverse=True)
+        codes = np.array([self.codes.get(int(c), str(c)) for c in unique], dtype=object)
+        return codes[inverse]
+
     def add(self, table: str, columns: Columns) -> None:
         """Queue rows for ``table``."""
         self.tables.setdefault(table, []).append(columns)
@@ -209,9 +215,7 @@ class ChunkBuilder:
         end: np.ndarray | None = None,
     ) -> None:
         n = len(who)
-        source = np.array([self.codes.get(int(c), str(c)) for c in np.unique(concept)])
-        lookup = dict(zip(np.unique(concept).tolist(), source.tolist()))
-        source_value = np.array([lookup[c] for c in concept.tolist()], dtype=object)
+        source_value = self.source_values(concept)
         source_concept = concept.copy()
         for standard, (icd_code, icd_concept) in P.ICD10_SOURCE.items():
             # Most records of these conditions arrive coded in ICD-10-CM and mapped.
