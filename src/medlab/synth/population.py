@@ -118,7 +118,6 @@ def simulate(rng: np.random.Generator, n: int, site: P.SiteProfile) -> Populatio
         background={},
         appendicitis_day=NEVER * np.ones(n, dtype=np.int64),
     )
-    study_index = np.full(n, NEVER, dtype=np.int64)
     for effect in P.EFFECTS:
         arm = _study(rng, pop, site, effect)
         pop.studies.append(arm)
@@ -130,8 +129,6 @@ def simulate(rng: np.random.Generator, n: int, site: P.SiteProfile) -> Populatio
             limit[arm.person] = arm.index_day
             background = _first_event(rng, obs_start, limit, rate)
             pop.background[effect.outcome_concept_id] = background
-        study_index[arm.person] = arm.index_day
-    del study_index
     pop.appendicitis_day = _first_event(
         rng, obs_start - 1, obs_end, np.full(n, P.APPENDICITIS_RATE_PER_1000_PY / 1000.0)
     )
