@@ -34,28 +34,28 @@ EVENT_TABLES = (
 )
 
 
-def main() -> int:
-    """Run the demo end to end; returns the process exit status."""
-    if OUT.exists():
-        shutil.rmtree(OUT)
+def main(out: Path = OUT, patients: int = 30000, eunomia_dir: Path = EUNOMIA) -> int:
+    """Run the demo end to end into ``out``; returns the process exit status."""
+    if out.exists():
+        shutil.rmtree(out)
     stdout.rule("medlab demo: four nodes")
     with progress_bar("synthesizing 3 hospitals") as update:
-        truth = synthesize(OUT / "synthetic", sites=3, patients=30000, seed=7, progress=update)
+        truth = synthesize(out / "synthetic", sites=3, patients=patients, seed=7, progress=update)
     stores = [
-        (OUT / "synthetic" / s["store"], f"synthetic ({s['profile']})")
+        (out / "synthetic" / s["store"], f"synthetic ({s['profile']})")
         for s in records(truth, "sites")
     ]
-    if (EUNOMIA / "PERSON.csv").exists():
-        eunomia = OUT / "eunomia.duckdb"
+    if (eunomia_dir / "PERSON.csv").exists():
+        eunomia = out / "eunomia.duckdb"
         init_store(eunomia)
         with progress_bar("loading Eunomia GiBleed") as update:
-            report = load_omop_csv(eunomia, EUNOMIA, progress=update)
+            report = load_omop_csv(eunomia, eunomia_dir, progress=update)
         stores.append((eunomia, f"Eunomia GiBleed (CDM v{report.source_cdm_version})"))
         stdout.print(f"Eunomia loaded with {len(report.warnings)} warnings, e.g.:")
         for warning in report.warnings[:3]:
             stdout.print(f"  - {warning}", highlight=False)
     else:
-        stdout.print(f"[yellow]Eunomia sample not found at {EUNOMIA}; showing 3 nodes[/]")
+        stdout.print(f"[yellow]Eunomia sample not found at {eunomia_dir}; showing 3 nodes[/]")
 
     table = Table(title="nodes")
     for col in ("node", "source", "persons", "event rows", "fingerprint", "dq passed", "dq failed"):
@@ -97,7 +97,7 @@ def main() -> int:
                 f" → {effect['outcome']['name']}, HR {effect['true_hazard_ratio']}",
                 highlight=False,
             )
-    stdout.print(f"stores and truth.json are in {OUT}/")
+    stdout.print(f"stores and truth.json are in {out}/")
     return 0
 
 

@@ -1,0 +1,31 @@
+"""``make demo`` runs end to end (here with fewer synthetic patients)."""
+
+from pathlib import Path
+
+import pytest
+
+from medlab.demo import main
+
+
+def test_demo_prints_one_row_per_node(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, eunomia_dir: Path
+) -> None:
+    out = tmp_path / "demo-output"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    assert main(out, patients=900, eunomia_dir=eunomia_dir) == 0
+    printed = capsys.readouterr().out
+    for node in ("hospital_a", "hospital_b", "hospital_c", "eunomia"):
+        assert node in printed
+    assert "Eunomia GiBleed (CDM v5.3.1)" in printed
+    assert "planted truth: apixaban vs warfarin" in printed
+    assert not (out / "stale.txt").exists()
+    assert (out / "synthetic" / "truth.json").exists()
+
+
+def test_demo_without_eunomia_shows_three_nodes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(tmp_path / "out", patients=300, eunomia_dir=tmp_path / "missing") == 0
+    printed = capsys.readouterr().out
+    assert "showing 3 nodes" in printed and "hospital_c" in printed
