@@ -39,23 +39,23 @@ def _create_statements() -> list[str]:
     return statements
 
 
-def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Row:
-    """The first row of a query (which must return at least one), fully consuming the result.
+def fetch_first(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> Row | None:
+    """The first row of a query, or None when it returns none, consuming the whole result.
 
     DuckDB 2 refuses new work on a connection whose previous result was not read to the end.
     """
     rows = con.execute(sql, params or []).fetchall()
-    if not rows:
-        raise LookupError(f"query returned no rows: {sql[:80]}")
-    return tuple(rows[0])
-
-
-def fetch_first(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
-) -> Row | None:
-    """The first row of a query, or None when it returns none."""
-    rows = con.execute(sql, params or []).fetchall()
     return tuple(rows[0]) if rows else None
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Row:
+    """The first row of a query that always returns one (an aggregate, say)."""
+    row = fetch_first(con, sql, params)
+    if row is None:
+        raise LookupError(f"query returned no rows: {sql[:80]}")
+    return row
 
 
 def init_store(path: Path) -> None:
