@@ -66,3 +66,9 @@ class QualityGateError(MedlabError):
     """Data quality checks above their threshold failed and the caller asked to fail on them."""
 
     exit_code = 5
+
+
+class DefinitionError(MedlabError):
+    """A cohort or study definition is invalid or uses a feature medlab does not support."""
+
+    exit_code = 6

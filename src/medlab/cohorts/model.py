@@ -1,0 +1,364 @@
+"""The cohort definition model: one language for cohorts, validated, JSON and YAML round-trip.
+
+The semantics follow OHDSI Circe (the engine behind ATLAS), so that ATLAS definitions import
+without loss: entry events from any CDM domain, an observation window, limits per person,
+inclusion rules as nested criteria groups with temporal windows, an end strategy, censoring
+events, era collapse and a calendar censor window. ``docs`` for each field say what it means;
+``medlab.cohorts.compiler`` says how it is evaluated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medlab.errors import DefinitionError
+
+Domain = Literal[
+    "condition_occurrence",
+    "drug_exposure",
+    "drug_era",
+    "condition_era",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "visit_occurrence",
+    "device_exposure",
+    "death",
+    "observation_period",
+]
+Limit = Literal["first", "all", "last"]
+Operator = Literal["lt", "lte", "eq", "gt", "gte", "bt", "nbt"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericRange(_Model):
+    """A comparison on a number: ``op`` with ``value`` (and ``extent`` for between)."""
+
+    op: Operator
+    value: float
+    extent: float | None = None
+
+    @model_validator(mode="after")
+    def _extent_for_between(self) -> NumericRange:
+        if self.op in ("bt", "nbt") and self.extent is None:
+            raise ValueError("a between range needs 'extent'")
+        return self
+
+
+class DateRange(_Model):
+    """A comparison on a date: ``op`` with ``value`` (and ``extent`` for between)."""
+
+    op: Operator
+    value: dt.date
+    extent: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _extent_for_between(self) -> DateRange:
+        if self.op in ("bt", "nbt") and self.extent is None:
+            raise ValueError("a between range needs 'extent'")
+        return self
+
+
+class ConceptSetItem(_Model):
+    """One concept of a concept set, optionally with its descendants and mapped source codes."""
+
+    concept_id: int
+    include_descendants: bool = False
+    include_mapped: bool = False
+    is_excluded: bool = False
+
+
+class ConceptSet(_Model):
+    """Included concepts minus excluded ones (each expanded as its item says)."""
+
+    id: int
+    name: str = ""
+    items: list[ConceptSetItem] = Field(default_factory=list)
+
+
+_DOMAIN_ATTRIBUTES: dict[str, set[Domain]] = {
+    "days_supply": {"drug_exposure"},
+    "value_as_number": {"measurement", "observation"},
+    "unit": {"measurement", "observation"},
+    "era_length": {"drug_era", "condition_era", "observation_period"},
+    "visit_type": {
+        "condition_occurrence",
+        "drug_exposure",
+        "procedure_occurrence",
+        "measurement",
+        "observation",
+        "visit_occurrence",
+        "device_exposure",
+    },
+    "type_concepts": {
+        "condition_occurrence",
+        "drug_exposure",
+        "procedure_occurrence",
+        "measurement",
+        "observation",
+        "visit_occurrence",
+        "device_exposure",
+        "death",
+        "observation_period",
+    },
+}
+
+
+class Criterion(_Model):
+    """Events of one domain: rows whose concept is in a concept set, narrowed by attributes."""
+
+    domain: Domain
+    codeset_id: int | None = None
+    first_occurrence: bool = False
+    age: NumericRange | None = None
+    gender: list[int] | None = None
+    start_date: DateRange | None = None
+    end_date: DateRange | None = None
+    visit_type: list[int] | None = None
+    type_concepts: list[int] | None = None
+    type_exclude: bool = False
+    days_supply: NumericRange | None = None
+    value_as_number: NumericRange | None = None
+    unit: list[int] | None = None
+    era_length: NumericRange | None = None
+    correlated: Group | None = None
+
+    @model_validator(mode="after")
+    def _attributes_fit_domain(self) -> Criterion:
+        for attribute, domains in _DOMAIN_ATTRIBUTES.items():
+            if getattr(self, attribute) is not None and self.domain not in domains:
+                raise ValueError(f"'{attribute}' does not apply to domain {self.domain}")
+        if self.domain == "observation_period" and self.codeset_id is not None:
+            raise ValueError("observation_period events have no concept; drop 'codeset_id'")
+        return self
+
+
+class Endpoint(_Model):
+    """One end of a window: ``days`` before (coeff -1) or after (coeff 1); None is unbounded."""
+
+    days: int | None = None
+    coeff: Literal[-1, 1] = 1
+
+
+class Window(_Model):
+    """Where an event's date must fall, relative to the index event's start (or end)."""
+
+    start: Endpoint = Endpoint(coeff=-1)
+    end: Endpoint = Endpoint(coeff=1)
+    use_index_end: bool = False
+    use_event_end: bool = False
+
+
+class Occurrence(_Model):
+    """How many matching events a criterion needs: exactly / at least / at most ``count``."""
+
+    type: Literal["exactly", "at_least", "at_most"] = "at_least"
+    count: Annotated[int, Field(ge=0)] = 1
+    distinct: Literal["concept", "start_date", "visit"] | None = None
+
+
+class CorrelatedCriterion(_Model):
+    """A criterion counted in a temporal window around the index event."""
+
+    criterion: Criterion
+    start_window: Window = Window()
+    end_window: Window | None = None
+    restrict_visit: bool = False
+    ignore_observation_period: bool = False
+    occurrence: Occurrence = Occurrence()
+
+
+class Demographic(_Model):
+    """A condition on the person or the index event itself."""
+
+    age: NumericRange | None = None
+    gender: list[int] | None = None
+    race: list[int] | None = None
+    ethnicity: list[int] | None = None
+    start_date: DateRange | None = None
+    end_date: DateRange | None = None
+
+
+class Group(_Model):
+    """ALL / ANY / AT_LEAST n / AT_MOST n of its criteria, demographics and subgroups."""
+
+    type: Literal["ALL", "ANY", "AT_LEAST", "AT_MOST"] = "ALL"
+    count: Annotated[int, Field(ge=0)] | None = None
+    criteria: list[CorrelatedCriterion] = Field(default_factory=list)
+    demographics: list[Demographic] = Field(default_factory=list)
+    groups: list[Group] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _count_when_needed(self) -> Group:
+        if self.type in ("AT_LEAST", "AT_MOST") and self.count is None:
+            raise ValueError(f"a {self.type} group needs 'count'")
+        return self
+
+    @property
+    def children(self) -> int:
+        """How many members the group has."""
+        return len(self.criteria) + len(self.demographics) + len(self.groups)
+
+
+class PrimaryCriteria(_Model):
+    """Entry events: any of the criteria, inside observation, limited per person."""
+
+    criteria: Annotated[list[Criterion], Field(min_length=1)]
+    prior_days: Annotated[int, Field(ge=0)] = 0
+    post_days: Annotated[int, Field(ge=0)] = 0
+    limit: Limit = "all"
+
+
+class InclusionRule(_Model):
+    """A named rule every cohort entry must pass."""
+
+    name: str
+    description: str = ""
+    expression: Group
+
+
+class ObservationPeriodEnd(_Model):
+    """The entry ends when its observation period ends (the default)."""
+
+    type: Literal["observation_period_end"] = "observation_period_end"
+
+
+class DateOffset(_Model):
+    """The entry ends ``offset`` days after the index event's start or end."""
+
+    type: Literal["date_offset"] = "date_offset"
+    field: Literal["start", "end"] = "start"
+    offset: int = 0
+
+
+class DrugEra(_Model):
+    """The entry ends with continuous exposure to a drug concept set (gaps up to gap_days)."""
+
+    type: Literal["drug_era"] = "drug_era"
+    codeset_id: int
+    gap_days: Annotated[int, Field(ge=0)] = 0
+    offset: int = 0
+    days_supply_override: Annotated[int, Field(ge=1)] | None = None
+
+
+EndStrategy = Annotated[ObservationPeriodEnd | DateOffset | DrugEra, Field(discriminator="type")]
+
+
+class CensorWindow(_Model):
+    """Calendar dates entries are clipped to."""
+
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+
+class CohortDefinition(_Model):
+    """A whole cohort definition."""
+
+    name: str = ""
+    description: str = ""
+    concept_sets: list[ConceptSet] = Field(default_factory=list)
+    primary: PrimaryCriteria
+    additional: Group | None = None
+    qualified_limit: Limit = "first"
+    inclusion_rules: list[InclusionRule] = Field(default_factory=list)
+    expression_limit: Limit = "all"
+    end_strategy: EndStrategy = ObservationPeriodEnd()
+    censoring: list[Criterion] = Field(default_factory=list)
+    era_pad_days: Annotated[int, Field(ge=0)] = 0
+    censor_window: CensorWindow = CensorWindow()
+
+    @model_validator(mode="after")
+    def _codesets_exist(self) -> CohortDefinition:
+        known = {c.id for c in self.concept_sets}
+        if len(known) != len(self.concept_sets):
+            raise ValueError("concept set ids must be unique")
+        for path, codeset in _codeset_references(self):
+            if codeset not in known:
+                raise ValueError(f"{path}: codeset_id {codeset} is not a defined concept set")
+        return self
+
+    def to_json(self) -> str:
+        """The definition as JSON (defaults left out)."""
+        return json.dumps(self.model_dump(mode="json", exclude_defaults=True), indent=2)
+
+    def to_yaml(self) -> str:
+        """The definition as YAML (defaults left out)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _codeset_references(definition: CohortDefinition) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+
+    def criterion(path: str, c: Criterion) -> None:
+        if c.codeset_id is not None:
+            found.append((path, c.codeset_id))
+        if c.correlated is not None:
+            group(f"{path}.correlated", c.correlated)
+
+    def group(path: str, g: Group) -> None:
+        for i, cc in enumerate(g.criteria):
+            criterion(f"{path}.criteria[{i}].criterion", cc.criterion)
+        for i, sub in enumerate(g.groups):
+            group(f"{path}.groups[{i}]", sub)
+
+    for i, c in enumerate(definition.primary.criteria):
+        criterion(f"$.primary.criteria[{i}]", c)
+    if definition.additional is not None:
+        group("$.additional", definition.additional)
+    for i, rule in enumerate(definition.inclusion_rules):
+        group(f"$.inclusion_rules[{i}].expression", rule.expression)
+    for i, c in enumerate(definition.censoring):
+        criterion(f"$.censoring[{i}]", c)
+    if isinstance(definition.end_strategy, DrugEra):
+        found.append(("$.end_strategy", definition.end_strategy.codeset_id))
+    return found
+
+
+def _json_path(loc: tuple[int | str, ...]) -> str:
+    path = "$"
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("observation_period_end", "date_offset", "drug_era"):
+            path += f".{part}"
+    return path
+
+
+def parse_definition(data: Any, source: str = "definition") -> CohortDefinition:
+    """Validate a medlab cohort definition, naming the JSON path of each problem."""
+    try:
+        return CohortDefinition.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_json_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        shown = "; ".join(problems[:5]) + (
+            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        )
+        raise DefinitionError(f"{source}: invalid cohort definition: {shown}") from None
+
+
+def load_definition(path: Path) -> CohortDefinition:
+    """Read a definition file: medlab JSON or YAML, or an ATLAS/Circe JSON export."""
+    from medlab.cohorts.circe import from_circe, is_circe
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = (
+            yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        )
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DefinitionError(f"{path}: not valid JSON/YAML ({exc})") from None
+    if is_circe(data):
+        return from_circe(data, source=str(path))
+    return parse_definition(data, source=str(path))
