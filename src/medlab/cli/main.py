@@ -7,7 +7,7 @@ import sys
 import typer
 
 from medlab import __version__
-from medlab.cli import node, synth
+from medlab.cli import cohort, node, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(node.app, name="node")
+app.add_typer(cohort.app, name="cohort")
 app.command("synth")(synth.synth)
 
 

@@ -359,6 +359,9 @@ def load_definition(path: Path) -> CohortDefinition:
         )
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise DefinitionError(f"{path}: not valid JSON/YAML ({exc})") from None
-    if is_circe(data):
-        return from_circe(data, source=str(path))
-    return parse_definition(data, source=str(path))
+    definition = (
+        from_circe(data, source=str(path))
+        if is_circe(data)
+        else parse_definition(data, source=str(path))
+    )
+    return definition if definition.name else definition.model_copy(update={"name": path.stem})

@@ -1,0 +1,1 @@
+"""Cohorts: one definition language, ATLAS/Circe import, a SQL compiler, generation."""
