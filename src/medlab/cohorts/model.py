@@ -286,13 +286,20 @@ class CohortDefinition(_Model):
                 raise ValueError(f"{path}: codeset_id {codeset} is not a defined concept set")
         return self
 
+    def to_data(self) -> dict[str, Any]:
+        """Plain data (defaults left out, the end strategy's ``type`` always kept)."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        if "end_strategy" in data:
+            data["end_strategy"] = {"type": self.end_strategy.type, **data["end_strategy"]}
+        return data
+
     def to_json(self) -> str:
-        """The definition as JSON (defaults left out)."""
-        return json.dumps(self.model_dump(mode="json", exclude_defaults=True), indent=2)
+        """The definition as JSON."""
+        return json.dumps(self.to_data(), indent=2)
 
     def to_yaml(self) -> str:
-        """The definition as YAML (defaults left out)."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+        """The definition as YAML."""
+        return yaml.safe_dump(self.to_data(), sort_keys=False)
 
 
 def _codeset_references(definition: CohortDefinition) -> list[tuple[str, int]]:
