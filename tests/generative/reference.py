@@ -113,7 +113,7 @@ class Reference:
                 continue
             rows.append((r, concept, start, end, rid))
         ordinal: dict[tuple[int, int], int] = {}
-        for r, _concept, start, _end, rid in sorted(
+        for r, _concept, _start, _end, rid in sorted(
             rows, key=lambda x: (x[0]["person_id"], x[2], x[4])
         ):
             person = r["person_id"]
