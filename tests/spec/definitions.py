@@ -25,6 +25,8 @@ CONCEPT_SETS = [
     {"id": 6, "name": "procedure", "items": [{"concept_id": 400}]},
     {"id": 7, "name": "observation", "items": [{"concept_id": 500}]},
     {"id": 8, "name": "device", "items": [{"concept_id": 600}]},
+    {"id": 9, "name": "inpatient visit", "items": [{"concept_id": 9201}]},
+    {"id": 10, "name": "ICD code for A", "items": [{"concept_id": 900}]},
 ]
 
 PRIOR = {"start": {"coeff": -1}, "end": {"days": 1, "coeff": -1}}  # any time before index
@@ -92,7 +94,7 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     ),
     "start_date_range": definition({**A, "start_date": {"op": "gt", "value": "2012-01-01"}}),
     "era_length": definition(
-        {"domain": "drug_era", "codeset_id": 1, "era_length": {"op": "gte", "value": 60}}
+        {"domain": "drug_era", "codeset_id": 1, "duration": {"op": "gte", "value": 60}}
     ),
     "other_domains": definition(
         {"domain": "procedure_occurrence", "codeset_id": 6},
@@ -304,5 +306,18 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
         qualified_limit="all",
         end_strategy={"type": "date_offset", "field": "end", "offset": 0},
         censor_window={"start": "2010-01-15", "end": "2010-06-30"},
+    ),
+    "source_concept": definition({"domain": "condition_occurrence", "source_codeset_id": 10}),
+    "value_as_concept": definition(
+        {"domain": "measurement", "codeset_id": 3, "value_as_concept": [9999]}
+    ),
+    "refills_and_quantity": definition(
+        {**X, "refills": {"op": "gte", "value": 1}, "quantity": {"op": "lt", "value": 100}}
+    ),
+    "visit_duration": definition(
+        {"domain": "visit_occurrence", "codeset_id": 9, "duration": {"op": "gte", "value": 3}}
+    ),
+    "era_occurrences": definition(
+        {"domain": "drug_era", "codeset_id": 1, "occurrence_count": {"op": "gte", "value": 2}}
     ),
 }

@@ -105,7 +105,7 @@ def test_days_supply_value_and_date_attributes(run) -> None:
     assert [r[0] for r in run(w, DEFINITIONS["start_date_range"])[0]] == [2]
 
 
-def test_era_length(run) -> None:
+def test_duration_of_an_era(run) -> None:
     w = World()
     w.add(
         "drug_era",
@@ -165,3 +165,66 @@ def w_date(text: str):  # type: ignore[no-untyped-def]
     import datetime as dt
 
     return dt.date.fromisoformat(text)
+
+
+def test_source_concepts_values_refills_durations_and_era_counts(run) -> None:
+    w = World()
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(1),
+        condition_concept_id=100,
+        condition_source_concept_id=900,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(2),
+        condition_concept_id=100,
+        condition_source_concept_id=0,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    assert [r[0] for r in run(w, DEFINITIONS["source_concept"])[0]] == [1]
+    w = World()
+    w.add(
+        "measurement",
+        person_id=w.person(1),
+        measurement_concept_id=300,
+        value_as_concept_id=9999,
+        measurement_date=w_date("2010-01-01"),
+    )
+    w.add(
+        "measurement",
+        person_id=w.person(2),
+        measurement_concept_id=300,
+        value_as_concept_id=1,
+        measurement_date=w_date("2010-01-01"),
+    )
+    assert [r[0] for r in run(w, DEFINITIONS["value_as_concept"])[0]] == [1]
+    w = World()
+    for pid, refills, quantity in ((1, 2, 30), (2, 0, 30), (3, 2, 180)):
+        w.add(
+            "drug_exposure",
+            person_id=w.person(pid),
+            drug_concept_id=201,
+            drug_exposure_start_date=w_date("2010-01-01"),
+            drug_exposure_end_date=w_date("2010-01-30"),
+            refills=refills,
+            quantity=quantity,
+        )
+    assert [r[0] for r in run(w, DEFINITIONS["refills_and_quantity"])[0]] == [1]
+    w = World()
+    w.visit(w.person(1), 9201, "2010-01-01", "2010-01-05")
+    w.visit(w.person(2), 9201, "2010-01-01", "2010-01-02")
+    w.visit(w.person(3), 9202, "2010-01-01", "2010-01-05")
+    assert [r[0] for r in run(w, DEFINITIONS["visit_duration"])[0]] == [1]
+    w = World()
+    for pid, count in ((1, 3), (2, 1)):
+        w.add(
+            "drug_era",
+            person_id=w.person(pid),
+            drug_concept_id=200,
+            drug_exposure_count=count,
+            drug_era_start_date=w_date("2010-01-01"),
+            drug_era_end_date=w_date("2010-02-01"),
+        )
+    assert [r[0] for r in run(w, DEFINITIONS["era_occurrences"])[0]] == [1]

@@ -38,6 +38,16 @@ _TYPE_KEYS = {
     "death": "DeathType",
     "observation_period": "PeriodType",
 }
+_SOURCE_KEYS = {
+    "condition_occurrence": "ConditionSourceConcept",
+    "drug_exposure": "DrugSourceConcept",
+    "procedure_occurrence": "ProcedureSourceConcept",
+    "measurement": "MeasurementSourceConcept",
+    "observation": "ObservationSourceConcept",
+    "visit_occurrence": "VisitSourceConcept",
+    "device_exposure": "DeviceSourceConcept",
+    "death": "DeathSourceConcept",
+}
 _DATE_KEYS = {
     "drug_era": ("EraStartDate", "EraEndDate"),
     "condition_era": ("EraStartDate", "EraEndDate"),
@@ -147,14 +157,23 @@ def _criterion(obj: Any, path: str) -> dict[str, Any]:
     simple = {
         "DaysSupply": "days_supply",
         "ValueAsNumber": "value_as_number",
-        "EraLength": "era_length",
-        "PeriodLength": "era_length",
+        "EraLength": "duration",
+        "PeriodLength": "duration",
+        "VisitLength": "duration",
+        "Refills": "refills",
+        "Quantity": "quantity",
+        "OccurrenceCount": "occurrence_count",
     }
     for key, field in simple.items():
         if (value := _range(r.take(key), r.at(key))) is not None:
             out[field] = value
     if (units := _concepts(r.take("Unit"), r.at("Unit"))) is not None:
         out["unit"] = units
+    if (values := _concepts(r.take("ValueAsConcept"), r.at("ValueAsConcept"))) is not None:
+        out["value_as_concept"] = values
+    source_key = _SOURCE_KEYS.get(domain)
+    if source_key and (source := r.take(source_key)) is not None:
+        out["source_codeset_id"] = source
     correlated = r.take("CorrelatedCriteria")
     if not _empty(correlated):
         out["correlated"] = _group(correlated, r.at("CorrelatedCriteria"))

@@ -153,9 +153,25 @@ class _Compiler:
             filters.append(in_range(condition("d.value_as_number"), c.value_as_number))
         if c.unit:
             filters.append(is_in(condition("d.unit_concept_id"), c.unit))
-        if c.era_length is not None:
+        if c.value_as_concept:
+            filters.append(is_in(condition("d.value_as_concept_id"), c.value_as_concept))
+        if c.refills is not None:
+            filters.append(in_range(condition("d.refills"), c.refills))
+        if c.quantity is not None:
+            filters.append(in_range(condition("d.quantity"), c.quantity))
+        if c.duration is not None:
             filters.append(
-                in_range(condition(f"DAYS_BETWEEN({start}, {spec.end_sql})"), c.era_length)
+                in_range(condition(f"DAYS_BETWEEN({start}, {spec.end_sql})"), c.duration)
+            )
+        if c.occurrence_count is not None:
+            filters.append(in_range(condition(f"d.{spec.count_column}"), c.occurrence_count))
+        if c.source_codeset_id is not None:
+            filters.append(
+                condition(
+                    f"d.{spec.source_concept} IN (SELECT concept_id FROM codesets "
+                    "WHERE codeset_id = :cs)",
+                    cs=c.source_codeset_id,
+                )
             )
         visit = f"d.{spec.visit}" if spec.visit else "CAST(NULL AS INTEGER)"
         # First occurrence is decided over all of the person's events in the concept set,

@@ -74,18 +74,15 @@ def run_compiled(con, compiled: CompiledCohort, cohort_id: int) -> list[Attritio
             "INSERT INTO codeset_items VALUES (?, ?, ?, ?, ?)",
             [list(item) for item in compiled.codeset_items],
         )
-    created = ["codeset_items"]
-    try:
-        for step in compiled.steps:
-            con.execute(_create_temp(step.name, step.query))
-            created.append(step.name)
-        con.execute(f"DELETE FROM {RESULTS}.cohort WHERE cohort_definition_id = ?", [cohort_id])
-        insert = exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort")
-        con.execute(insert.sql(dialect="duckdb"))
-        rows = con.execute(compiled.attrition.sql(dialect="duckdb")).fetchall()
-    finally:
-        for name in reversed(created):
-            con.execute(f'DROP TABLE IF EXISTS temp."{name}"')
+    for step in compiled.steps:
+        con.execute(_create_temp(step.name, step.query))
+    con.execute(f"DELETE FROM {RESULTS}.cohort WHERE cohort_definition_id = ?", [cohort_id])
+    insert = exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort")
+    con.execute(insert.sql(dialect="duckdb"))
+    rows = con.execute(compiled.attrition.sql(dialect="duckdb")).fetchall()
+    # On failure the caller rolls back, which discards these temporary tables too.
+    for name in ["codeset_items", *(s.name for s in compiled.steps)]:
+        con.execute(f'DROP TABLE temp."{name}"')
     names = ["qualifying events", *compiled.rule_names]
     return [
         AttritionRow(names[int(r[0])], int(r[1]), int(r[2] or 0), int(r[3]), int(r[4] or 0))

@@ -89,7 +89,21 @@ _DOMAIN_ATTRIBUTES: dict[str, set[Domain]] = {
     "days_supply": {"drug_exposure"},
     "value_as_number": {"measurement", "observation"},
     "unit": {"measurement", "observation"},
-    "era_length": {"drug_era", "condition_era", "observation_period"},
+    "duration": {"drug_era", "condition_era", "observation_period", "visit_occurrence"},
+    "occurrence_count": {"drug_era", "condition_era"},
+    "refills": {"drug_exposure"},
+    "quantity": {"drug_exposure"},
+    "value_as_concept": {"measurement", "observation"},
+    "source_codeset_id": {
+        "condition_occurrence",
+        "drug_exposure",
+        "procedure_occurrence",
+        "measurement",
+        "observation",
+        "visit_occurrence",
+        "device_exposure",
+        "death",
+    },
     "visit_type": {
         "condition_occurrence",
         "drug_exposure",
@@ -129,7 +143,12 @@ class Criterion(_Model):
     days_supply: NumericRange | None = None
     value_as_number: NumericRange | None = None
     unit: list[int] | None = None
-    era_length: NumericRange | None = None
+    value_as_concept: list[int] | None = None
+    refills: NumericRange | None = None
+    quantity: NumericRange | None = None
+    duration: NumericRange | None = None  # days from start to end (era, visit, period length)
+    occurrence_count: NumericRange | None = None  # exposures or occurrences in an era
+    source_codeset_id: int | None = None  # concept set matched on the source concept column
     correlated: Group | None = None
 
     @model_validator(mode="after")
@@ -308,6 +327,8 @@ def _codeset_references(definition: CohortDefinition) -> list[tuple[str, int]]:
     def criterion(path: str, c: Criterion) -> None:
         if c.codeset_id is not None:
             found.append((path, c.codeset_id))
+        if c.source_codeset_id is not None:
+            found.append((f"{path}.source_codeset_id", c.source_codeset_id))
         if c.correlated is not None:
             group(f"{path}.correlated", c.correlated)
 
