@@ -320,4 +320,34 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     "era_occurrences": definition(
         {"domain": "drug_era", "codeset_id": 1, "occurrence_count": {"op": "gte", "value": 2}}
     ),
+    "type_concepts_excluded": definition({**A, "type_concepts": [32020], "type_exclude": True}),
+    "event_end_window": definition(
+        X,
+        primary={"limit": "first"},
+        inclusion_rules=[
+            {
+                "name": "an A episode still going at index",
+                "expression": {
+                    "criteria": [
+                        {
+                            "criterion": A,
+                            "start_window": {"start": {"coeff": -1}, "end": {"days": 0}},
+                            "end_window": {
+                                "start": {"days": 0, "coeff": 1},
+                                "end": {"coeff": 1},
+                                "use_event_end": True,
+                            },
+                        }
+                    ]
+                },
+            }
+        ],
+    ),
+    "observation_period_entry": definition(
+        {"domain": "observation_period", "duration": {"op": "gte", "value": 3650}},
+        end_strategy={"type": "date_offset", "field": "start", "offset": 365},
+    ),
+    "condition_era_entry": definition(
+        {"domain": "condition_era", "codeset_id": 0, "age": {"op": "lt", "value": 45}}
+    ),
 }

@@ -228,3 +228,39 @@ def test_source_concepts_values_refills_durations_and_era_counts(run) -> None:
             drug_era_end_date=w_date("2010-02-01"),
         )
     assert [r[0] for r in run(w, DEFINITIONS["era_occurrences"])[0]] == [1]
+
+
+def test_type_concepts_excluded(run) -> None:
+    w = World()
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(1),
+        condition_concept_id=100,
+        condition_type_concept_id=32020,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(2),
+        condition_concept_id=100,
+        condition_type_concept_id=32817,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    assert [r[0] for r in run(w, DEFINITIONS["type_concepts_excluded"])[0]] == [2]
+
+
+def test_observation_period_and_condition_era_entries(run) -> None:
+    w = World()
+    w.person(1, start="2000-01-01", end="2012-01-01")
+    w.person(2, start="2005-01-01", end="2012-01-01")  # under ten years
+    assert run(w, DEFINITIONS["observation_period_entry"])[0] == [(1, "2000-01-01", "2000-12-31")]
+    w = World()
+    for pid, yob in ((1, 1970), (2, 1960)):
+        w.add(
+            "condition_era",
+            person_id=w.person(pid, yob=yob),
+            condition_concept_id=101,
+            condition_era_start_date=w_date("2010-01-01"),
+            condition_era_end_date=w_date("2010-03-01"),
+        )
+    assert [r[0] for r in run(w, DEFINITIONS["condition_era_entry"])[0]] == [1]

@@ -142,3 +142,10 @@ def test_ignore_observation_period(run) -> None:
     w.drug(2, 201, INDEX)
     assert [r[0] for r in run(w, DEFINITIONS["ignore_observation_period"])[0]] == [1]
     assert [r[0] for r in run(w, DEFINITIONS["at_most_zero_of"])[0]] == [1, 2]
+
+
+def test_end_window_on_the_event_end(run) -> None:
+    w = _drug_users(1, 2)
+    w.condition(1, 100, "2009-12-01", "2010-02-01")  # still ongoing at index
+    w.condition(2, 100, "2009-12-01", "2009-12-20")  # over before index
+    assert [r[0] for r in run(w, DEFINITIONS["event_end_window"])[0]] == [1]

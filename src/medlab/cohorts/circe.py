@@ -313,7 +313,8 @@ def from_circe(data: Any, source: str = "circe") -> CohortDefinition:
     additional = r.take("AdditionalCriteria")
     if not _empty(additional):
         out["additional"] = _group(additional, "$.AdditionalCriteria")
-    out["qualified_limit"] = _limit(r.take("QualifiedLimit"), "$.QualifiedLimit", "first")
+    # Circe's ResultLimit defaults to "All" when an export leaves a limit out.
+    out["qualified_limit"] = _limit(r.take("QualifiedLimit"), "$.QualifiedLimit", "all")
     out["expression_limit"] = _limit(r.take("ExpressionLimit"), "$.ExpressionLimit", "all")
     rules = []
     for i, rule in enumerate(r.take("InclusionRules", [])):
