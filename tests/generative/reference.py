@@ -121,11 +121,11 @@ class Reference:
         events = []
         for r, concept, start, end, rid in rows:
             person = self.persons.get(r["person_id"])
-            if person is None:
+            if person is None and (c.age is not None or c.gender):
                 continue
             if c.first_occurrence and ordinal[(r["person_id"], rid)] != 1:
                 continue
-            if not _cmp(start.year - person["year_of_birth"], c.age):
+            if c.age is not None and not _cmp(start.year - person["year_of_birth"], c.age):
                 continue
             if c.gender and person["gender_concept_id"] not in c.gender:
                 continue

@@ -174,6 +174,13 @@ class _Compiler:
                 )
             )
         visit = f"d.{spec.visit}" if spec.visit else "CAST(NULL AS INTEGER)"
+        # As in Circe, PERSON and VISIT_OCCURRENCE are joined only when an attribute needs
+        # them, so events of persons missing from PERSON still count where nothing asks.
+        joins = ""
+        if c.age is not None or c.gender:
+            joins += " JOIN person p ON p.person_id = d.person_id"
+        if c.visit_type:
+            joins += f" JOIN visit_occurrence v ON v.visit_occurrence_id = {visit}"
         # First occurrence is decided over all of the person's events in the concept set,
         # before any other attribute narrows them (Circe's "First").
         query = sql(
@@ -184,8 +191,7 @@ class _Compiler:
             FROM (SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.person_id
                           ORDER BY {start}, d.{spec.id_column}) AS medlab_ordinal
                   FROM {spec.table} d WHERE :codeset) d
-            JOIN person p ON p.person_id = d.person_id
-            LEFT JOIN visit_occurrence v ON v.visit_occurrence_id = {visit}
+            {joins}
             WHERE :filters
             """,
             codeset=codeset,
