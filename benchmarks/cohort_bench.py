@@ -1,10 +1,10 @@
 """Generating a two-rule new-user cohort on synthetic hospitals of 100k and 1M patients.
 
-The cohort: first warfarin exposure (warfarin and its clinical drugs) with 365 days of prior
-observation; rule 1, atrial fibrillation recorded in the 30 days up to index; rule 2, no
-gastrointestinal hemorrhage before index; exit at the end of observation. The peer is the same
-cohort written by hand as one DuckDB query, run in the same process: the counts must match and
-the time ratio shows what the compiled, step-by-step SQL costs.
+The cohort is the shipped example ``warfarin_af_new_users``: first warfarin exposure with 365
+days of prior observation; rule 1, atrial fibrillation recorded in the 30 days up to index;
+rule 2, no gastrointestinal hemorrhage before index; exit at the end of observation. The peer
+is the same cohort written by hand as one DuckDB query, run in the same process: the counts
+must match and the time ratio shows what the compiled, step-by-step SQL costs.
 
     python benchmarks/cohort_bench.py              # 100k and 1M patients
     python benchmarks/cohort_bench.py 20000        # chosen sizes
@@ -19,61 +19,8 @@ from pathlib import Path
 
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
-from medlab.cohorts.model import parse_definition
+from medlab.cohorts.model import example
 from medlab.synth.generate import synthesize
-
-DEFINITION = {
-    "name": "new warfarin users with AF, no prior GI bleed",
-    "concept_sets": [
-        {
-            "id": 0,
-            "name": "warfarin",
-            "items": [{"concept_id": 1310149, "include_descendants": True}],
-        },
-        {
-            "id": 1,
-            "name": "atrial fibrillation",
-            "items": [{"concept_id": 313217, "include_descendants": True}],
-        },
-        {
-            "id": 2,
-            "name": "GI bleed",
-            "items": [{"concept_id": 192671, "include_descendants": True}],
-        },
-    ],
-    "primary": {
-        "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}],
-        "prior_days": 365,
-    },
-    "inclusion_rules": [
-        {
-            "name": "AF in the 30 days up to index",
-            "expression": {
-                "criteria": [
-                    {
-                        "criterion": {"domain": "condition_occurrence", "codeset_id": 1},
-                        "start_window": {
-                            "start": {"days": 30, "coeff": -1},
-                            "end": {"days": 0, "coeff": 1},
-                        },
-                    }
-                ]
-            },
-        },
-        {
-            "name": "no prior GI bleed",
-            "expression": {
-                "criteria": [
-                    {
-                        "criterion": {"domain": "condition_occurrence", "codeset_id": 2},
-                        "start_window": {"start": {"coeff": -1}, "end": {"days": 1, "coeff": -1}},
-                        "occurrence": {"type": "exactly", "count": 0},
-                    }
-                ]
-            },
-        },
-    ],
-}
 
 HAND_WRITTEN = """
 WITH warfarin AS (SELECT descendant_concept_id AS c FROM concept_ancestor
@@ -102,7 +49,7 @@ WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = x.person_
 
 def main(sizes: list[int]) -> None:
     """Print, per size, the compiled generation time and the hand-written peer's."""
-    definition = parse_definition(DEFINITION)
+    definition = example("warfarin_af_new_users")
     print(
         f"{'patients':>10} {'event rows':>12} {'persons':>8} {'compiled ms':>12} "
         f"{'hand ms':>9} {'ratio':>6}"

@@ -19,6 +19,8 @@ from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, open_store, row_counts
 from medlab.cli.output import progress_bar, stdout
+from medlab.cohorts.engine import generate
+from medlab.cohorts.model import example, load_definition
 from medlab.synth.generate import records, synthesize
 
 OUT = Path("demo-output")
@@ -97,8 +99,36 @@ def main(out: Path = OUT, patients: int = 30000, eunomia_dir: Path = EUNOMIA) ->
                 f" → {effect['outcome']['name']}, HR {effect['true_hazard_ratio']}",
                 highlight=False,
             )
+    _cohorts(stores, eunomia_dir.parent / "eunomia-cohorts")
     stdout.print(f"stores and truth.json are in {out}/")
     return 0
+
+
+def _cohorts(stores: list[tuple[Path, str]], circe_dir: Path) -> None:
+    """Generate a new-user cohort on the synthetic nodes and the ATLAS cohorts on Eunomia."""
+    example_cohort = example("warfarin_af_new_users")
+    table = Table(title=f"cohort: {example_cohort.name} (local counts per node)")
+    table.add_column("node")
+    for header in ("qualifying", *(r.name for r in example_cohort.inclusion_rules), "persons"):
+        table.add_column(header, justify="right")
+    atlas = Table(title=f"ATLAS (Circe) cohorts from {circe_dir} on Eunomia")
+    for header in ("definition", "persons", "entries"):
+        atlas.add_column(header, justify="left" if header == "definition" else "right")
+    for store, _source in stores:
+        if store.stem == "eunomia":
+            for cohort_id, path in enumerate(sorted(circe_dir.rglob("*.json")), start=10):
+                result = generate(store, load_definition(path), cohort_id)
+                atlas.add_row(
+                    f"{path.parent.name}/{path.name}", f"{result.persons:,}", f"{result.entries:,}"
+                )
+            continue
+        result = generate(store, example_cohort, 1)
+        table.add_row(
+            store.stem, *(f"{a.persons:,}" for a in result.attrition), f"{result.persons:,}"
+        )
+    stdout.print(table)
+    if atlas.row_count:
+        stdout.print(atlas)
 
 
 if __name__ == "__main__":

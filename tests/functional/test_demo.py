@@ -19,6 +19,8 @@ def test_demo_prints_one_row_per_node(
         assert node in printed
     assert "Eunomia GiBleed (CDM v5.3.1)" in printed
     assert "planted truth: apixaban vs warfarin" in printed
+    assert "new warfarin users with AF" in printed
+    assert "Strategus/3.json" in printed and "479" in printed
     assert not (out / "stale.txt").exists()
     assert (out / "synthetic" / "truth.json").exists()
 

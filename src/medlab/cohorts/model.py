@@ -393,3 +393,11 @@ def load_definition(path: Path) -> CohortDefinition:
         else parse_definition(data, source=str(path))
     )
     return definition if definition.name else definition.model_copy(update={"name": path.stem})
+
+
+def example(name: str) -> CohortDefinition:
+    """A cohort definition shipped with medlab (``src/medlab/cohorts/examples/NAME.yaml``)."""
+    from importlib import resources
+
+    text = resources.files("medlab.cohorts").joinpath(f"examples/{name}.yaml").read_text()
+    return parse_definition(yaml.safe_load(text), source=f"example {name}")
