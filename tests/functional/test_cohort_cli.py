@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlglot
 
+from medlab.cdm.store import open_store
 from medlab.cli.main import main
 
 COHORTS = Path(__file__).resolve().parents[3] / "shared/data/eunomia-cohorts"
@@ -93,6 +94,20 @@ def test_generate_json_contract(
         capsys, "cohort", "generate", str(store), "--definition", str(circe_file), "--id", "3"
     )
     assert code == 0 and "266 persons, 266 entries" in out and "Gender = MALE" in out
+    with open_store(store, read_only=True) as con:
+        stored = con.execute(
+            "SELECT rule_index, rule_name, persons, entries FROM results.cohort_attrition "
+            "WHERE cohort_definition_id = 3 ORDER BY rule_index"
+        ).fetchall()
+        (rows,) = con.execute(
+            "SELECT count(*) FROM results.cohort WHERE cohort_definition_id = 3"
+        ).fetchall()[0]
+    assert stored == [
+        (0, "qualifying events", 1800, 1800),
+        (1, "Age > 40", 569, 569),
+        (2, "Gender = MALE", 266, 266),
+    ]
+    assert rows == 266  # generating again replaced the rows, it did not add to them
 
 
 def test_bad_definitions_exit_6_with_the_path(

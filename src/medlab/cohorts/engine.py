@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 from sqlglot import exp
 
 from medlab.cdm.store import fetch_one, open_store
@@ -63,7 +64,9 @@ def _create_temp(name: str, query: exp.Expression) -> str:
     return create.sql(dialect="duckdb")
 
 
-def run_compiled(con, compiled: CompiledCohort, cohort_id: int) -> list[AttritionRow]:  # type: ignore[no-untyped-def]
+def run_compiled(
+    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort, cohort_id: int
+) -> list[AttritionRow]:
     """Run the steps and write the cohort rows; the caller owns the transaction."""
     con.execute(
         "CREATE TEMP TABLE codeset_items (codeset_id INTEGER, concept_id INTEGER, "
@@ -90,6 +93,37 @@ def run_compiled(con, compiled: CompiledCohort, cohort_id: int) -> list[Attritio
     ]
 
 
+ATTRITION_TABLE = f"{RESULTS}.cohort_attrition"
+
+
+def _store_attrition(
+    con: duckdb.DuckDBPyConnection, cohort_id: int, rows: list[AttritionRow]
+) -> None:
+    """Keep the attrition beside the cohort rows (one row per rule, in order)."""
+    con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {ATTRITION_TABLE} (
+            cohort_definition_id INTEGER NOT NULL, rule_index INTEGER NOT NULL,
+            rule_name VARCHAR NOT NULL, persons BIGINT NOT NULL, entries BIGINT NOT NULL,
+            independent_persons BIGINT NOT NULL, independent_entries BIGINT NOT NULL)"""
+    )
+    con.execute(f"DELETE FROM {ATTRITION_TABLE} WHERE cohort_definition_id = ?", [cohort_id])
+    con.executemany(
+        f"INSERT INTO {ATTRITION_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            [
+                cohort_id,
+                i,
+                r.rule,
+                r.persons,
+                r.entries,
+                r.independent_persons,
+                r.independent_entries,
+            ]
+            for i, r in enumerate(rows)
+        ],
+    )
+
+
 def generate(store: Path, definition: CohortDefinition, cohort_id: int = 1) -> GenerationResult:
     """Generate ``definition`` as cohort ``cohort_id`` in ``store`` (replacing earlier rows)."""
     compiled = compile_cohort(definition, cohort_id)
@@ -99,6 +133,7 @@ def generate(store: Path, definition: CohortDefinition, cohort_id: int = 1) -> G
             started = time.perf_counter()
             attrition = run_compiled(con, compiled, cohort_id)
             sql_ms = (time.perf_counter() - started) * 1000
+            _store_attrition(con, cohort_id, attrition)
             con.execute(
                 f"DELETE FROM {RESULTS}.cohort_definition WHERE cohort_definition_id = ?",
                 [cohort_id],
