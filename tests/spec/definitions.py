@@ -350,4 +350,21 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     "condition_era_entry": definition(
         {"domain": "condition_era", "codeset_id": 0, "age": {"op": "lt", "value": 45}}
     ),
+    "measurement_details": definition(
+        {
+            "domain": "measurement",
+            "codeset_id": 3,
+            "operator": [4172704],
+            "range_high": {"op": "lt", "value": 140},
+        }
+    ),
+    "status_and_route": definition(
+        {**A, "condition_status": [32902]},
+        {**X, "route": [4132161]},
+        qualified_limit="all",
+        end_strategy=SAME_DAY_END,
+    ),
+    "era_age_at_end": definition(
+        {"domain": "condition_era", "codeset_id": 0, "age_at_end": {"op": "gte", "value": 41}}
+    ),
 }

@@ -264,3 +264,51 @@ def test_observation_period_and_condition_era_entries(run) -> None:
             condition_era_end_date=w_date("2010-03-01"),
         )
     assert [r[0] for r in run(w, DEFINITIONS["condition_era_entry"])[0]] == [1]
+
+
+def test_measurement_operator_and_range_status_route_and_age_at_era_end(run) -> None:
+    w = World()
+    for pid, operator, high in ((1, 4172704, 120), (2, 4171756, 120), (3, 4172704, 160)):
+        w.add(
+            "measurement",
+            person_id=w.person(pid),
+            measurement_concept_id=300,
+            operator_concept_id=operator,
+            range_high=high,
+            measurement_date=w_date("2010-01-01"),
+        )
+    assert [r[0] for r in run(w, DEFINITIONS["measurement_details"])[0]] == [1]
+    w = World()
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(1),
+        condition_concept_id=100,
+        condition_status_concept_id=32902,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    w.add(
+        "condition_occurrence",
+        person_id=w.person(2),
+        condition_concept_id=100,
+        condition_status_concept_id=32908,
+        condition_start_date=w_date("2010-01-01"),
+    )
+    w.add(
+        "drug_exposure",
+        person_id=w.person(3),
+        drug_concept_id=201,
+        route_concept_id=4132161,
+        drug_exposure_start_date=w_date("2011-01-01"),
+        drug_exposure_end_date=w_date("2011-01-01"),
+    )
+    assert [r[0] for r in run(w, DEFINITIONS["status_and_route"])[0]] == [1, 3]
+    w = World()
+    for pid, end in ((1, "2011-02-01"), (2, "2010-12-01")):
+        w.add(
+            "condition_era",
+            person_id=w.person(pid, yob=1970),
+            condition_concept_id=100,
+            condition_era_start_date=w_date("2010-06-01"),
+            condition_era_end_date=w_date(end),
+        )
+    assert [r[0] for r in run(w, DEFINITIONS["era_age_at_end"])[0]] == [1]

@@ -171,6 +171,20 @@ def _criterion(obj: Any, path: str) -> dict[str, Any]:
         out["unit"] = units
     if (values := _concepts(r.take("ValueAsConcept"), r.at("ValueAsConcept"))) is not None:
         out["value_as_concept"] = values
+    for key, field in (
+        ("Operator", "operator"),
+        ("ConditionStatus", "condition_status"),
+        ("RouteConcept", "route"),
+    ):
+        if (ids := _concepts(r.take(key), r.at(key))) is not None:
+            out[field] = ids
+    for key, field in (
+        ("RangeLow", "range_low"),
+        ("RangeHigh", "range_high"),
+        ("AgeAtEnd", "age_at_end"),
+    ):
+        if (value := _range(r.take(key), r.at(key))) is not None:
+            out[field] = value
     source_key = _SOURCE_KEYS.get(domain)
     if source_key and (source := r.take(source_key)) is not None:
         out["source_codeset_id"] = source

@@ -165,6 +165,20 @@ class _Compiler:
             )
         if c.occurrence_count is not None:
             filters.append(in_range(condition(f"d.{spec.count_column}"), c.occurrence_count))
+        if c.age_at_end is not None:
+            filters.append(
+                in_range(condition(f"YEAR({spec.end_sql}) - p.year_of_birth"), c.age_at_end)
+            )
+        for ids, column in (
+            (c.operator, "operator_concept_id"),
+            (c.condition_status, "condition_status_concept_id"),
+            (c.route, "route_concept_id"),
+        ):
+            if ids:
+                filters.append(is_in(condition(f"d.{column}"), ids))
+        for bound, column in ((c.range_low, "range_low"), (c.range_high, "range_high")):
+            if bound is not None:
+                filters.append(in_range(condition(f"d.{column}"), bound))
         if c.source_codeset_id is not None:
             filters.append(
                 condition(
@@ -177,7 +191,7 @@ class _Compiler:
         # As in Circe, PERSON and VISIT_OCCURRENCE are joined only when an attribute needs
         # them, so events of persons missing from PERSON still count where nothing asks.
         joins = ""
-        if c.age is not None or c.gender:
+        if c.age is not None or c.age_at_end is not None or c.gender:
             joins += " JOIN person p ON p.person_id = d.person_id"
         if c.visit_type:
             joins += f" JOIN visit_occurrence v ON v.visit_occurrence_id = {visit}"

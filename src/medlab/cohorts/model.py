@@ -91,6 +91,12 @@ _DOMAIN_ATTRIBUTES: dict[str, set[Domain]] = {
     "unit": {"measurement", "observation"},
     "duration": {"drug_era", "condition_era", "observation_period", "visit_occurrence"},
     "occurrence_count": {"drug_era", "condition_era"},
+    "age_at_end": {"drug_era", "condition_era"},
+    "operator": {"measurement"},
+    "range_low": {"measurement"},
+    "range_high": {"measurement"},
+    "condition_status": {"condition_occurrence"},
+    "route": {"drug_exposure"},
     "refills": {"drug_exposure"},
     "quantity": {"drug_exposure"},
     "value_as_concept": {"measurement", "observation"},
@@ -149,6 +155,12 @@ class Criterion(_Model):
     duration: NumericRange | None = None  # days from start to end (era, visit, period length)
     occurrence_count: NumericRange | None = None  # exposures or occurrences in an era
     source_codeset_id: int | None = None  # concept set matched on the source concept column
+    age_at_end: NumericRange | None = None
+    operator: list[int] | None = None
+    range_low: NumericRange | None = None
+    range_high: NumericRange | None = None
+    condition_status: list[int] | None = None
+    route: list[int] | None = None
     correlated: Group | None = None
 
     @model_validator(mode="after")
