@@ -150,3 +150,36 @@ def test_concept_ids_enter_as_typed_literals() -> None:
     text = render(compiled.with_steps(compiled.cohort_rows), "duckdb")
     assert "IN (8532)" in text
     assert compiled.codeset_items[0][:2] == (0, 100)
+
+
+def test_a_failed_generation_leaves_the_cohort_as_it_was(
+    eunomia_store: Path, writable_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlab.cohorts import engine
+
+    store = writable_copy(eunomia_store)
+    every_episode = parse_definition(
+        {
+            "concept_sets": [
+                {"id": 0, "items": [{"concept_id": 4112343, "include_descendants": True}]}
+            ],
+            "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
+            "qualified_limit": "all",
+            "end_strategy": {"type": "date_offset", "offset": 0},
+        }
+    )
+    first = generate(store, every_episode, 5)
+    one_per_person = every_episode.model_copy(update={"era_pad_days": 99999})
+    assert first.entries > first.persons  # so a replacement would show
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(engine, "_store_attrition", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(store, one_per_person, 5)
+    with open_store(store, read_only=True) as con:
+        (n,) = con.execute(
+            "SELECT count(*) FROM results.cohort WHERE cohort_definition_id = 5"
+        ).fetchall()[0]
+    assert n == first.entries
