@@ -1,0 +1,1 @@
+"""Analyses, each a local step (inside a node, aggregates out) and a combine step."""

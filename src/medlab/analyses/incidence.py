@@ -1,0 +1,225 @@
+"""Incidence rates: outcomes per 1,000 person-years in a time-at-risk window.
+
+Local step (inside a node): per stratum, the persons, entries, person-days and outcomes of a
+target cohort's time at risk. Combine step (anywhere): sums across nodes, then rates with exact
+Poisson limits. Sums of node-local counts equal the counts on the union of the nodes, because a
+person belongs to one node.
+
+Time at risk starts at the target entry's start (or end) plus an offset and ends at its start
+(or end) plus an offset, clipped to the observation period of the entry. Person-time counts
+days, both ends included. With ``first_occurrence_only`` an entry with an earlier outcome is
+left out and time at risk stops at the first outcome. Otherwise every outcome counts, except
+those within ``clean_window`` days of the last counted one, and those days are not at risk.
+``washout_days`` leaves out entries with an outcome in that many days before time at risk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+
+from medlab.analyses.poisson import rate_interval
+
+DAYS_PER_YEAR = 365.25
+GROUPINGS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("age_group",),
+    ("sex",),
+    ("year",),
+    ("age_group", "sex", "year"),
+)
+SEXES = {8507: "male", 8532: "female"}
+
+
+class IncidenceSettings(BaseModel):
+    """Time at risk, outcome counting and strata."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tar_start_anchor: Literal["start", "end"] = "start"
+    tar_start_offset: int = 0
+    tar_end_anchor: Literal["start", "end"] = "end"
+    tar_end_offset: int = 0
+    first_occurrence_only: bool = True
+    washout_days: Annotated[int, Field(ge=0)] | None = None
+    clean_window: Annotated[int, Field(ge=0)] = 0
+    age_group_years: Annotated[int, Field(ge=1)] = 10
+
+
+@dataclass(frozen=True)
+class StratumCount:
+    """The local aggregate of one stratum (``grouping`` names its dimensions)."""
+
+    grouping: str
+    age_group: str | None
+    sex: str | None
+    year: int | None
+    persons: int
+    entries: int
+    person_days: int
+    outcomes: int
+
+
+@dataclass(frozen=True)
+class IncidenceRate:
+    """A combined stratum with its rate per 1,000 person-years and exact 95% limits."""
+
+    grouping: str
+    age_group: str | None
+    sex: str | None
+    year: int | None
+    persons: int
+    entries: int
+    person_years: float
+    outcomes: int
+    rate: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class _Cell:
+    persons: set[int] = field(default_factory=set)
+    entries: int = 0
+    days: int = 0
+    events: int = 0
+
+    def add(self, person: int, days: int, events: int) -> None:
+        self.persons.add(person)
+        self.entries += 1
+        self.days += days
+        self.events += events
+
+
+def _time_at_risk(
+    tar_start: dt.date, tar_end: dt.date, outcomes: list[dt.date], s: IncidenceSettings
+) -> tuple[int, int] | None:
+    """(person-days, outcomes) of one entry, or None when the entry is left out."""
+    prior = [o for o in outcomes if o < tar_start]
+    if s.first_occurrence_only and prior:
+        return None
+    if s.washout_days is not None and any(
+        o >= tar_start - dt.timedelta(days=s.washout_days) for o in prior
+    ):
+        return None
+    within = [o for o in outcomes if tar_start <= o <= tar_end]
+    if s.first_occurrence_only:
+        if within:
+            return (within[0] - tar_start).days + 1, 1
+        return (tar_end - tar_start).days + 1, 0
+    counted = 0
+    excluded = 0
+    last: dt.date | None = None
+    for o in sorted(outcomes):
+        if o > tar_end:
+            break
+        if last is not None and (o - last).days <= s.clean_window:
+            continue
+        if o >= tar_start:
+            counted += 1
+        last = o
+        # The clean window after a counted outcome is not time at risk.
+        window_start = max(o + dt.timedelta(days=1), tar_start)
+        window_end = min(o + dt.timedelta(days=s.clean_window), tar_end)
+        if s.clean_window and window_end >= window_start:
+            excluded += (window_end - window_start).days + 1
+    return (tar_end - tar_start).days + 1 - excluded, counted
+
+
+def local(
+    con: duckdb.DuckDBPyConnection,
+    target_cohort_id: int,
+    outcome_cohort_id: int,
+    settings: IncidenceSettings | None = None,
+) -> list[StratumCount]:
+    """Per-stratum counts of the target cohort's time at risk on one node."""
+    settings = settings or IncidenceSettings()
+    entries = con.execute(
+        """SELECT c.subject_id, c.cohort_start_date, c.cohort_end_date, p.year_of_birth,
+                  p.gender_concept_id, op.observation_period_end_date
+           FROM results.cohort c
+           JOIN person p ON p.person_id = c.subject_id
+           LEFT JOIN observation_period op ON op.person_id = c.subject_id
+            AND c.cohort_start_date BETWEEN op.observation_period_start_date
+                                        AND op.observation_period_end_date
+           WHERE c.cohort_definition_id = ?
+           ORDER BY c.subject_id, c.cohort_start_date""",
+        [target_cohort_id],
+    ).fetchall()
+    outcomes: dict[int, list[dt.date]] = defaultdict(list)
+    for person, start in con.execute(
+        """SELECT subject_id, cohort_start_date FROM results.cohort
+           WHERE cohort_definition_id = ? ORDER BY subject_id, cohort_start_date""",
+        [outcome_cohort_id],
+    ).fetchall():
+        outcomes[person].append(start)
+    cells: dict[tuple[str, tuple[object, ...]], _Cell] = {}
+    for person, start, end, year_of_birth, gender, op_end in entries:
+        anchor_start = start if settings.tar_start_anchor == "start" else end
+        anchor_end = start if settings.tar_end_anchor == "start" else end
+        tar_start = anchor_start + dt.timedelta(days=settings.tar_start_offset)
+        tar_end = anchor_end + dt.timedelta(days=settings.tar_end_offset)
+        if op_end is not None:
+            tar_end = min(tar_end, op_end)
+        if tar_end < tar_start:
+            continue
+        counted = _time_at_risk(tar_start, tar_end, outcomes.get(person, []), settings)
+        if counted is None:
+            continue
+        days, events = counted
+        low = (tar_start.year - year_of_birth) // settings.age_group_years
+        low *= settings.age_group_years
+        values = {
+            "age_group": f"{low}-{low + settings.age_group_years - 1}",
+            "sex": SEXES.get(gender, "other"),
+            "year": tar_start.year,
+        }
+        for grouping in GROUPINGS:
+            cell_key = (",".join(grouping), tuple(values[g] for g in grouping))
+            cells.setdefault(cell_key, _Cell()).add(person, days, events)
+    result = []
+    for (names, key), cell in sorted(cells.items(), key=str):
+        named = dict(zip(names.split(","), key, strict=False)) if names else {}
+        age, sex, year = named.get("age_group"), named.get("sex"), named.get("year")
+        result.append(
+            StratumCount(
+                names or "overall",
+                None if age is None else str(age),
+                None if sex is None else str(sex),
+                None if year is None else int(str(year)),
+                len(cell.persons),
+                cell.entries,
+                cell.days,
+                cell.events,
+            )
+        )
+    return result
+
+
+def combine(parts: list[list[StratumCount]]) -> list[IncidenceRate]:
+    """Sum node aggregates per stratum and compute rates with exact Poisson limits."""
+    totals: dict[tuple[str, str | None, str | None, int | None], list[int]] = {}
+    for part in parts:
+        for c in part:
+            cell = totals.setdefault((c.grouping, c.age_group, c.sex, c.year), [0, 0, 0, 0])
+            cell[0] += c.persons
+            cell[1] += c.entries
+            cell[2] += c.person_days
+            cell[3] += c.outcomes
+    rates = []
+    for (grouping, age, sex, year), (persons, entries, days, events) in sorted(
+        totals.items(), key=str
+    ):
+        years = days / DAYS_PER_YEAR
+        rate, low, high = rate_interval(events, years)
+        rates.append(
+            IncidenceRate(
+                grouping, age, sex, year, persons, entries, years, events, rate, low, high
+            )
+        )
+    return rates

@@ -1,0 +1,129 @@
+"""Incidence rates: hand-checked person-time, the planted rate, and exact pooling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tests.spec.world import World
+
+from medlab.analyses import incidence
+from medlab.analyses.incidence import IncidenceSettings
+from medlab.cdm import schema
+from medlab.cdm.store import open_store
+from medlab.cohorts.engine import generate
+from medlab.cohorts.model import parse_definition
+
+WHOLE_OBSERVATION = {"primary": {"criteria": [{"domain": "observation_period"}]}}
+
+
+def _every(concept: int, **extra: object) -> dict[str, object]:
+    return {
+        "concept_sets": [{"id": 0, "items": [{"concept_id": concept}]}],
+        "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
+        "qualified_limit": "all",
+        "end_strategy": {"type": "date_offset", "field": "start", "offset": 0},
+        **extra,
+    }
+
+
+def _overall(store: Path, settings: IncidenceSettings) -> incidence.StratumCount:
+    with open_store(store, read_only=True) as con:
+        counts = incidence.local(con, 1, 2, settings)
+    return next(c for c in counts if c.grouping == "overall")
+
+
+def test_person_time_first_occurrence_and_clean_window(tmp_path: Path) -> None:
+    w = World()
+    w.person(1)  # observed 2000-01-01 .. 2020-12-31: 7,671 days
+    for day in ("2005-01-01", "2005-01-20", "2010-01-01"):
+        w.condition(1, 100, day)
+    store = w.store(tmp_path)
+    generate(store, parse_definition(WHOLE_OBSERVATION), 1)
+    generate(store, parse_definition(_every(100)), 2)
+    first = _overall(store, IncidenceSettings())
+    assert (first.person_days, first.outcomes) == (1828, 1)  # stops at 2005-01-01
+    recurrent = _overall(store, IncidenceSettings(first_occurrence_only=False, clean_window=30))
+    # 2005-01-20 falls in the clean window of 2005-01-01; 2 x 30 days are not at risk.
+    assert (recurrent.person_days, recurrent.outcomes) == (7671 - 60, 2)
+    every = _overall(store, IncidenceSettings(first_occurrence_only=False))
+    assert (every.person_days, every.outcomes) == (7671, 3)
+
+
+def test_washout_and_offsets(tmp_path: Path) -> None:
+    w = World()
+    w.person(1)
+    w.condition(1, 102, "2010-06-01")
+    w.condition(1, 100, "2010-05-22")  # 10 days before time at risk
+    store = w.store(tmp_path)
+    target = _every(102, end_strategy={"type": "date_offset", "field": "start", "offset": 365})
+    generate(store, parse_definition(target), 1)
+    generate(store, parse_definition(_every(100)), 2)
+    with open_store(store, read_only=True) as con:
+        assert incidence.local(con, 1, 2, IncidenceSettings()) == []  # prior outcome
+        strict = IncidenceSettings(first_occurrence_only=False, washout_days=30)
+        assert incidence.local(con, 1, 2, strict) == []
+    loose = _overall(store, IncidenceSettings(first_occurrence_only=False, washout_days=5))
+    assert (loose.person_days, loose.outcomes) == (366, 0)
+    shifted = _overall(
+        store,
+        IncidenceSettings(
+            first_occurrence_only=False,
+            tar_start_offset=1,
+            tar_end_anchor="start",
+            tar_end_offset=30,
+        ),
+    )
+    assert shifted.person_days == 30
+
+
+@pytest.fixture(scope="module")
+def synth_incidence(synth_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("incidence") / "hospital_b.duckdb"
+    shutil.copy(synth_study / "hospital_b.duckdb", store)
+    generate(store, parse_definition(WHOLE_OBSERVATION), 1)
+    generate(store, parse_definition(_every(440448)), 2)  # appendicitis
+    return store
+
+
+def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path) -> None:
+    truth = json.loads((synth_study / "truth.json").read_text())
+    planted = next(e for e in truth["effects"] if e["id"] == "appendicitis_incidence")
+    with open_store(synth_incidence, read_only=True) as con:
+        rates = incidence.combine([incidence.local(con, 1, 2)])
+    overall = next(r for r in rates if r.grouping == "overall")
+    assert overall.ci_low <= planted["rate_per_1000_person_years"] <= overall.ci_high
+    assert overall.outcomes > 30
+    # Strata partition the whole: their outcomes and person-time add up to the total.
+    by_sex = [r for r in rates if r.grouping == "sex"]
+    assert sum(r.outcomes for r in by_sex) == overall.outcomes
+    assert sum(r.person_years for r in by_sex) == pytest.approx(overall.person_years)
+
+
+def _split(store: Path, parts: int, tmp: Path) -> list[Path]:
+    """Copies of a store, each keeping the persons whose id falls in its share."""
+    copies = []
+    person_tables = [t for t in schema.tables().values() if "person_id" in t.column_names]
+    for k in range(parts):
+        copy = tmp / f"part{k}.duckdb"
+        shutil.copy(store, copy)
+        with open_store(copy) as con:
+            for t in person_tables:
+                con.execute(f"DELETE FROM {t.qualified} WHERE person_id % {parts} <> {k}")
+            con.execute(f"DELETE FROM results.cohort WHERE subject_id % {parts} <> {k}")
+        copies.append(copy)
+    return copies
+
+
+def test_node_sums_equal_the_union(synth_incidence: Path, tmp_path: Path) -> None:
+    settings = IncidenceSettings(first_occurrence_only=False, clean_window=14)
+    with open_store(synth_incidence, read_only=True) as con:
+        whole = incidence.combine([incidence.local(con, 1, 2, settings)])
+    parts = []
+    for copy in _split(synth_incidence, 3, tmp_path):
+        with open_store(copy, read_only=True) as con:
+            parts.append(incidence.local(con, 1, 2, settings))
+    assert all(parts)
+    assert incidence.combine(parts) == whole
