@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.helpers import split_store
 from tests.spec.world import World
 
 from medlab.analyses import incidence
 from medlab.analyses.incidence import IncidenceSettings
-from medlab.cdm import schema
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
@@ -102,27 +102,12 @@ def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path
     assert sum(r.person_years for r in by_sex) == pytest.approx(overall.person_years)
 
 
-def _split(store: Path, parts: int, tmp: Path) -> list[Path]:
-    """Copies of a store, each keeping the persons whose id falls in its share."""
-    copies = []
-    person_tables = [t for t in schema.tables().values() if "person_id" in t.column_names]
-    for k in range(parts):
-        copy = tmp / f"part{k}.duckdb"
-        shutil.copy(store, copy)
-        with open_store(copy) as con:
-            for t in person_tables:
-                con.execute(f"DELETE FROM {t.qualified} WHERE person_id % {parts} <> {k}")
-            con.execute(f"DELETE FROM results.cohort WHERE subject_id % {parts} <> {k}")
-        copies.append(copy)
-    return copies
-
-
 def test_node_sums_equal_the_union(synth_incidence: Path, tmp_path: Path) -> None:
     settings = IncidenceSettings(first_occurrence_only=False, clean_window=14)
     with open_store(synth_incidence, read_only=True) as con:
         whole = incidence.combine([incidence.local(con, 1, 2, settings)])
     parts = []
-    for copy in _split(synth_incidence, 3, tmp_path):
+    for copy in split_store(synth_incidence, 3, tmp_path):
         with open_store(copy, read_only=True) as con:
             parts.append(incidence.local(con, 1, 2, settings))
     assert all(parts)

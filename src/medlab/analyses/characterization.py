@@ -1,0 +1,215 @@
+"""Characterization of cohorts (in the spirit of OHDSI FeatureExtraction).
+
+Local step: for one cohort on one node, the number of entries, and per covariate the count of
+entries having it (binary covariates) or the sum and sum of squares of its value (continuous
+ones). Combine step: sums across nodes, then proportions, means and standard deviations, which
+equal those computed on the union of the nodes because only sums cross the boundary. For two
+cohorts, the standardized mean difference per covariate.
+
+Covariates: sex, age group and index year at cohort start; age (continuous); and, for each
+domain and window (days relative to cohort start, both ends included), whether the entry has
+a record of each concept in that window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+
+Domain = Literal[
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "drug_era",
+    "condition_era",
+]
+_COLUMNS: dict[str, tuple[str, str]] = {
+    "condition_occurrence": ("condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date"),
+    "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
+    "measurement": ("measurement_concept_id", "measurement_date"),
+    "observation": ("observation_concept_id", "observation_date"),
+    "drug_era": ("drug_concept_id", "drug_era_start_date"),
+    "condition_era": ("condition_concept_id", "condition_era_start_date"),
+}
+
+
+DEFAULT_DOMAINS: tuple[Domain, ...] = (
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+)
+
+
+class Window(BaseModel):
+    """Days relative to cohort start, both ends included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int
+    end: int
+
+    @property
+    def label(self) -> str:
+        """``-365..-1``."""
+        return f"{self.start}..{self.end}"
+
+
+class CharacterizationSettings(BaseModel):
+    """Which covariates to build."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: list[Domain] = Field(default_factory=lambda: list(DEFAULT_DOMAINS))
+    windows: list[Window] = Field(
+        default_factory=lambda: [Window(start=-365, end=-1), Window(start=-30, end=-1)]
+    )
+    age_group_years: Annotated[int, Field(ge=1)] = 5
+
+
+@dataclass(frozen=True)
+class CovariateSum:
+    """One covariate's node-local sums (``total`` is a count for binary covariates)."""
+
+    covariate_id: str
+    name: str
+    kind: Literal["binary", "continuous"]
+    total: int
+    total_squares: int
+
+
+@dataclass(frozen=True)
+class LocalCharacterization:
+    """What leaves a node: the entry count and covariate sums."""
+
+    entries: int
+    covariates: list[CovariateSum]
+
+
+@dataclass(frozen=True)
+class Covariate:
+    """A combined covariate: mean (a proportion for binary ones) and standard deviation."""
+
+    covariate_id: str
+    name: str
+    kind: str
+    count: int
+    mean: float
+    sd: float
+
+
+def local(
+    con: duckdb.DuckDBPyConnection,
+    cohort_id: int,
+    settings: CharacterizationSettings | None = None,
+) -> LocalCharacterization:
+    """Covariate sums of one cohort's entries on one node."""
+    settings = settings or CharacterizationSettings()
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE medlab_entries AS
+           SELECT ROW_NUMBER() OVER (ORDER BY c.subject_id, c.cohort_start_date) AS entry_id,
+                  c.subject_id AS person_id, c.cohort_start_date AS index_date,
+                  year(c.cohort_start_date) - p.year_of_birth AS age, p.gender_concept_id
+           FROM results.cohort c JOIN person p ON p.person_id = c.subject_id
+           WHERE c.cohort_definition_id = ?""",
+        [cohort_id],
+    )
+    try:
+        (entries,) = con.execute("SELECT count(*) FROM temp.medlab_entries").fetchall()[0]
+        covariates: list[CovariateSum] = []
+        age_sum, age_squares = con.execute(
+            "SELECT coalesce(sum(age), 0), coalesce(sum(age * age), 0) FROM temp.medlab_entries"
+        ).fetchall()[0]
+        covariates.append(
+            CovariateSum("age", "age in years", "continuous", int(age_sum), int(age_squares))
+        )
+        g = settings.age_group_years
+        demographic_sql = f"""
+            SELECT 'gender:' || e.gender_concept_id, 'gender = ' || coalesce(c.concept_name,
+                   CAST(e.gender_concept_id AS VARCHAR)), count(*)
+            FROM temp.medlab_entries e LEFT JOIN concept c ON c.concept_id = e.gender_concept_id
+            GROUP BY ALL
+            UNION ALL
+            SELECT 'age_group:' || (age // {g}) * {g}, 'age group ' || (age // {g}) * {g} || '-'
+                   || ((age // {g}) * {g} + {g - 1}), count(*)
+            FROM temp.medlab_entries GROUP BY ALL
+            UNION ALL
+            SELECT 'index_year:' || year(index_date), 'index year ' || year(index_date),
+                   count(*)
+            FROM temp.medlab_entries GROUP BY ALL"""
+        for covariate_id, name, n in con.execute(demographic_sql).fetchall():
+            covariates.append(CovariateSum(covariate_id, name, "binary", int(n), int(n)))
+        for domain in settings.domains:
+            concept, start = _COLUMNS[domain]
+            for window in settings.windows:
+                rows = con.execute(
+                    f"""SELECT d.{concept}, any_value(c.concept_name),
+                               count(DISTINCT e.entry_id)
+                        FROM temp.medlab_entries e
+                        JOIN {domain} d ON d.person_id = e.person_id
+                         AND d.{start} BETWEEN e.index_date + CAST(? AS INTEGER)
+                                           AND e.index_date + CAST(? AS INTEGER)
+                        LEFT JOIN concept c ON c.concept_id = d.{concept}
+                        WHERE d.{concept} <> 0
+                        GROUP BY d.{concept}""",
+                    [window.start, window.end],
+                ).fetchall()
+                for concept_id, name, n in rows:
+                    covariates.append(
+                        CovariateSum(
+                            f"{domain}:{window.label}:{concept_id}",
+                            f"{domain} {window.label}: {name or concept_id}",
+                            "binary",
+                            int(n),
+                            int(n),
+                        )
+                    )
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.medlab_entries")
+    covariates.sort(key=lambda c: c.covariate_id)
+    return LocalCharacterization(int(entries), covariates)
+
+
+def combine(parts: list[LocalCharacterization]) -> tuple[int, list[Covariate]]:
+    """Entries and covariates of the union of the nodes, from their sums."""
+    entries = sum(p.entries for p in parts)
+    sums: dict[str, list[object]] = {}
+    for part in parts:
+        for c in part.covariates:
+            cell = sums.setdefault(c.covariate_id, [c.name, c.kind, 0, 0])
+            cell[2] += c.total  # type: ignore[operator]
+            cell[3] += c.total_squares  # type: ignore[operator]
+    result = []
+    for covariate_id, (name, kind, total, squares) in sorted(sums.items()):
+        assert isinstance(total, int) and isinstance(squares, int)
+        mean = total / entries if entries else float("nan")
+        if kind == "binary":
+            sd = math.sqrt(mean * (1 - mean)) if entries else float("nan")
+            count = total
+        else:
+            variance = (squares - entries * mean * mean) / (entries - 1) if entries > 1 else 0.0
+            sd = math.sqrt(max(variance, 0.0))
+            count = entries
+        result.append(Covariate(covariate_id, str(name), str(kind), count, mean, sd))
+    return entries, result
+
+
+def standardized_differences(
+    target: list[Covariate], comparator: list[Covariate]
+) -> dict[str, float]:
+    """(mean_t - mean_c) / sqrt((sd_t^2 + sd_c^2) / 2) per covariate; absent means 0."""
+    t = {c.covariate_id: c for c in target}
+    c = {c.covariate_id: c for c in comparator}
+    out = {}
+    for key in sorted(set(t) | set(c)):
+        mt, st = (t[key].mean, t[key].sd) if key in t else (0.0, 0.0)
+        mc, sc = (c[key].mean, c[key].sd) if key in c else (0.0, 0.0)
+        pooled = math.sqrt((st * st + sc * sc) / 2)
+        out[key] = (mt - mc) / pooled if pooled > 0 else 0.0
+    return out

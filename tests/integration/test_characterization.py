@@ -1,0 +1,86 @@
+"""Characterization: sums pooled across nodes equal the union; SMDs point the planted way."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.helpers import split_store
+
+from medlab.analyses import characterization as ch
+from medlab.cdm.store import open_store
+from medlab.cohorts.engine import generate
+from medlab.cohorts.model import parse_definition
+
+
+def _new_users(ingredient: int) -> dict[str, object]:
+    return {
+        "concept_sets": [
+            {"id": 0, "items": [{"concept_id": ingredient, "include_descendants": True}]}
+        ],
+        "primary": {
+            "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}]
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def users(synth_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("characterization") / "hospital_c.duckdb"
+    shutil.copy(synth_study / "hospital_c.duckdb", store)
+    generate(store, parse_definition(_new_users(43013024)), 3)  # apixaban
+    generate(store, parse_definition(_new_users(1310149)), 4)  # warfarin
+    return store
+
+
+SETTINGS = ch.CharacterizationSettings(
+    domains=["condition_occurrence", "drug_exposure"],
+    windows=[ch.Window(start=-365, end=0), ch.Window(start=-30, end=-1)],
+)
+
+
+def test_age_mean_and_sd_match_numpy_on_the_rows(users: Path) -> None:
+    with open_store(users, read_only=True) as con:
+        entries, covariates = ch.combine([ch.local(con, 4, SETTINGS)])
+        ages = np.array(
+            [
+                r[0]
+                for r in con.execute(
+                    """SELECT year(c.cohort_start_date) - p.year_of_birth FROM results.cohort c
+               JOIN person p ON p.person_id = c.subject_id WHERE cohort_definition_id = 4"""
+                ).fetchall()
+            ],
+            dtype=float,
+        )
+    age = next(c for c in covariates if c.covariate_id == "age")
+    assert entries == len(ages)
+    assert age.mean == pytest.approx(ages.mean(), rel=1e-12)
+    assert age.sd == pytest.approx(ages.std(ddof=1), rel=1e-9)
+    sexes = [c for c in covariates if c.covariate_id.startswith("gender:")]
+    assert sum(c.count for c in sexes) == entries
+
+
+def test_node_sums_equal_the_union(users: Path, tmp_path: Path) -> None:
+    with open_store(users, read_only=True) as con:
+        whole = ch.combine([ch.local(con, 3, SETTINGS)])
+    parts = []
+    for copy in split_store(users, 3, tmp_path):
+        with open_store(copy) as con:
+            parts.append(ch.local(con, 3, SETTINGS))
+    assert all(p.entries for p in parts)
+    assert ch.combine(parts) == whole
+
+
+def test_standardized_differences_show_the_planted_confounding(users: Path) -> None:
+    with open_store(users) as con:
+        _, apixaban = ch.combine([ch.local(con, 3, SETTINGS)])
+        _, warfarin = ch.combine([ch.local(con, 4, SETTINGS)])
+    smd = ch.standardized_differences(apixaban, warfarin)
+    ckd = smd["condition_occurrence:-365..0:46271022"]  # chronic kidney disease
+    assert ckd < -0.1  # warfarin users have more kidney disease
+    assert smd["age"] < -0.1  # and are older
+    a = next(c for c in apixaban if c.covariate_id == "age")
+    w = next(c for c in warfarin if c.covariate_id == "age")
+    assert smd["age"] == pytest.approx((a.mean - w.mean) / np.sqrt((a.sd**2 + w.sd**2) / 2))
