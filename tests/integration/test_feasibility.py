@@ -1,0 +1,31 @@
+"""Trial feasibility across the synthetic hospitals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from medlab.analyses import feasibility
+from medlab.cohorts.model import example
+
+
+def test_funnel_years_and_ranking(synth_small: Path, tmp_path: Path) -> None:
+    eligibility = example("warfarin_af_new_users")
+    sites = []
+    for name in ("hospital_a", "hospital_b", "hospital_c"):
+        store = tmp_path / f"{name}.duckdb"
+        shutil.copy(synth_small / f"{name}.duckdb", store)
+        sites.append(feasibility.local(store, name, eligibility, 21))
+    total = feasibility.combine(sites)
+    assert [s.criterion for s in total.funnel] == [
+        "qualifying events",
+        "AF in the 30 days up to index",
+        "no prior GI bleed",
+    ]
+    persons = [s.persons for s in total.funnel]
+    assert persons == sorted(persons, reverse=True) and persons[-1] == total.eligible > 0
+    for i, step in enumerate(total.funnel):
+        assert step.persons == sum(s.funnel[i].persons for s in sites)
+        assert step.independent_persons >= step.persons
+    assert sum(total.by_year.values()) == total.eligible
+    assert [s.eligible for s in total.sites] == sorted((s.eligible for s in sites), reverse=True)
