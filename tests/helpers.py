@@ -11,6 +11,7 @@ from medlab.cdm.store import open_store
 
 def split_store(store: Path, parts: int, tmp: Path) -> list[Path]:
     """Copies of a store, each keeping the persons whose id falls in its share."""
+    tmp.mkdir(parents=True, exist_ok=True)
     copies = []
     person_tables = [t for t in schema.tables().values() if "person_id" in t.column_names]
     for k in range(parts):
