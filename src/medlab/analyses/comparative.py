@@ -1,0 +1,127 @@
+"""The comparative cohort study (in the spirit of OHDSI CohortMethod), local and combine.
+
+Local step, inside a node: the study population, covariates (the exposures and their
+descendants left out), a propensity score, then for each adjustment a Cox model, covariate
+balance and Kaplan-Meier curves. Only estimates, counts and curves leave the node. Combine
+step: per-site estimates and their fixed- and random-effects meta-analysis per adjustment.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import duckdb
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from medlab.analyses import estimation as est
+from medlab.analyses import meta
+from medlab.analyses.population import (
+    AttritionStep,
+    PopulationSettings,
+    covariates,
+    study_population,
+)
+
+ADJUSTMENTS: tuple[est.Adjustment, ...] = ("none", "matching", "stratification", "iptw")
+
+
+class ComparativeSettings(BaseModel):
+    """Population, propensity score and adjustment settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    population: PopulationSettings = PopulationSettings()
+    exclude_ingredients: list[int] = Field(default_factory=list)
+    ps_penalty: Literal["l1", "l2"] = "l2"
+    ps_strength: Annotated[float, Field(gt=0)] = 1.0
+    adjustments: list[est.Adjustment] = Field(default_factory=lambda: list(ADJUSTMENTS))
+    max_ratio: Annotated[int, Field(ge=1)] = 1
+    caliper: Annotated[float, Field(ge=0)] = 0.2
+    strata: Annotated[int, Field(ge=2)] = 5
+    iptw_estimand: Literal["ate", "att"] = "att"
+    max_weight: Annotated[float, Field(gt=0)] = 10.0
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """What one node returns: attrition, estimates, balance, equipoise, curves."""
+
+    site: str
+    attrition: list[AttritionStep]
+    estimates: list[est.Estimate]
+    balance_before: float
+    equipoise: float
+    km: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+
+def local(
+    con: duckdb.DuckDBPyConnection,
+    site: str,
+    target_id: int,
+    comparator_id: int,
+    outcome_id: int,
+    settings: ComparativeSettings,
+) -> SiteResult:
+    """Run the study on one node and return aggregates only."""
+    population, attrition = study_population(
+        con, target_id, comparator_id, outcome_id, settings.population
+    )
+    treatment = population["treatment"].to_numpy()
+    if len(set(treatment)) < 2:
+        raise ValueError(f"{site}: the study population lacks the target or comparator arm")
+    x = covariates(con, population, settings.exclude_ingredients).matrix
+    ps = est.propensity_scores(x, treatment, settings.ps_penalty, settings.ps_strength)
+    preference = est.preference_scores(ps, treatment)
+    equipoise = float(((preference >= 0.3) & (preference <= 0.7)).mean())
+    before = float(np.abs(est.standardized_differences(x, treatment)).max())
+    estimates = []
+    km: dict[str, list[dict[str, object]]] = {}
+    for adjustment in settings.adjustments:
+        frame, stratum, weights = population, None, None
+        if adjustment == "matching":
+            stratum_all = est.match(ps, treatment, settings.max_ratio, settings.caliper)
+            keep = stratum_all >= 0
+            frame, stratum = population[keep].reset_index(drop=True), stratum_all[keep]
+            sizes = np.bincount(stratum_all[keep] - stratum_all[keep].min())
+            # ATT matching weights: each comparator counts 1/k in a set with k comparators.
+            set_sizes = sizes[stratum_all[keep] - stratum_all[keep].min()] - 1
+            matched_weights = np.where(treatment[keep] == 1, 1.0, 1.0 / np.maximum(set_sizes, 1))
+            smd = est.standardized_differences(x[keep], treatment[keep], matched_weights)
+        elif adjustment == "stratification":
+            stratum = est.stratify(ps, settings.strata)
+            smd = est.standardized_differences(x, treatment)
+        elif adjustment == "iptw":
+            weights = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight)
+            smd = est.standardized_differences(x, treatment, weights)
+        else:
+            smd = est.standardized_differences(x, treatment)
+        after = float(np.abs(smd).max()) if smd.size else 0.0
+        if adjustment != "none" and after > 0.1:
+            warnings.warn(
+                f"{site}: after {adjustment}, a covariate has |SMD| {after:.2f} > 0.1",
+                est.BalanceWarning,
+                stacklevel=2,
+            )
+        estimates.append(est.cox(frame, adjustment, stratum, weights, after))
+        km[adjustment] = est.kaplan_meier(frame, weights)
+    return SiteResult(site, attrition, estimates, before, equipoise, km)
+
+
+def combine(sites: list[SiteResult]) -> dict[str, dict[str, meta.Pooled]]:
+    """Per adjustment, the fixed- and random-effects pooled hazard ratios across sites."""
+    pooled: dict[str, dict[str, meta.Pooled]] = {}
+    adjustments = [e.adjustment for e in sites[0].estimates] if sites else []
+    for adjustment in adjustments:
+        rows = [e for s in sites for e in s.estimates if e.adjustment == adjustment]
+        usable = [e for e in rows if np.isfinite(e.se) and e.se > 0]
+        if not usable:
+            continue
+        b, se = [e.log_hr for e in usable], [e.se for e in usable]
+        pooled[adjustment] = {
+            "fixed": meta.fixed_effect(b, se),
+            "random": meta.random_effects(b, se),
+        }
+    return pooled
