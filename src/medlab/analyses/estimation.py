@@ -213,12 +213,13 @@ def cox(
 
 
 def kaplan_meier(
-    population: pd.DataFrame, weights: np.ndarray | None = None, every: int = 30
+    population: pd.DataFrame, weights: np.ndarray | None = None, every: int | None = None
 ) -> list[dict[str, object]]:
-    """Survival per arm every ``every`` days, with the number still at risk."""
+    """Survival per arm on a day grid (about 60 points by default), with the number at risk."""
     rows = []
     horizon = int(population["days"].max()) if len(population) else 0
-    grid = np.arange(0, horizon + every, every)
+    step = every or max(1, horizon // 60)
+    grid = np.arange(0, horizon + step, step)
     for arm, name in ((1, "target"), (0, "comparator")):
         part = population[population["treatment"] == arm]
         if part.empty:

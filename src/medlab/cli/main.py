@@ -7,7 +7,7 @@ import sys
 import typer
 
 from medlab import __version__
-from medlab.cli import cohort, node, synth
+from medlab.cli import cohort, node, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")
+app.add_typer(study.app, name="study")
 app.command("synth")(synth.synth)
 
 

@@ -1,0 +1,80 @@
+"""``medlab study``: validate and run studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medlab.cli.output import emit_json, progress_bar, stdout
+from medlab.errors import UsageError
+from medlab.studies.run import run_study
+from medlab.studies.spec import load_spec
+
+app = typer.Typer(help="Studies: validate, run.", no_args_is_help=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="Study spec (JSON or YAML).")]
+
+
+@app.command("validate")
+def validate(spec: SpecArg) -> None:
+    """Check a study spec; every problem is reported with its path."""
+    parsed = load_spec(spec)
+    stdout.print(
+        f"valid: {parsed.name}: {len(parsed.cohorts)} cohorts, {len(parsed.analyses)} analyses; "
+        f"spec {parsed.digest()}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("run")
+def run(
+    spec: SpecArg,
+    node: Annotated[list[Path], typer.Option("--node", help="A node store; repeat for more.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for results and report.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
+) -> None:
+    """Run the study over the nodes: results.json, CSV tables, plots and report.html."""
+    if not node:
+        raise UsageError("give at least one --node STORE")
+    parsed = load_spec(spec)
+    with progress_bar("study") as update:
+        results = run_study(parsed, node, out, progress=update)
+    if as_json:
+        emit_json(results)
+        return
+    for analysis in results["analyses"]:
+        if analysis["type"] != "comparative":
+            continue
+        table = Table(title=f"{analysis['name']}: hazard ratios")
+        for col in (
+            "adjustment",
+            "HR",
+            "95% CI",
+            "p",
+            "T persons",
+            "C persons",
+            "T events",
+            "C events",
+        ):
+            table.add_column(col, justify="left" if col == "adjustment" else "right")
+        for e in analysis["estimates"]:
+            table.add_row(
+                e["adjustment"],
+                f"{e['hr']:.2f}",
+                f"{e['ci_low']:.2f}-{e['ci_high']:.2f}",
+                f"{e['p']:.3g}",
+                str(e["target_persons"]),
+                str(e["comparator_persons"]),
+                str(e["target_events"]),
+                str(e["comparator_events"]),
+            )
+        stdout.print(table)
+    stdout.print(
+        f"spec {results['spec_hash']}; results in {out}/results.json, report in {out}/report.html",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,148 @@
+"""The study specification: cohorts (inline, medlab or ATLAS/Circe files) and analyses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medlab.analyses.characterization import CharacterizationSettings
+from medlab.analyses.comparative import ComparativeSettings
+from medlab.analyses.incidence import IncidenceSettings
+from medlab.cohorts.model import CohortDefinition, load_definition
+from medlab.errors import DefinitionError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudyCohort(_Model):
+    """A cohort of the study: an inline definition, or a file (medlab or Circe JSON/YAML)."""
+
+    id: Annotated[int, Field(ge=1)]
+    name: str
+    definition: CohortDefinition | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudyCohort:
+        if (self.definition is None) == (self.file is None):
+            raise ValueError("give exactly one of 'definition' or 'file'")
+        return self
+
+
+class IncidenceAnalysis(_Model):
+    """Incidence of an outcome cohort in a target cohort's time at risk."""
+
+    type: Literal["incidence"] = "incidence"
+    name: str
+    target: int
+    outcome: int
+    settings: IncidenceSettings = IncidenceSettings()
+
+
+class CharacterizationAnalysis(_Model):
+    """Covariates of one or two cohorts (with standardized differences for two)."""
+
+    type: Literal["characterization"] = "characterization"
+    name: str
+    cohorts: Annotated[list[int], Field(min_length=1, max_length=2)]
+    settings: CharacterizationSettings = CharacterizationSettings()
+
+
+class ComparativeAnalysis(_Model):
+    """Target vs comparator new users on an outcome."""
+
+    type: Literal["comparative"] = "comparative"
+    name: str
+    target: int
+    comparator: int
+    outcome: int
+    settings: ComparativeSettings = ComparativeSettings()
+
+
+Analysis = Annotated[
+    IncidenceAnalysis | CharacterizationAnalysis | ComparativeAnalysis,
+    Field(discriminator="type"),
+]
+
+
+class StudySpec(_Model):
+    """A whole study."""
+
+    name: str
+    description: str = ""
+    cohorts: Annotated[list[StudyCohort], Field(min_length=1)]
+    analyses: Annotated[list[Analysis], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _references(self) -> StudySpec:
+        ids = [c.id for c in self.cohorts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("cohort ids must be unique")
+        for i, analysis in enumerate(self.analyses):
+            used = (
+                analysis.cohorts
+                if isinstance(analysis, CharacterizationAnalysis)
+                else [
+                    getattr(analysis, k)
+                    for k in ("target", "comparator", "outcome")
+                    if hasattr(analysis, k)
+                ]
+            )
+            for cohort in used:
+                if cohort not in ids:
+                    raise ValueError(f"analyses[{i}] refers to cohort {cohort}, not defined")
+        return self
+
+    def digest(self) -> str:
+        """``sha256:`` of the canonical JSON of the validated spec."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = "$"
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in (
+            "incidence",
+            "characterization",
+            "comparative",
+            "observation_period_end",
+            "date_offset",
+            "drug_era",
+        ):
+            out += f".{part}"
+    return out
+
+
+def load_spec(path: Path) -> StudySpec:
+    """Read and validate a study spec; cohort files resolve relative to the spec."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DefinitionError(f"{path}: cannot read the study spec ({exc})") from None
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise DefinitionError(f"{path}: invalid study spec: " + "; ".join(problems)) from None
+    cohorts = []
+    for i, cohort in enumerate(spec.cohorts):
+        if cohort.file is not None:
+            target = (path.parent / cohort.file).resolve()
+            try:
+                definition = load_definition(target)
+            except DefinitionError as exc:
+                raise DefinitionError(f"{path}: $.cohorts[{i}].file: {exc}") from None
+            cohort = cohort.model_copy(update={"definition": definition, "file": None})
+        cohorts.append(cohort)
+    return spec.model_copy(update={"cohorts": cohorts})

@@ -1,0 +1,168 @@
+"""``medlab study validate | run`` end to end, on Eunomia and across synthetic nodes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medlab.cli.main import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples/studies/eunomia_celecoxib_diclofenac.yaml"
+ESTIMATE_KEYS = {
+    "adjustment",
+    "hr",
+    "ci_low",
+    "ci_high",
+    "p",
+    "target_persons",
+    "comparator_persons",
+    "target_events",
+    "comparator_events",
+}
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main([*args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_reports_problems_with_their_path(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "study", "validate", str(EXAMPLE))
+    assert code == 0 and "3 cohorts, 3 analyses" in out and "sha256:" in out
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["analyses"][0]["settings"]["population"]["washout_period"] = -1
+    spec["analyses"][0]["settings"]["caliper"] = "wide"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    code, _, err = run(capsys, "study", "validate", str(bad))
+    assert code == 6
+    assert "$.analyses[0].settings.population.washout_period" in err
+    assert "$.analyses[0].settings.caliper" in err  # every field problem at once
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["analyses"][1]["target"] = 9
+    bad.write_text(yaml.safe_dump(spec))
+    code, _, err = run(capsys, "study", "validate", str(bad))
+    assert code == 6 and "refers to cohort 9" in err
+
+
+def test_eunomia_study_runs_end_to_end(
+    capsys: pytest.CaptureFixture[str], eunomia_store: Path, writable_copy, tmp_path: Path
+) -> None:
+    store = writable_copy(eunomia_store)
+    out = tmp_path / "out"
+    code, printed, _ = run(
+        capsys, "study", "run", str(EXAMPLE), "--node", str(store), "--out", str(out), "--json"
+    )
+    assert code == 0
+    results = json.loads(printed)
+    assert results["spec_hash"].startswith("sha256:") and results["medlab_version"] == "0.1.0"
+    assert results["nodes"][0]["fingerprint"].startswith("sha256:")
+    comparative = results["analyses"][0]
+    assert [e["adjustment"] for e in comparative["estimates"]] == [
+        "none",
+        "matching",
+        "stratification",
+        "iptw",
+    ]
+    for estimate in comparative["estimates"]:
+        assert set(estimate) >= ESTIMATE_KEYS
+        assert 0 < estimate["ci_low"] < estimate["hr"] < estimate["ci_high"]
+    steps = [s["step"] for s in comparative["per_site"][0]["attrition"]]
+    assert steps[0] == "original cohorts" and "no prior outcome" in steps
+    for name in (
+        "results.json",
+        "report.html",
+        "celecoxib_vs_diclofenac_gi_bleed_estimates.csv",
+        "gi_bleed_in_celecoxib_users_rates.csv",
+    ):
+        assert (out / name).exists(), name
+    assert list(out.glob("*_km_matching.png")) and list(out.glob("*_balance.png"))
+    assert "celecoxib_vs_diclofenac_gi_bleed" in (out / "report.html").read_text()
+
+
+def test_a_study_across_three_nodes_pools_the_estimates(
+    capsys: pytest.CaptureFixture[str], synth_study: Path, tmp_path: Path
+) -> None:
+    spec = {
+        "name": "apixaban_vs_warfarin",
+        "cohorts": [
+            {
+                "id": 1,
+                "name": "apixaban",
+                "definition": {
+                    "concept_sets": [
+                        {"id": 0, "items": [{"concept_id": 43013024, "include_descendants": True}]}
+                    ],
+                    "primary": {
+                        "criteria": [
+                            {"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}
+                        ]
+                    },
+                },
+            },
+            {
+                "id": 2,
+                "name": "warfarin",
+                "definition": {
+                    "concept_sets": [
+                        {"id": 0, "items": [{"concept_id": 1310149, "include_descendants": True}]}
+                    ],
+                    "primary": {
+                        "criteria": [
+                            {"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}
+                        ]
+                    },
+                },
+            },
+            {
+                "id": 3,
+                "name": "GI bleed",
+                "definition": {
+                    "concept_sets": [{"id": 0, "items": [{"concept_id": 192671}]}],
+                    "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
+                    "qualified_limit": "all",
+                    "end_strategy": {"type": "date_offset", "offset": 1},
+                },
+            },
+        ],
+        "analyses": [
+            {
+                "type": "comparative",
+                "name": "gi_bleed",
+                "target": 1,
+                "comparator": 2,
+                "outcome": 3,
+                "settings": {
+                    "population": {"first_exposure_only": True, "risk_window_start": 1},
+                    "exclude_ingredients": [43013024, 1310149],
+                    "adjustments": ["none", "stratification"],
+                },
+            }
+        ],
+    }
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(spec))
+    nodes = []
+    for name in ("hospital_a", "hospital_b", "hospital_c"):
+        shutil.copy(synth_study / f"{name}.duckdb", tmp_path / f"{name}.duckdb")
+        nodes += ["--node", str(tmp_path / f"{name}.duckdb")]
+    code, printed, _ = run(
+        capsys, "study", "run", str(path), *nodes, "--out", str(tmp_path / "out")
+    )
+    assert code == 0 and "gi_bleed: hazard ratios" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    analysis = results["analyses"][0]
+    assert len(analysis["per_site"]) == 3 and len(results["nodes"]) == 3
+    pooled = {e["adjustment"]: e for e in analysis["estimates"]}
+    assert pooled["stratification"]["ci_low"] <= 0.6 <= pooled["stratification"]["ci_high"]
+    assert pooled["none"]["ci_high"] < 0.6
+    assert pooled["none"]["target_persons"] == sum(
+        s["estimates"][0]["target_persons"] for s in analysis["per_site"]
+    )
