@@ -21,10 +21,13 @@ from medlab.cdm.store import init_store, open_store, row_counts
 from medlab.cli.output import progress_bar, stdout
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import example, load_definition
+from medlab.studies.run import run_study
+from medlab.studies.spec import load_spec
 from medlab.synth.generate import records, synthesize
 
 OUT = Path("demo-output")
 EUNOMIA = Path(os.environ.get("MEDLAB_EUNOMIA_DIR", "../shared/data/eunomia-gibleed"))
+STUDY = Path(__file__).resolve().parents[2] / "examples/studies/eunomia_celecoxib_diclofenac.yaml"
 EVENT_TABLES = (
     "visit_occurrence",
     "condition_occurrence",
@@ -100,8 +103,37 @@ def main(out: Path = OUT, patients: int = 30000, eunomia_dir: Path = EUNOMIA) ->
                 highlight=False,
             )
     _cohorts(stores, eunomia_dir.parent / "eunomia-cohorts")
+    _study([store for store, _ in stores], out / "study")
     stdout.print(f"stores and truth.json are in {out}/")
     return 0
+
+
+def _study(nodes: list[Path], out: Path) -> None:
+    """Run the shipped celecoxib-vs-diclofenac study across every node."""
+    spec = load_spec(STUDY)
+    with progress_bar("study") as update:
+        results = run_study(spec, nodes, out, progress=update)
+    comparative = next(a for a in results["analyses"] if a["type"] == "comparative")
+    table = Table(
+        title=f"study {spec.name} across {len(nodes)} nodes: hazard ratios "
+        "(random-effects meta-analysis when several nodes)"
+    )
+    for col in ("adjustment", "HR", "95% CI", "target events", "comparator events"):
+        table.add_column(col, justify="left" if col == "adjustment" else "right")
+    for e in comparative["estimates"]:
+        table.add_row(
+            e["adjustment"],
+            _fmt(e["hr"]),
+            f"{_fmt(e['ci_low'])}-{_fmt(e['ci_high'])}",
+            str(e["target_events"]),
+            str(e["comparator_events"]),
+        )
+    stdout.print(table)
+    stdout.print(f"study report: {out / 'report.html'}")
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _cohorts(stores: list[tuple[Path, str]], circe_dir: Path) -> None:

@@ -71,7 +71,13 @@ def local(
     )
     treatment = population["treatment"].to_numpy()
     if len(set(treatment)) < 2:
-        raise ValueError(f"{site}: the study population lacks the target or comparator arm")
+        warnings.warn(
+            f"{site}: the study population lacks the target or comparator arm",
+            est.EstimationWarning,
+            stacklevel=2,
+        )
+        empty = [est.cox(population, adjustment) for adjustment in settings.adjustments]
+        return SiteResult(site, attrition, empty, float("nan"), float("nan"), {})
     x = covariates(con, population, settings.exclude_ingredients).matrix
     ps = est.propensity_scores(x, treatment, settings.ps_penalty, settings.ps_strength)
     preference = est.preference_scores(ps, treatment)
@@ -84,6 +90,9 @@ def local(
         if adjustment == "matching":
             stratum_all = est.match(ps, treatment, settings.max_ratio, settings.caliper)
             keep = stratum_all >= 0
+            if not keep.any():
+                estimates.append(est.cox(population[keep], adjustment))
+                continue
             frame, stratum = population[keep].reset_index(drop=True), stratum_all[keep]
             sizes = np.bincount(stratum_all[keep] - stratum_all[keep].min())
             # ATT matching weights: each comparator counts 1/k in a set with k comparators.

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.exceptions import ConvergenceError
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
@@ -24,6 +25,13 @@ Adjustment = Literal["none", "matching", "stratification", "iptw"]
 
 class BalanceWarning(UserWarning):
     """A covariate stays imbalanced (|SMD| > 0.1) after adjustment."""
+
+
+class EstimationWarning(UserWarning):
+    """An estimate could not be made (no outcomes in an arm, no convergence)."""
+
+
+_NAN = float("nan")
 
 
 def _sklearn_at_least(major: int, minor: int) -> bool:
@@ -165,8 +173,11 @@ class Estimate:
     max_abs_smd: float | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form the study results use."""
-        return dict(self.__dict__)
+        """The JSON form the study results use (a missing number is null)."""
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in self.__dict__.items()
+        }
 
 
 def cox(
@@ -186,16 +197,40 @@ def cox(
         frame["weight"] = weights
         kwargs["weights_col"] = "weight"
         kwargs["robust"] = True
-    fitter = CoxPHFitter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fitter.fit(
-            frame.drop(columns=["person_id"]), duration_col="days", event_col="outcome", **kwargs
-        )  # type: ignore[arg-type]
-    row = fitter.summary.loc["treatment"]
     arms = frame.groupby("treatment")
     persons = arms["person_id"].nunique()
     events = arms["outcome"].sum()
+    counts = (
+        int(persons.get(1, 0)),
+        int(persons.get(0, 0)),
+        int(events.get(1, 0)),
+        int(events.get(0, 0)),
+    )
+    if counts[0] == 0 or counts[1] == 0 or counts[2] == 0 or counts[3] == 0:
+        warnings.warn(
+            f"{adjustment}: an arm has no outcomes; no hazard ratio",
+            EstimationWarning,
+            stacklevel=2,
+        )
+        return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
+    fitter = CoxPHFitter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitter.fit(
+                frame.drop(columns=["person_id"]),
+                duration_col="days",
+                event_col="outcome",
+                **kwargs,
+            )  # type: ignore[arg-type]
+    except ConvergenceError as exc:
+        warnings.warn(
+            f"{adjustment}: the Cox model did not converge ({exc})".splitlines()[0],
+            EstimationWarning,
+            stacklevel=2,
+        )
+        return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
+    row = fitter.summary.loc["treatment"]
     return Estimate(
         adjustment,
         float(row["exp(coef)"]),
@@ -204,10 +239,7 @@ def cox(
         float(row["p"]),
         float(row["coef"]),
         float(row["se(coef)"]),
-        int(persons.get(1, 0)),
-        int(persons.get(0, 0)),
-        int(events.get(1, 0)),
-        int(events.get(0, 0)),
+        *counts,
         max_abs_smd,
     )
 

@@ -18,6 +18,10 @@ app = typer.Typer(help="Studies: validate, run.", no_args_is_help=True)
 SpecArg = Annotated[Path, typer.Argument(help="Study spec (JSON or YAML).")]
 
 
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
 @app.command("validate")
 def validate(spec: SpecArg) -> None:
     """Check a study spec; every problem is reported with its path."""
@@ -64,9 +68,9 @@ def run(
         for e in analysis["estimates"]:
             table.add_row(
                 e["adjustment"],
-                f"{e['hr']:.2f}",
-                f"{e['ci_low']:.2f}-{e['ci_high']:.2f}",
-                f"{e['p']:.3g}",
+                _num(e["hr"], ".2f"),
+                f"{_num(e['ci_low'], '.2f')}-{_num(e['ci_high'], '.2f')}",
+                _num(e["p"], ".3g"),
                 str(e["target_persons"]),
                 str(e["comparator_persons"]),
                 str(e["target_events"]),

@@ -25,8 +25,8 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 {% if a.type == "comparative" %}<table><tr><th>adjustment</th><th>HR</th><th>95% CI</th>
 <th>p</th><th>target persons</th><th>comparator persons</th><th>target events</th>
 <th>comparator events</th></tr>{% for e in a.estimates %}<tr><td>{{ e.adjustment }}</td>
-<td>{{ "%.2f"|format(e.hr) }}</td><td>{{ "%.2f"|format(e.ci_low) }}&ndash;{{
-"%.2f"|format(e.ci_high) }}</td><td>{{ "%.3g"|format(e.p) }}</td><td>{{ e.target_persons }}</td>
+<td>{{ e.hr|num }}</td><td>{{ e.ci_low|num }}&ndash;{{ e.ci_high|num }}</td>
+<td>{{ e.p|num("%.3g") }}</td><td>{{ e.target_persons }}</td>
 <td>{{ e.comparator_persons }}</td><td>{{ e.target_events }}</td>
 <td>{{ e.comparator_events }}</td></tr>{% endfor %}</table>
 {% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
@@ -65,7 +65,9 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             images.append(name)
         fig, ax = plt.subplots(figsize=(6, 3))
         labels = ["before"] + [e["adjustment"] for e in site["estimates"]]
-        values = [site["max_abs_smd_before"]] + [e["max_abs_smd"] or 0 for e in site["estimates"]]
+        values = [site["max_abs_smd_before"] or 0] + [
+            e["max_abs_smd"] or 0 for e in site["estimates"]
+        ]
         ax.bar(labels, values)
         ax.axhline(0.1, color="red", linewidth=1)
         ax.set_ylabel("max |SMD|")
@@ -84,7 +86,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         {**a, "images": _km_plot(a, out)} if a["type"] == "comparative" else a
         for a in results["analyses"]
     ]
-    html = Environment(autoescape=select_autoescape(default=True)).from_string(_TEMPLATE)
+    env = Environment(autoescape=select_autoescape(default=True))
+    env.filters["num"] = lambda v, fmt="%.2f": "–" if v is None else fmt % v
+    html = env.from_string(_TEMPLATE)
     path = out / "report.html"
     path.write_text(html.render(r=shown))
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,6 +38,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
