@@ -58,8 +58,8 @@ def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
             "site": s.site,
             "estimates": [e.to_dict() for e in s.estimates],
             "attrition": [asdict(step) for step in s.attrition],
-            "max_abs_smd_before": s.balance_before,
-            "equipoise": s.equipoise,
+            "max_abs_smd_before": _finite(s.balance_before),
+            "equipoise": _finite(s.equipoise),
             "warnings": ws,
             "km": s.km,
         }
