@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from lifelines import CoxPHFitter
 from scipy import sparse
 from statsmodels.discrete.discrete_model import Logit
 from statsmodels.duration.hazard_regression import PHReg
@@ -51,15 +52,32 @@ def test_cox_matches_statsmodels_phreg_efron() -> None:
     assert ours.target_events + ours.comparator_events == frame["outcome"].sum()
 
 
-def test_stratified_cox_matches_statsmodels_phreg_strata() -> None:
+def test_stratified_cox_matches_lifelines_strata() -> None:
     x, _, frame = _data()
-    stratum = x[:, 0].astype(int)
+    stratum = x[:, 0].astype(int) * 2 + x[:, 1].astype(int)
     ours = est.cox(frame, "stratification", stratum=stratum)
-    reference = PHReg(
-        frame["days"], frame[["treatment"]], status=frame["outcome"], strata=stratum, ties="efron"
-    ).fit()
-    assert ours.log_hr == pytest.approx(reference.params[0], abs=1e-5)
-    assert ours.se == pytest.approx(reference.bse[0], rel=1e-4)
+    reference = CoxPHFitter().fit(
+        frame.assign(stratum=stratum).drop(columns=["person_id"]),
+        duration_col="days",
+        event_col="outcome",
+        strata=["stratum"],
+    )
+    assert ours.log_hr == pytest.approx(reference.params_["treatment"], abs=1e-5)
+    assert ours.se == pytest.approx(reference.standard_errors_["treatment"], rel=1e-4)
+
+
+def test_weighted_cox_uses_a_robust_variance() -> None:
+    _, treatment, frame = _data()
+    weights = np.where(treatment == 1, 1.0, 2.0)
+    ours = est.cox(frame, "iptw", weights=weights)
+    reference = CoxPHFitter().fit(
+        frame.assign(w=weights).drop(columns=["person_id"]),
+        duration_col="days",
+        event_col="outcome",
+        weights_col="w",
+        robust=True,
+    )
+    assert ours.se == pytest.approx(reference.standard_errors_["treatment"], rel=1e-6)
 
 
 def test_meta_analysis_matches_statsmodels_combine_effects() -> None:

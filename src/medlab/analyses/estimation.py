@@ -18,7 +18,9 @@ import sklearn
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.exceptions import ConvergenceError
 from scipy import sparse
+from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
+from statsmodels.duration.hazard_regression import PHReg
 
 Adjustment = Literal["none", "matching", "stratification", "iptw"]
 
@@ -32,6 +34,7 @@ class EstimationWarning(UserWarning):
 
 
 _NAN = float("nan")
+_Z = 1.959963984540054
 
 
 def _sklearn_at_least(major: int, minor: int) -> bool:
@@ -208,11 +211,44 @@ def cox(
     )
     if counts[0] == 0 or counts[1] == 0 or counts[2] == 0 or counts[3] == 0:
         warnings.warn(
-            f"{adjustment}: an arm has no outcomes; no hazard ratio",
+            f"{adjustment}: an arm has no persons or no outcomes; no hazard ratio",
             EstimationWarning,
             stacklevel=2,
         )
         return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
+    if stratum is not None and weights is None:
+        # Many small strata (matched sets): statsmodels' PHReg is linear in the strata where
+        # lifelines loops over them; both use Efron's method for ties.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = PHReg(
+                    frame["days"],
+                    frame[["treatment"]],
+                    status=frame["outcome"],
+                    strata=stratum,
+                    ties="efron",
+                ).fit()
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            warnings.warn(
+                f"{adjustment}: the Cox model did not converge ({exc})",
+                EstimationWarning,
+                stacklevel=2,
+            )
+            return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
+        b, se = float(fit.params[0]), float(fit.bse[0])
+        p = float(2 * norm.sf(abs(b / se))) if se > 0 else _NAN
+        return Estimate(
+            adjustment,
+            math.exp(b),
+            math.exp(b - _Z * se),
+            math.exp(b + _Z * se),
+            p,
+            b,
+            se,
+            *counts,
+            max_abs_smd,
+        )
     fitter = CoxPHFitter()
     try:
         with warnings.catch_warnings():
