@@ -35,7 +35,7 @@ def test_validate_reports_problems_with_their_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, out, _ = run(capsys, "study", "validate", str(EXAMPLE))
-    assert code == 0 and "3 cohorts, 3 analyses" in out and "sha256:" in out
+    assert code == 0 and "4 cohorts, 5 analyses" in out and "sha256:" in out
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["analyses"][0]["settings"]["population"]["washout_period"] = -1
     spec["analyses"][0]["settings"]["caliper"] = "wide"
@@ -84,7 +84,13 @@ def test_eunomia_study_runs_end_to_end(
     ):
         assert (out / name).exists(), name
     assert list(out.glob("*_km_matching.png")) and list(out.glob("*_balance.png"))
-    assert "celecoxib_vs_diclofenac_gi_bleed" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "celecoxib_vs_diclofenac_gi_bleed" in report and "no prior GI bleed" in report
+    feasible = next(a for a in results["analyses"] if a["type"] == "feasibility")
+    funnel = [step["persons"] for step in feasible["funnel"]]
+    assert funnel == sorted(funnel, reverse=True) and funnel[-1] == feasible["eligible"] > 0
+    used = next(a for a in results["analyses"] if a["type"] == "utilization")
+    assert used["pathways"] and all(0 <= row["share"] <= 1 for row in used["by_year"])
 
 
 def test_a_study_across_three_nodes_pools_the_estimates(

@@ -36,7 +36,15 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 {{ x.sex or "" }}</td><td>{{ x.persons }}</td><td>{{ x.outcomes }}</td>
 <td>{{ "%.1f"|format(x.person_years) }}</td><td>{{ "%.2f"|format(x.rate) }}</td>
 <td>{{ "%.2f"|format(x.ci_low) }}&ndash;{{ "%.2f"|format(x.ci_high) }}</td></tr>{% endfor %}
-</table>{% else %}{% for c in a.cohorts %}<p>cohort {{ c.cohort }}: {{ c.entries }} entries,
+</table>{% elif a.type == "feasibility" %}<table><tr><th>criterion</th><th>persons left</th>
+<th>passing alone</th></tr>{% for f in a.funnel %}<tr><td>{{ f.criterion }}</td>
+<td>{{ f.persons }}</td><td>{{ f.independent_persons }}</td></tr>{% endfor %}</table>
+<table><tr><th>site</th><th>eligible</th></tr>{% for x in a.sites %}<tr><td>{{ x.site }}</td>
+<td>{{ x.eligible }}</td></tr>{% endfor %}</table>
+{% elif a.type == "utilization" %}<table><tr><th>pathway (drug concept ids)</th>
+<th>persons</th></tr>{% for p in a.pathways[:15] %}<tr><td>{{ p.path|join(" → ") }}</td>
+<td>{{ p.persons }}</td></tr>{% endfor %}</table>
+{% else %}{% for c in a.cohorts %}<p>cohort {{ c.cohort }}: {{ c.entries }} entries,
 {{ c.covariates|length }} covariates</p>{% endfor %}{% endif %}{% endfor %}
 </body></html>
 """

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from medlab import __version__
-from medlab.analyses import characterization, comparative, incidence
+from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.studies.spec import (
     CharacterizationAnalysis,
     ComparativeAnalysis,
+    FeasibilityAnalysis,
     IncidenceAnalysis,
     StudySpec,
+    UtilizationAnalysis,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -124,6 +126,48 @@ def _characterization(a: CharacterizationAnalysis, nodes: list[Path]) -> dict[st
     return result
 
 
+def _feasibility(a: FeasibilityAnalysis, spec: StudySpec, nodes: list[Path]) -> dict[str, Any]:
+    definition = next(c.definition for c in spec.cohorts if c.id == a.cohort)
+    assert definition is not None
+    sites = [feasibility.local(store, store.stem, definition, a.cohort) for store in nodes]
+    total = feasibility.combine(sites)
+    return {
+        "funnel": [asdict(step) for step in total.funnel],
+        "eligible": total.eligible,
+        "by_year": total.by_year,
+        "sites": [
+            {
+                "site": s.site,
+                "eligible": s.eligible,
+                "funnel": [asdict(step) for step in s.funnel],
+                "by_year": s.by_year,
+            }
+            for s in total.sites
+        ],
+    }
+
+
+def _utilization(a: UtilizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
+    parts = []
+    for store in nodes:
+        with open_store(store, read_only=True) as con:
+            parts.append(utilization.local(con, a.cohort, a.drugs, a.max_lines))
+    total = utilization.combine(parts)
+    return {
+        "by_year": [
+            {
+                "year": year,
+                "drug": drug,
+                "persons": n,
+                "cohort_persons": total.persons_by_year.get(year, 0),
+                "share": total.share(year, drug),
+            }
+            for (year, drug), n in total.treated_by_year.items()
+        ],
+        "pathways": [{"path": list(path), "persons": n} for path, n in total.pathways.items()],
+    }
+
+
 def run_study(
     spec: StudySpec, nodes: list[Path], out: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -148,6 +192,12 @@ def run_study(
         elif isinstance(analysis, IncidenceAnalysis):
             body = _incidence(analysis, nodes)
             _write_csv(out / f"{analysis.name}_rates.csv", body["rates"])
+        elif isinstance(analysis, FeasibilityAnalysis):
+            body = _feasibility(analysis, spec, nodes)
+            _write_csv(out / f"{analysis.name}_funnel.csv", body["funnel"])
+        elif isinstance(analysis, UtilizationAnalysis):
+            body = _utilization(analysis, nodes)
+            _write_csv(out / f"{analysis.name}_by_year.csv", body["by_year"])
         else:
             body = _characterization(analysis, nodes)
             for c in body["cohorts"]:

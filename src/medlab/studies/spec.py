@@ -66,8 +66,30 @@ class ComparativeAnalysis(_Model):
     settings: ComparativeSettings = ComparativeSettings()
 
 
+class FeasibilityAnalysis(_Model):
+    """Eligibility funnel per site and in total; the cohort's inclusion rules are the criteria."""
+
+    type: Literal["feasibility"] = "feasibility"
+    name: str
+    cohort: int
+
+
+class UtilizationAnalysis(_Model):
+    """Drug shares by year and treatment pathways in a cohort."""
+
+    type: Literal["utilization"] = "utilization"
+    name: str
+    cohort: int
+    drugs: Annotated[list[int], Field(min_length=1)]
+    max_lines: Annotated[int, Field(ge=1)] = 3
+
+
 Analysis = Annotated[
-    IncidenceAnalysis | CharacterizationAnalysis | ComparativeAnalysis,
+    IncidenceAnalysis
+    | CharacterizationAnalysis
+    | ComparativeAnalysis
+    | FeasibilityAnalysis
+    | UtilizationAnalysis,
     Field(discriminator="type"),
 ]
 
