@@ -84,6 +84,7 @@ def test_eunomia_study_runs_end_to_end(
     ):
         assert (out / name).exists(), name
     assert list(out.glob("*_km_matching.png")) and list(out.glob("*_balance.png"))
+    assert list(out.glob("*_preference.png"))
     report = (out / "report.html").read_text()
     assert "celecoxib_vs_diclofenac_gi_bleed" in report and "no prior GI bleed" in report
     feasible = next(a for a in results["analyses"] if a["type"] == "feasibility")

@@ -55,6 +55,7 @@ class SiteResult:
     balance_before: float
     equipoise: float
     km: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    preference_histogram: dict[str, list[int]] = field(default_factory=dict)  # 20 bins of 0.05
 
 
 def local(
@@ -82,6 +83,11 @@ def local(
     ps = est.propensity_scores(x, treatment, settings.ps_penalty, settings.ps_strength)
     preference = est.preference_scores(ps, treatment)
     equipoise = float(((preference >= 0.3) & (preference <= 0.7)).mean())
+    bins = np.linspace(0, 1, 21)
+    histogram = {
+        arm: np.histogram(preference[treatment == value], bins)[0].astype(int).tolist()
+        for arm, value in (("target", 1), ("comparator", 0))
+    }
     before = float(np.abs(est.standardized_differences(x, treatment)).max())
     estimates = []
     km: dict[str, list[dict[str, object]]] = {}
@@ -101,7 +107,15 @@ def local(
             smd = est.standardized_differences(x[keep], treatment[keep], matched_weights)
         elif adjustment == "stratification":
             stratum = est.stratify(ps, settings.strata)
-            smd = est.standardized_differences(x, treatment)
+            # Balance within strata: comparators weighted to their stratum's target count.
+            targets = np.bincount(stratum, weights=treatment, minlength=settings.strata)
+            comparators = np.bincount(stratum, weights=1 - treatment, minlength=settings.strata)
+            ratio = np.divide(
+                targets, comparators, out=np.zeros_like(targets), where=comparators > 0
+            )
+            smd = est.standardized_differences(
+                x, treatment, np.where(treatment == 1, 1.0, ratio[stratum])
+            )
         elif adjustment == "iptw":
             weights = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight)
             smd = est.standardized_differences(x, treatment, weights)
@@ -116,7 +130,7 @@ def local(
             )
         estimates.append(est.cox(frame, adjustment, stratum, weights, after))
         km[adjustment] = est.kaplan_meier(frame, weights)
-    return SiteResult(site, attrition, estimates, before, equipoise, km)
+    return SiteResult(site, attrition, estimates, before, equipoise, km, histogram)
 
 
 def combine(sites: list[SiteResult]) -> dict[str, dict[str, meta.Pooled]]:

@@ -293,7 +293,9 @@ def kaplan_meier(
         if part.empty:
             continue
         w = None if weights is None else weights[population["treatment"].to_numpy() == arm]
-        fitter = KaplanMeierFitter().fit(part["days"], part["outcome"], weights=w)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lifelines notes that IPTW weights are not counts
+            fitter = KaplanMeierFitter().fit(part["days"], part["outcome"], weights=w)
         survival = fitter.survival_function_at_times(grid).to_numpy()
         days = part["days"].to_numpy()
         for t, s in zip(grid, survival, strict=True):

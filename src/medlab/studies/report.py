@@ -29,6 +29,10 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 <td>{{ e.p|num("%.3g") }}</td><td>{{ e.target_persons }}</td>
 <td>{{ e.comparator_persons }}</td><td>{{ e.target_events }}</td>
 <td>{{ e.comparator_events }}</td></tr>{% endfor %}</table>
+{% for site in a.per_site %}<h3>{{ site.site }}: attrition</h3><table><tr><th>step</th>
+<th>target persons</th><th>comparator persons</th></tr>{% for x in site.attrition %}<tr>
+<td>{{ x.step }}</td><td>{{ x.target_persons }}</td><td>{{ x.comparator_persons }}</td></tr>
+{% endfor %}</table>{% for w in site.warnings %}<p>warning: {{ w }}</p>{% endfor %}{% endfor %}
 {% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
 {% elif a.type == "incidence" %}<table><tr><th>stratum</th><th>persons</th><th>outcomes</th>
 <th>person-years</th><th>rate / 1,000 PY</th><th>95% CI</th></tr>
@@ -68,6 +72,22 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(f"{site['site']}: Kaplan-Meier, {adjustment}")
             ax.legend()
             name = f"{analysis['name']}_{site['site']}_km_{adjustment}.png"
+            fig.savefig(out / name, dpi=80, bbox_inches="tight")
+            plt.close(fig)
+            images.append(name)
+        histogram = site.get("preference_histogram") or {}
+        if histogram:
+            fig, ax = plt.subplots(figsize=(6, 3))
+            centers = [0.025 + 0.05 * i for i in range(20)]
+            for arm, counts in histogram.items():
+                total = sum(counts) or 1
+                ax.plot(centers, [c / total for c in counts], label=arm)
+            ax.axvspan(0.3, 0.7, alpha=0.1)
+            ax.set_xlabel("preference score")
+            ax.set_ylabel("share of the arm")
+            ax.set_title(f"{site['site']}: preference score (equipoise {site['equipoise']:.0%})")
+            ax.legend()
+            name = f"{analysis['name']}_{site['site']}_preference.png"
             fig.savefig(out / name, dpi=80, bbox_inches="tight")
             plt.close(fig)
             images.append(name)

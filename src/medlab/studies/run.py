@@ -64,6 +64,7 @@ def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
             "equipoise": _finite(s.equipoise),
             "warnings": ws,
             "km": s.km,
+            "preference_histogram": s.preference_histogram,
         }
         for s, ws in sites
     ]
