@@ -114,3 +114,54 @@ def test_iptw_stabilized_and_truncated() -> None:
     np.testing.assert_allclose(ate, [0.5 / 0.2, 0.5 / 0.5, 10.0, 0.5 / 0.01 if False else 10.0])
     att = est.iptw(ps, treatment, "att", max_weight=10)
     assert att[0] == 1.0 and att[1] == pytest.approx(1.0) and att[2] == 10.0
+
+
+def test_new_risk_window_censoring_counts_only_entries_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.spec.world import World
+
+    from medlab.analyses.population import PopulationSettings, study_population
+    from medlab.cdm.store import open_store
+    from medlab.cohorts.engine import generate
+    from medlab.cohorts.model import parse_definition
+
+    w = World()
+    w.drug(w.person(1), 201, "2010-01-01", days_supply=30)
+    w.drug(1, 201, "2010-03-01", days_supply=30)  # a second entry, inside the first's risk
+    w.drug(w.person(2), 210, "2010-01-01", days_supply=30)
+    store = w.store(tmp_path)
+    for cohort_id, concept in ((1, 200), (2, 210)):
+        generate(
+            store,
+            parse_definition(
+                {
+                    "concept_sets": [
+                        {"id": 0, "items": [{"concept_id": concept, "include_descendants": True}]}
+                    ],
+                    "primary": {"criteria": [{"domain": "drug_exposure", "codeset_id": 0}]},
+                    "qualified_limit": "all",
+                    "end_strategy": {"type": "date_offset", "field": "end", "offset": 0},
+                }
+            ),
+            cohort_id,
+        )
+    generate(
+        store,
+        parse_definition(
+            {
+                "concept_sets": [{"id": 0, "items": [{"concept_id": 102}]}],
+                "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
+            }
+        ),
+        3,
+    )
+    with open_store(store, read_only=True) as con:
+        settings = {"censor_at_new_risk_window": True, "risk_window_end": 60}
+        every, _ = study_population(con, 1, 2, 3, PopulationSettings(**settings))
+        first, _ = study_population(
+            con, 1, 2, 3, PopulationSettings(**settings, first_exposure_only=True)
+        )
+    target = every[every["treatment"] == 1].sort_values("start_date")
+    # Risk runs to cohort end + 60 days; the first window is cut the day before the second
+    # entry (Jan 1 - Feb 28), the second runs Mar 1 - May 29.
+    assert list(target["days"]) == [59, 90]
+    assert list(first[first["treatment"] == 1]["days"]) == [90]  # nothing left to cut it

@@ -78,7 +78,6 @@ def study_population(
         frame[column] = pd.to_datetime(frame[column])
     steps = [_count(frame, "original cohorts")]
     frame = frame.sort_values(["person_id", "treatment", "start_date"]).reset_index(drop=True)
-    frame["next_start"] = frame.groupby(["person_id", "treatment"])["start_date"].shift(-1)
     if s.first_exposure_only:
         frame = frame.groupby(["person_id", "treatment"]).head(1)
         steps.append(_count(frame, "first exposure only"))
@@ -94,6 +93,9 @@ def study_population(
     if s.washout_period:
         frame = frame[(frame["start_date"] - frame["op_start"]).dt.days >= s.washout_period]
         steps.append(_count(frame, f"at least {s.washout_period} days of prior observation"))
+    # The next entry of the same person in the same cohort, among the entries still kept.
+    frame = frame.sort_values(["person_id", "treatment", "start_date"])
+    frame["next_start"] = frame.groupby(["person_id", "treatment"])["start_date"].shift(-1)
     day = pd.Timedelta(days=1)
     start_base = frame["start_date"] if s.start_anchor == "cohort start" else frame["end_date"]
     end_base = frame["start_date"] if s.end_anchor == "cohort start" else frame["end_date"]
