@@ -40,32 +40,30 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class NumericRange(_Model):
-    """A comparison on a number: ``op`` with ``value`` (and ``extent`` for between)."""
+class _Range(_Model):
+    """A comparison: ``op`` with ``value`` (and ``extent`` for between / not between)."""
 
     op: Operator
+
+    @model_validator(mode="after")
+    def _extent_for_between(self) -> _Range:
+        if self.op in ("bt", "nbt") and getattr(self, "extent", None) is None:
+            raise ValueError("a between range needs 'extent'")
+        return self
+
+
+class NumericRange(_Range):
+    """A comparison on a number."""
+
     value: float
     extent: float | None = None
 
-    @model_validator(mode="after")
-    def _extent_for_between(self) -> NumericRange:
-        if self.op in ("bt", "nbt") and self.extent is None:
-            raise ValueError("a between range needs 'extent'")
-        return self
 
+class DateRange(_Range):
+    """A comparison on a date."""
 
-class DateRange(_Model):
-    """A comparison on a date: ``op`` with ``value`` (and ``extent`` for between)."""
-
-    op: Operator
     value: dt.date
     extent: dt.date | None = None
-
-    @model_validator(mode="after")
-    def _extent_for_between(self) -> DateRange:
-        if self.op in ("bt", "nbt") and self.extent is None:
-            raise ValueError("a between range needs 'extent'")
-        return self
 
 
 class ConceptSetItem(_Model):

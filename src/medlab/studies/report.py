@@ -54,8 +54,14 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 """
 
 
+def _save(fig: Any, out: Path, name: str, images: list[str]) -> None:
+    fig.savefig(out / name, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    images.append(name)
+
+
 def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
-    images = []
+    images: list[str] = []
     for site in analysis["per_site"]:
         for adjustment, rows in site["km"].items():
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -72,9 +78,7 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(f"{site['site']}: Kaplan-Meier, {adjustment}")
             ax.legend()
             name = f"{analysis['name']}_{site['site']}_km_{adjustment}.png"
-            fig.savefig(out / name, dpi=80, bbox_inches="tight")
-            plt.close(fig)
-            images.append(name)
+            _save(fig, out, name, images)
         histogram = site.get("preference_histogram") or {}
         if histogram:
             fig, ax = plt.subplots(figsize=(6, 3))
@@ -88,9 +92,7 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(f"{site['site']}: preference score (equipoise {site['equipoise']:.0%})")
             ax.legend()
             name = f"{analysis['name']}_{site['site']}_preference.png"
-            fig.savefig(out / name, dpi=80, bbox_inches="tight")
-            plt.close(fig)
-            images.append(name)
+            _save(fig, out, name, images)
         fig, ax = plt.subplots(figsize=(6, 3))
         labels = ["before"] + [e["adjustment"] for e in site["estimates"]]
         values = [site["max_abs_smd_before"] or 0] + [
@@ -101,9 +103,7 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("max |SMD|")
         ax.set_title(f"{site['site']}: covariate balance")
         name = f"{analysis['name']}_{site['site']}_balance.png"
-        fig.savefig(out / name, dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        images.append(name)
+        _save(fig, out, name, images)
     return images
 
 
