@@ -15,7 +15,7 @@ from typing import cast
 from sqlglot import exp
 
 from medlab.cohorts import model as m
-from medlab.cohorts.domains import CDM_TABLES, DOMAINS
+from medlab.cohorts.domains import CDM_TABLES, CODESET_ITEM_COLUMNS, DOMAINS
 from medlab.cohorts.sqltree import all_of, condition, in_range, is_in, sql
 
 EVENT_COLUMNS = "event_id, person_id, start_date, end_date, visit_occurrence_id, op_start, op_end"
@@ -45,13 +45,7 @@ class CompiledCohort:
         values = exp.values(
             items,
             alias="codeset_items",
-            columns=[
-                "codeset_id",
-                "concept_id",
-                "include_descendants",
-                "include_mapped",
-                "is_excluded",
-            ],
+            columns=[name for name, _ in CODESET_ITEM_COLUMNS],
         )
         tree = cast(exp.Select, query.copy())
         ctes: list[tuple[str, exp.Expression]] = [("codeset_items", exp.select("*").from_(values))]

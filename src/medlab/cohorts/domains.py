@@ -145,3 +145,12 @@ CDM_TABLES = frozenset(
     {spec.table for spec in DOMAINS.values()}
     | {"person", "concept", "concept_ancestor", "concept_relationship"}
 )
+
+# Concept-set rows: (codeset_id, concept_id, include_descendants, include_mapped, is_excluded).
+CODESET_ITEM_COLUMNS = (
+    ("codeset_id", "INTEGER"),
+    ("concept_id", "INTEGER"),
+    ("include_descendants", "BOOLEAN"),
+    ("include_mapped", "BOOLEAN"),
+    ("is_excluded", "BOOLEAN"),
+)

@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from medlab.cdm.store import fetch_one, open_store
 from medlab.cohorts.compiler import CompiledCohort, compile_cohort
+from medlab.cohorts.domains import CODESET_ITEM_COLUMNS
 from medlab.cohorts.model import CohortDefinition
 
 RESULTS = "results"
@@ -69,8 +70,9 @@ def run_compiled(
 ) -> list[AttritionRow]:
     """Run the steps and write the cohort rows; the caller owns the transaction."""
     con.execute(
-        "CREATE TEMP TABLE codeset_items (codeset_id INTEGER, concept_id INTEGER, "
-        "include_descendants BOOLEAN, include_mapped BOOLEAN, is_excluded BOOLEAN)"
+        "CREATE TEMP TABLE codeset_items ("
+        + ", ".join(f"{name} {kind}" for name, kind in CODESET_ITEM_COLUMNS)
+        + ")"
     )
     if compiled.codeset_items:
         con.executemany(

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medlab.cohorts.domains import DOMAINS
 from medlab.errors import DefinitionError
 
 Domain = Literal[
@@ -83,12 +84,11 @@ class ConceptSet(_Model):
     items: list[ConceptSetItem] = Field(default_factory=list)
 
 
-_DOMAIN_ATTRIBUTES: dict[str, set[Domain]] = {
+_DOMAIN_ATTRIBUTES: dict[str, set[str]] = {
     "days_supply": {"drug_exposure"},
     "value_as_number": {"measurement", "observation"},
     "unit": {"measurement", "observation"},
     "duration": {"drug_era", "condition_era", "observation_period", "visit_occurrence"},
-    "occurrence_count": {"drug_era", "condition_era"},
     "age_at_end": {"drug_era", "condition_era"},
     "operator": {"measurement"},
     "range_low": {"measurement"},
@@ -98,36 +98,13 @@ _DOMAIN_ATTRIBUTES: dict[str, set[Domain]] = {
     "refills": {"drug_exposure"},
     "quantity": {"drug_exposure"},
     "value_as_concept": {"measurement", "observation"},
-    "source_codeset_id": {
-        "condition_occurrence",
-        "drug_exposure",
-        "procedure_occurrence",
-        "measurement",
-        "observation",
-        "visit_occurrence",
-        "device_exposure",
-        "death",
-    },
-    "visit_type": {
-        "condition_occurrence",
-        "drug_exposure",
-        "procedure_occurrence",
-        "measurement",
-        "observation",
-        "visit_occurrence",
-        "device_exposure",
-    },
-    "type_concepts": {
-        "condition_occurrence",
-        "drug_exposure",
-        "procedure_occurrence",
-        "measurement",
-        "observation",
-        "visit_occurrence",
-        "device_exposure",
-        "death",
-        "observation_period",
-    },
+}
+# Attributes that read a domain column exist exactly where the domain has that column.
+_DOMAIN_ATTRIBUTES |= {
+    "source_codeset_id": {d for d, spec in DOMAINS.items() if spec.source_concept},
+    "visit_type": {d for d, spec in DOMAINS.items() if spec.visit},
+    "type_concepts": {d for d, spec in DOMAINS.items() if spec.type_column},
+    "occurrence_count": {d for d, spec in DOMAINS.items() if spec.count_column},
 }
 
 
