@@ -35,7 +35,7 @@ def test_validate_reports_problems_with_their_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, out, _ = run(capsys, "study", "validate", str(EXAMPLE))
-    assert code == 0 and "4 cohorts, 5 analyses" in out and "sha256:" in out
+    assert code == 0 and "5 cohorts, 5 analyses" in out and "sha256:" in out
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["analyses"][0]["settings"]["population"]["washout_period"] = -1
     spec["analyses"][0]["settings"]["caliper"] = "wide"
@@ -84,7 +84,8 @@ def test_eunomia_study_runs_end_to_end(
     ):
         assert (out / name).exists(), name
     assert list(out.glob("*_km_matching.png")) and list(out.glob("*_balance.png"))
-    assert list(out.glob("*_preference.png"))
+    assert list(out.glob("*_preference.png")) and list(out.glob("*_attrition.png"))
+    assert (out / "analgesics_after_osteoarthritis_sunburst.png").exists()
     report = (out / "report.html").read_text()
     assert "celecoxib_vs_diclofenac_gi_bleed" in report and "no prior GI bleed" in report
     feasible = next(a for a in results["analyses"] if a["type"] == "feasibility")
@@ -92,6 +93,15 @@ def test_eunomia_study_runs_end_to_end(
     assert funnel == sorted(funnel, reverse=True) and funnel[-1] == feasible["eligible"] > 0
     used = next(a for a in results["analyses"] if a["type"] == "utilization")
     assert used["pathways"] and all(0 <= row["share"] <= 1 for row in used["by_year"])
+    first = used["pathways"][0]
+    assert len(first["names"]) == len(first["path"]) and "celecoxib" in str(used["pathways"])
+    assert "charlson_index" in {
+        c["covariate_id"]
+        for a in results["analyses"]
+        if a["type"] == "characterization"
+        for cohort in a["cohorts"]
+        for c in cohort["covariates"]
+    }
 
 
 def test_a_study_across_three_nodes_pools_the_estimates(

@@ -84,3 +84,44 @@ def test_standardized_differences_show_the_planted_confounding(users: Path) -> N
     a = next(c for c in apixaban if c.covariate_id == "age")
     w = next(c for c in warfarin if c.covariate_id == "age")
     assert smd["age"] == pytest.approx((a.mean - w.mean) / np.sqrt((a.sd**2 + w.sd**2) / 2))
+
+
+def test_charlson_index_matches_a_pandas_computation_on_the_rows(users: Path) -> None:
+    from medlab.analyses.charlson import CATEGORIES
+
+    with open_store(users, read_only=True) as con:
+        _, covariates = ch.combine([ch.local(con, 4, SETTINGS)])
+        entries = con.execute(
+            """SELECT subject_id, cohort_start_date FROM results.cohort
+               WHERE cohort_definition_id = 4"""
+        ).df()
+        eras = con.execute(
+            "SELECT person_id, condition_concept_id, condition_era_start_date FROM condition_era"
+        ).df()
+        ancestry = con.execute(
+            "SELECT ancestor_concept_id, descendant_concept_id FROM concept_ancestor"
+        ).df()
+    category_of = {a: c for c in CATEGORIES for a in c.ancestors}
+    concept_categories: dict[int, set[int]] = {}
+    for a, d in ancestry.itertuples(index=False):
+        if a in category_of:
+            concept_categories.setdefault(int(d), set()).add(category_of[a].category_id)
+    weight = {c.category_id: c.weight for c in CATEGORIES}
+    by_person: dict[int, list[tuple[object, int]]] = {}
+    for pid, concept, start in eras.itertuples(index=False):
+        for category in concept_categories.get(int(concept), ()):
+            by_person.setdefault(int(pid), []).append((start, category))
+    scores = np.array(
+        [
+            sum(
+                weight[k]
+                for k in {k for start, k in by_person.get(int(pid), []) if start <= index}
+            )
+            for pid, index in entries.itertuples(index=False)
+        ],
+        dtype=float,
+    )
+    assert scores.max() > 0  # the synthetic vocabulary places diabetes and MI in Charlson
+    cci = next(c for c in covariates if c.covariate_id == "charlson_index")
+    assert cci.mean == pytest.approx(scores.mean(), rel=1e-12)
+    assert cci.sd == pytest.approx(scores.std(ddof=1), rel=1e-9)

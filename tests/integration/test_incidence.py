@@ -52,6 +52,26 @@ def test_person_time_first_occurrence_and_clean_window(tmp_path: Path) -> None:
     assert (every.person_days, every.outcomes) == (7671, 3)
 
 
+def test_year_strata_split_time_at_risk_across_calendar_years(tmp_path: Path) -> None:
+    w = World()
+    w.person(1, start="2004-07-01", end="2006-03-31")
+    for day in ("2005-01-01", "2005-01-20", "2006-02-01"):
+        w.condition(1, 100, day)
+    store = w.store(tmp_path)
+    generate(store, parse_definition(WHOLE_OBSERVATION), 1)
+    generate(store, parse_definition(_every(100)), 2)
+    settings = IncidenceSettings(first_occurrence_only=False, clean_window=30)
+    with open_store(store, read_only=True) as con:
+        counts = incidence.local(con, 1, 2, settings)
+    by_year = {c.year: (c.person_days, c.outcomes) for c in counts if c.grouping == "year"}
+    # 2004-07-01..12-31: 184 days. 2005: 365 less the clean window 01-02..01-31 (30 days).
+    # 2006-01-01..03-31: 90 days less 02-02..03-03 (30 days); outcomes 2005-01-01, 2006-02-01.
+    assert by_year == {2004: (184, 0), 2005: (335, 1), 2006: (60, 1)}
+    overall = next(c for c in counts if c.grouping == "overall")
+    assert overall.person_days == 184 + 335 + 60 and overall.outcomes == 2
+    assert all(c.persons == 1 and c.entries == 1 for c in counts if c.grouping == "year")
+
+
 def test_washout_and_offsets(tmp_path: Path) -> None:
     w = World()
     w.person(1)

@@ -6,7 +6,8 @@ ones). Combine step: sums across nodes, then proportions, means and standard dev
 equal those computed on the union of the nodes because only sums cross the boundary. For two
 cohorts, the standardized mean difference per covariate.
 
-Covariates: sex, age group and index year at cohort start; age (continuous); and, for each
+Covariates: sex, age group and index year at cohort start; age and the Charlson comorbidity
+index (continuous; see :mod:`medlab.analyses.charlson`); and, for each
 domain and window (days relative to cohort start, both ends included), whether the entry has
 a record of each concept in that window.
 """
@@ -19,6 +20,8 @@ from typing import Annotated, Literal
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field
+
+from medlab.analyses import charlson
 
 Domain = Literal[
     "condition_occurrence",
@@ -39,6 +42,8 @@ _COLUMNS: dict[str, tuple[str, str]] = {
     "condition_era": ("condition_concept_id", "condition_era_start_date"),
 }
 
+
+_CHARLSON_ENTRIES = "(SELECT entry_id AS row, person_id, index_date FROM temp.medlab_entries)"
 
 DEFAULT_DOMAINS: tuple[Domain, ...] = (
     "condition_occurrence",
@@ -71,6 +76,7 @@ class CharacterizationSettings(BaseModel):
         default_factory=lambda: [Window(start=-365, end=-1), Window(start=-30, end=-1)]
     )
     age_group_years: Annotated[int, Field(ge=1)] = 5
+    charlson: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,20 @@ def local(
         covariates.append(
             CovariateSum("age", "age in years", "continuous", int(age_sum), int(age_squares))
         )
+        if settings.charlson:
+            score_sum, score_squares = con.execute(
+                f"""SELECT coalesce(sum(score), 0), coalesce(sum(score * score), 0)
+                    FROM ({charlson.scores_sql(_CHARLSON_ENTRIES)})"""
+            ).fetchall()[0]
+            covariates.append(
+                CovariateSum(
+                    "charlson_index",
+                    "Charlson comorbidity index (Romano adaptation)",
+                    "continuous",
+                    int(score_sum),
+                    int(score_squares),
+                )
+            )
         g = settings.age_group_years
         demographic_sql = f"""
             SELECT 'gender:' || e.gender_concept_id, 'gender = ' || coalesce(c.concept_name,

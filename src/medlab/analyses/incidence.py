@@ -7,8 +7,11 @@ person belongs to one node.
 
 Time at risk starts at the target entry's start (or end) plus an offset and ends at its start
 (or end) plus an offset, clipped to the observation period of the entry. Person-time counts
-days, both ends included. With ``first_occurrence_only`` an entry with an earlier outcome is
-left out and time at risk stops at the first outcome. Otherwise every outcome counts, except
+days, both ends included. Strata by age group and sex use the age at the start of time at
+risk; strata by calendar year split each entry's time at risk (and its outcomes) across the
+years it crosses, so the year strata add up to the overall person-time. With
+``first_occurrence_only`` an entry with an earlier outcome is left out and time at risk stops
+at the first outcome. Otherwise every outcome counts, except
 those within ``clean_window`` days of the last counted one, and those days are not at risk.
 ``washout_days`` leaves out entries with an outcome in that many days before time at risk.
 """
@@ -96,10 +99,14 @@ class _Cell:
         self.events += events
 
 
+Interval = tuple[dt.date, dt.date]
+
+
 def _time_at_risk(
     tar_start: dt.date, tar_end: dt.date, outcomes: list[dt.date], s: IncidenceSettings
-) -> tuple[int, int] | None:
-    """(person-days, outcomes) of one entry, or None when the entry is left out."""
+) -> tuple[list[Interval], list[dt.date]] | None:
+    """The days at risk of one entry (disjoint intervals, both ends included) and the dates of
+    its counted outcomes, or None when the entry is left out."""
     prior = [o for o in outcomes if o < tar_start]
     if s.first_occurrence_only and prior:
         return None
@@ -110,10 +117,11 @@ def _time_at_risk(
     within = [o for o in outcomes if tar_start <= o <= tar_end]
     if s.first_occurrence_only:
         if within:
-            return (within[0] - tar_start).days + 1, 1
-        return (tar_end - tar_start).days + 1, 0
-    counted = 0
-    excluded = 0
+            return [(tar_start, within[0])], [within[0]]
+        return [(tar_start, tar_end)], []
+    counted: list[dt.date] = []
+    intervals: list[Interval] = []
+    at_risk_from = tar_start
     last: dt.date | None = None
     for o in sorted(outcomes):
         if o > tar_end:
@@ -121,14 +129,31 @@ def _time_at_risk(
         if last is not None and (o - last).days <= s.clean_window:
             continue
         if o >= tar_start:
-            counted += 1
+            counted.append(o)
         last = o
         # The clean window after a counted outcome is not time at risk.
         window_start = max(o + dt.timedelta(days=1), tar_start)
         window_end = min(o + dt.timedelta(days=s.clean_window), tar_end)
         if s.clean_window and window_end >= window_start:
-            excluded += (window_end - window_start).days + 1
-    return (tar_end - tar_start).days + 1 - excluded, counted
+            if window_start > at_risk_from:
+                intervals.append((at_risk_from, window_start - dt.timedelta(days=1)))
+            at_risk_from = window_end + dt.timedelta(days=1)
+    if at_risk_from <= tar_end:
+        intervals.append((at_risk_from, tar_end))
+    return intervals, counted
+
+
+def _by_year(intervals: list[Interval], events: list[dt.date]) -> dict[int, tuple[int, int]]:
+    """Person-days and outcomes per calendar year the intervals cross."""
+    out: dict[int, list[int]] = {}
+    for first, last in intervals:
+        for year in range(first.year, last.year + 1):
+            lo = max(first, dt.date(year, 1, 1))
+            hi = min(last, dt.date(year, 12, 31))
+            out.setdefault(year, [0, 0])[0] += (hi - lo).days + 1
+    for event in events:
+        out.setdefault(event.year, [0, 0])[1] += 1
+    return {year: (days, n) for year, (days, n) in out.items()}
 
 
 def local(
@@ -171,17 +196,25 @@ def local(
         counted = _time_at_risk(tar_start, tar_end, outcomes.get(person, []), settings)
         if counted is None:
             continue
-        days, events = counted
+        intervals, events = counted
+        days = sum((last - first).days + 1 for first, last in intervals)
         low = (tar_start.year - year_of_birth) // settings.age_group_years
         low *= settings.age_group_years
-        values = {
+        values: dict[str, object] = {
             "age_group": f"{low}-{low + settings.age_group_years - 1}",
             "sex": SEXES.get(gender, "other"),
-            "year": tar_start.year,
         }
+        years = _by_year(intervals, events)
         for grouping in GROUPINGS:
-            cell_key = (",".join(grouping), tuple(values[g] for g in grouping))
-            cells.setdefault(cell_key, _Cell()).add(person, days, events)
+            if "year" not in grouping:
+                cell_key = (",".join(grouping), tuple(values[g] for g in grouping))
+                cells.setdefault(cell_key, _Cell()).add(person, days, len(events))
+                continue
+            for calendar_year, (year_days, year_events) in years.items():
+                key = tuple(calendar_year if g == "year" else values[g] for g in grouping)
+                cells.setdefault((",".join(grouping), key), _Cell()).add(
+                    person, year_days, year_events
+                )
     result = []
     for (names, key), cell in sorted(cells.items(), key=str):
         named = dict(zip(names.split(","), key, strict=False)) if names else {}

@@ -18,6 +18,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
+from medlab.analyses import charlson
+
 
 class PopulationSettings(BaseModel):
     """createStudyPopulation's settings, snake_case."""
@@ -127,7 +129,7 @@ def study_population(
         frame = frame[~frame["entry"].isin(prior)]
         steps.append(_count(frame, "no prior outcome"))
     frame = frame[(frame["risk_end"] - frame["risk_start"]).dt.days + 1 >= s.min_days_at_risk]
-    steps.append(_count(frame, f"at least {s.min_days_at_risk} days at risk"))
+    steps.append(_count(frame, f"at least {s.min_days_at_risk} day(s) at risk"))
     during = (
         joined[
             (joined["outcome_date"] >= joined["risk_start"])
@@ -158,9 +160,9 @@ def covariates(
     exclude_ingredients: list[int],
     window: tuple[int, int] = (-365, 0),
 ) -> Covariates:
-    """Demographics, conditions any time before index, and conditions, drugs and procedures
-    in the window before index (drugs descending from ``exclude_ingredients`` left out, as
-    CohortMethod leaves out the exposures)."""
+    """Demographics, conditions any time before index, the Charlson comorbidity index, and
+    conditions, drugs and procedures in the window before index (drugs descending from
+    ``exclude_ingredients`` left out, as CohortMethod leaves out the exposures)."""
     entries = population[["person_id", "start_date"]].copy()
     entries["row"] = np.arange(len(entries))
     con.register("medlab_population", entries)
@@ -191,6 +193,12 @@ def covariates(
              AND x.procedure_date BETWEEN e.d + ? AND e.d + ?""",
             [*exclude_ingredients, *window, *window, *window],
         ).fetchall()
+        scores = con.execute(
+            charlson.scores_sql(
+                "(SELECT row, person_id, CAST(start_date AS DATE) AS index_date"
+                " FROM medlab_population)"
+            )
+        ).fetchall()
     finally:
         con.unregister("medlab_population")
     ids = sorted({name for _, name in rows})
@@ -198,6 +206,18 @@ def covariates(
     data = np.ones(len(rows))
     r = np.array([row for row, _ in rows], dtype=np.int64)
     c = np.array([index[name] for _, name in rows], dtype=np.int64)
-    matrix = sparse.csr_matrix((data, (r, c)), shape=(len(entries), len(ids)))
-    matrix.data[:] = 1.0  # a concept recorded twice in the window is still one covariate
-    return Covariates(matrix, ids)
+    binary = sparse.csr_matrix((data, (r, c)), shape=(len(entries), len(ids)))
+    binary.data[:] = 1.0  # a concept recorded twice in the window is still one covariate
+    # The Charlson index, scaled to 0..1 by its maximum as FeatureExtraction's tidyCovariates
+    # normalizes continuous covariates before the propensity model.
+    top = max((score for _, score in scores), default=0)
+    if top == 0:
+        return Covariates(binary, ids)
+    score = sparse.csr_matrix(
+        (
+            [s / top for _, s in scores],
+            ([row for row, _ in scores], [0] * len(scores)),
+        ),
+        shape=(len(entries), 1),
+    )
+    return Covariates(sparse.hstack([binary, score], format="csr"), [*ids, "charlson_index"])

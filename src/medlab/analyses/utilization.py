@@ -22,6 +22,7 @@ class Utilization:
     persons_by_year: dict[int, int]
     treated_by_year: dict[tuple[int, int], int]  # (year, drug concept) -> persons
     pathways: dict[tuple[int, ...], int]  # drugs in order of first start -> persons
+    names: dict[int, str]  # drug concept -> concept name (vocabulary, not patient data)
 
     def share(self, year: int, drug: int) -> float:
         """The share of the year's cohort persons who started the drug that year."""
@@ -55,6 +56,12 @@ def local(
             ORDER BY c.subject_id, d.drug_exposure_start_date, a.ancestor_concept_id""",
         [*drugs, cohort_id],
     ).fetchall()
+    names = dict(
+        con.execute(
+            f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({placeholders})",
+            drugs,
+        ).fetchall()
+    )
     treated: dict[tuple[int, int], set[int]] = {}
     first_start: dict[int, dict[int, object]] = {}
     for person, drug, start in exposures:
@@ -68,6 +75,7 @@ def local(
         {int(y): int(n) for y, n in years},
         {key: len(people) for key, people in treated.items()},
         dict(pathways),
+        {d: str(names.get(d, d)) for d in drugs},
     )
 
 
@@ -76,10 +84,15 @@ def combine(parts: list[Utilization]) -> Utilization:
     years: Counter[int] = Counter()
     treated: Counter[tuple[int, int]] = Counter()
     pathways: Counter[tuple[int, ...]] = Counter()
+    names: dict[int, str] = {}
     for part in parts:
+        names.update(part.names)
         years.update(part.persons_by_year)
         treated.update(part.treated_by_year)
         pathways.update(part.pathways)
     return Utilization(
-        dict(sorted(years.items())), dict(sorted(treated.items())), dict(pathways.most_common())
+        dict(sorted(years.items())),
+        dict(sorted(treated.items())),
+        dict(pathways.most_common()),
+        names,
     )

@@ -45,11 +45,17 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 <td>{{ f.persons }}</td><td>{{ f.independent_persons }}</td></tr>{% endfor %}</table>
 <table><tr><th>site</th><th>eligible</th></tr>{% for x in a.sites %}<tr><td>{{ x.site }}</td>
 <td>{{ x.eligible }}</td></tr>{% endfor %}</table>
-{% elif a.type == "utilization" %}<table><tr><th>pathway (drug concept ids)</th>
-<th>persons</th></tr>{% for p in a.pathways[:15] %}<tr><td>{{ p.path|join(" → ") }}</td>
+{% elif a.type == "utilization" %}<table><tr><th>pathway (first → second → third line)</th>
+<th>persons</th></tr>{% for p in a.pathways[:15] %}<tr><td>{{ p.names|join(" → ") }}</td>
 <td>{{ p.persons }}</td></tr>{% endfor %}</table>
+{% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
 {% else %}{% for c in a.cohorts %}<p>cohort {{ c.cohort }}: {{ c.entries }} entries,
-{{ c.covariates|length }} covariates</p>{% endfor %}{% endif %}{% endfor %}
+{{ c.covariates|length }} covariates</p>{% endfor %}
+{% if a.table1 %}<table><tr><th>covariate (age, Charlson, then largest |SMD|)</th>
+<th>cohort {{ a.cohorts[0].cohort }}</th><th>cohort {{ a.cohorts[1].cohort }}</th>
+<th>SMD</th></tr>{% for x in a.table1 %}<tr><td>{{ x.name }}</td><td>{{ x.first }}</td>
+<td>{{ x.second }}</td><td>{{ "%.3f"|format(x.smd) }}</td></tr>{% endfor %}</table>
+{% endif %}{% endif %}{% endfor %}
 </body></html>
 """
 
@@ -73,6 +79,7 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
                     where="post",
                     label=arm,
                 )
+            _at_risk_rows(ax, rows)
             ax.set_xlabel("days since the start of time at risk")
             ax.set_ylabel("without the outcome")
             ax.set_title(f"{site['site']}: Kaplan-Meier, {adjustment}")
@@ -93,6 +100,7 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             ax.legend()
             name = f"{analysis['name']}_{site['site']}_preference.png"
             _save(fig, out, name, images)
+        images.append(_attrition_plot(analysis["name"], site, out))
         fig, ax = plt.subplots(figsize=(6, 3))
         labels = ["before"] + [e["adjustment"] for e in site["estimates"]]
         values = [site["max_abs_smd_before"] or 0] + [
@@ -107,13 +115,124 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
     return images
 
 
+def _at_risk_rows(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Numbers at risk per arm under the x-axis ticks, as KM plots in papers show them."""
+    last = max(r["day"] for r in rows)
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= last]
+    ax.set_xticks(ticks)
+    for line, arm in enumerate(("target", "comparator")):
+        points = [r for r in rows if r["arm"] == arm]
+        y = -0.22 - 0.07 * line
+        ax.annotate(arm, (0, y), xycoords="axes fraction", ha="right", fontsize=7)
+        for tick in ticks:
+            before = [p["at_risk"] for p in points if p["day"] <= tick]
+            n = int(before[-1]) if before else 0
+            ax.annotate(
+                str(n), (tick, y), xycoords=("data", "axes fraction"), ha="center", fontsize=7
+            )
+
+
+def _attrition_plot(name: str, site: dict[str, Any], out: Path) -> str:
+    """Persons left in each arm after each study-population step, top to bottom."""
+    steps = site["attrition"]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(steps) + 1.2))
+    y = list(range(len(steps)))[::-1]
+    for offset, arm in ((0.2, "target"), (-0.2, "comparator")):
+        counts = [step[f"{arm}_persons"] for step in steps]
+        bars = ax.barh([v + offset for v in y], counts, height=0.4, label=arm)
+        ax.bar_label(bars, padding=2, fontsize=7)
+    ax.set_yticks(y, [step["step"] for step in steps], fontsize=8)
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
+    ax.set_xlabel("persons")
+    ax.set_title(f"{site['site']}: attrition")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    file = f"{name}_{site['site']}_attrition.png"
+    _save(fig, out, file, [])
+    return file
+
+
+def _sunburst_plot(analysis: dict[str, Any], out: Path) -> list[str]:
+    """Treatment pathways as rings: first line inside, then second and third line."""
+    paths = sorted(analysis["pathways"], key=lambda p: p["names"])
+    total = sum(p["persons"] for p in paths)
+    if not total:
+        return []
+    depth = max(len(p["names"]) for p in paths)
+    drugs = sorted({n for p in paths for n in p["names"]})
+    palette = plt.get_cmap("tab10")
+    color = {d: palette(i % 10) for i, d in enumerate(drugs)}
+    fig, ax = plt.subplots(figsize=(6, 6))
+    width = 0.9 / depth
+    for level in range(depth):
+        sizes: list[int] = []
+        colors: list[Any] = []
+        prefix: tuple[str, ...] | None = None
+        for p in paths:
+            key = tuple(p["names"][: level + 1]) if len(p["names"]) > level else None
+            if sizes and key == prefix:
+                sizes[-1] += p["persons"]
+                continue
+            prefix = key
+            sizes.append(p["persons"])
+            colors.append(color[key[-1]] if key else "white")
+        ax.pie(
+            sizes,
+            radius=0.1 + width * (level + 1),
+            colors=colors,
+            startangle=90,
+            counterclock=False,
+            wedgeprops={"width": width, "edgecolor": "white", "linewidth": 0.5},
+        )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color[d]) for d in drugs]
+    ax.legend(handles, drugs, loc="upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    ax.set_title(f"{analysis['name']}: treatment lines (inner = first), {total} persons")
+    file = f"{analysis['name']}_sunburst.png"
+    _save(fig, out, file, [])
+    return [file]
+
+
+def _table1(analysis: dict[str, Any], rows: int = 25) -> list[dict[str, Any]]:
+    """For two cohorts: age, the Charlson index and the covariates with the largest |SMD|,
+    as proportions (binary) or mean (SD) (continuous)."""
+    smd = analysis.get("standardized_differences")
+    if not smd:
+        return []
+    first, second = ({c["covariate_id"]: c for c in x["covariates"]} for x in analysis["cohorts"])
+
+    def shown(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "0.0%"
+        if c["kind"] == "binary":
+            return f"{100 * c['mean']:.1f}%"
+        return f"{c['mean']:.2f} ({c['sd']:.2f})"
+
+    fixed = [k for k in ("age", "charlson_index") if k in smd]
+    ranked = sorted((k for k in smd if k not in fixed), key=lambda k: -abs(smd[k]))
+    table = []
+    for key in [*fixed, *ranked[: rows - len(fixed)]]:
+        a, b = first.get(key), second.get(key)
+        table.append(
+            {
+                "name": (a or b or {"name": key})["name"],
+                "first": shown(a),
+                "second": shown(b),
+                "smd": smd[key],
+            }
+        )
+    return table
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     """Plots and ``report.html`` beside ``results.json``."""
     shown = dict(results)
+    plots = {"comparative": _km_plot, "utilization": _sunburst_plot}
     shown["analyses"] = [
-        {**a, "images": _km_plot(a, out)} if a["type"] == "comparative" else a
+        {**a, "images": plots[a["type"]](a, out)} if a["type"] in plots else a
         for a in results["analyses"]
     ]
+    for a in shown["analyses"]:
+        if a["type"] == "characterization":
+            a["table1"] = _table1(a)
     env = Environment(autoescape=select_autoescape(default=True))
     env.filters["num"] = lambda v, fmt="%.2f": "–" if v is None else fmt % v
     html = env.from_string(_TEMPLATE)

@@ -159,13 +159,21 @@ def _utilization(a: UtilizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
             {
                 "year": year,
                 "drug": drug,
+                "drug_name": total.names.get(drug, str(drug)),
                 "persons": n,
                 "cohort_persons": total.persons_by_year.get(year, 0),
                 "share": total.share(year, drug),
             }
             for (year, drug), n in total.treated_by_year.items()
         ],
-        "pathways": [{"path": list(path), "persons": n} for path, n in total.pathways.items()],
+        "pathways": [
+            {
+                "path": list(path),
+                "names": [total.names.get(d, str(d)) for d in path],
+                "persons": n,
+            }
+            for path, n in total.pathways.items()
+        ],
     }
 
 
@@ -199,6 +207,13 @@ def run_study(
         elif isinstance(analysis, UtilizationAnalysis):
             body = _utilization(analysis, nodes)
             _write_csv(out / f"{analysis.name}_by_year.csv", body["by_year"])
+            _write_csv(
+                out / f"{analysis.name}_pathways.csv",
+                [
+                    {"pathway": " > ".join(p["names"]), "persons": p["persons"]}
+                    for p in body["pathways"]
+                ],
+            )
         else:
             body = _characterization(analysis, nodes)
             for c in body["cohorts"]:
