@@ -7,6 +7,9 @@ from pathlib import Path
 
 from medlab.cdm import schema
 from medlab.cdm.store import open_store
+from medlab.privacy import gate
+from medlab.privacy.policy import Dominance, ReleasePolicy
+from medlab.privacy.release import Release, Released
 
 
 def split_store(store: Path, parts: int, tmp: Path) -> list[Path]:
@@ -23,3 +26,22 @@ def split_store(store: Path, parts: int, tmp: Path) -> list[Path]:
             con.execute(f"DELETE FROM results.cohort WHERE subject_id % {parts} <> {k}")
         copies.append(copy)
     return copies
+
+
+# A policy that changes nothing, for tests that check pooling is exact: every count shown
+# as is, no rounding, no dominance or model rules. Never a steward's choice.
+OPEN_POLICY = ReleasePolicy(
+    version="tests-open",
+    min_cell_count=1,
+    allow_zeros=True,
+    rounding="none",
+    min_group_size=1,
+    min_degrees_of_freedom=0,
+    min_events_per_parameter=0,
+    dominance=Dominance(n=1, k=1.0, p=0.0),
+)
+
+
+def released(release: Release, policy: ReleasePolicy = OPEN_POLICY) -> Released:
+    """``release`` through the gate (the open policy unless told otherwise)."""
+    return gate.apply(policy, release)

@@ -125,11 +125,21 @@ def _study(nodes: list[Path], out: Path) -> None:
             e["adjustment"],
             _fmt(e["hr"]),
             f"{_fmt(e['ci_low'])}-{_fmt(e['ci_high'])}",
-            str(e["target_events"]),
-            str(e["comparator_events"]),
+            "suppressed" if e["target_events"] is None else str(e["target_events"]),
+            "suppressed" if e["comparator_events"] is None else str(e["comparator_events"]),
         )
     stdout.print(table)
-    stdout.print(f"study report: {out / 'report.html'}")
+    disclosure = results["disclosure"]
+    report = Table(
+        title=f"disclosure report: policy {disclosure['policy_version']} "
+        f"(minimum cell {disclosure['min_cell_count']}, rounding {disclosure['rounding']})"
+    )
+    report.add_column("rule")
+    report.add_column("decisions", justify="right")
+    for rule, n in disclosure["summary"].items():
+        report.add_row(rule, str(n))
+    stdout.print(report)
+    stdout.print(f"study report: {out / 'report.html'} (disclosure: {out / 'disclosure.json'})")
 
 
 def _fmt(value: float | None) -> str:

@@ -72,3 +72,15 @@ class DefinitionError(MedlabError):
     """A cohort or study definition is invalid or uses a feature medlab does not support."""
 
     exit_code = 6
+
+
+class PolicyError(MedlabError):
+    """A release policy file is invalid, or a request is outside what the policy allows."""
+
+    exit_code = 7
+
+
+class BudgetError(MedlabError):
+    """A privacy budget request was refused; nothing was spent."""
+
+    exit_code = 8

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from tests.helpers import released
 
 from medlab.analyses import comparative
 from medlab.analyses.comparative import ComparativeSettings
@@ -20,6 +21,7 @@ from medlab.analyses.population import PopulationSettings
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
+from medlab.privacy.policy import ReleasePolicy
 
 
 def _new_users(ingredient: int) -> dict[str, object]:
@@ -72,7 +74,9 @@ def _run(synth_study: Path, tmp: Path, effect: dict) -> tuple[list, dict]:
         with open_store(store, read_only=True) as con, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sites.append(comparative.local(con, site["name"], 1, 2, 3, settings))
-    return sites, comparative.combine(sites)
+    # Through the release gate under the default (strict) policy, as a study run does.
+    parts = [released(comparative.to_release(s, []), ReleasePolicy()) for s in sites]
+    return sites, comparative.combine(parts)
 
 
 @pytest.fixture(scope="module")

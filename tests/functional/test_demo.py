@@ -22,6 +22,7 @@ def test_demo_prints_one_row_per_node(
     assert "new warfarin users with AF" in printed
     assert "Strategus/3.json" in printed and "479" in printed
     assert "hazard ratios" in printed and (out / "study" / "report.html").exists()
+    assert "disclosure report" in printed and (out / "study" / "disclosure.json").exists()
     assert not (out / "stale.txt").exists()
     assert (out / "synthetic" / "truth.json").exists()
 

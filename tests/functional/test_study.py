@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_eunomia_study_runs_end_to_end(
     results = json.loads(printed)
     assert results["spec_hash"].startswith("sha256:") and results["medlab_version"] == "0.1.0"
     assert results["nodes"][0]["fingerprint"].startswith("sha256:")
+    _assert_released_by_default(results, out)
     comparative = results["analyses"][0]
     assert [e["adjustment"] for e in comparative["estimates"]] == [
         "none",
@@ -183,3 +185,87 @@ def test_a_study_across_three_nodes_pools_the_estimates(
     assert pooled["none"]["target_persons"] == sum(
         s["estimates"][0]["target_persons"] for s in analysis["per_site"]
     )
+
+
+COUNT_KEYS = {
+    "persons",
+    "entries",
+    "outcomes",
+    "count",
+    "n",
+    "at_risk",
+    "eligible",
+    "independent_persons",
+    "cohort_persons",
+    *(k for k in ESTIMATE_KEYS if k.endswith(("_persons", "_events"))),
+}
+
+
+def _small_counts(value: object, path: str, minimum: int) -> list[str]:
+    """Paths of count fields holding 1 .. minimum - 1."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (
+                k in COUNT_KEYS
+                and isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and 1 <= v < minimum
+            ):
+                found.append(f"{path}.{k}={v}")
+            found += _small_counts(v, f"{path}.{k}", minimum)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _small_counts(v, f"{path}[{i}]", minimum)
+    return found
+
+
+def _assert_released_by_default(results: dict, out: Path) -> None:
+    """The gate's marks on a default-policy run: a disclosure report, no small count in the
+    JSON or in any CSV file."""
+    disclosure = results["disclosure"]
+    assert disclosure["min_cell_count"] == 10 and disclosure["rounding"] == "midpoint6"
+    assert disclosure["summary"]["count below 10"] > 0  # Eunomia has small strata
+    assert {r["analysis"] for r in disclosure["releases"]} == {
+        "comparative",
+        "incidence",
+        "characterization",
+        "feasibility",
+        "utilization",
+    }
+    assert results["policy"]["digest"] == disclosure["policy_digest"]
+    assert _small_counts(results, "$", 10) == []
+    # The CSV files carry no small count either: every count column, every row.
+    for csv_file in out.glob("*.csv"):
+        for row in csv.DictReader(csv_file.read_text().splitlines()):
+            for k, v in row.items():
+                if k in COUNT_KEYS and v not in ("", "None"):
+                    assert not 1 <= float(v) < 10, (csv_file.name, k, v)
+    assert json.loads((out / "disclosure.json").read_text()) == disclosure
+    assert "Disclosure control" in (out / "report.html").read_text()
+
+
+def test_study_run_takes_the_stewards_policy(
+    capsys: pytest.CaptureFixture[str], eunomia_store: Path, writable_copy, tmp_path: Path
+) -> None:
+    store = writable_copy(eunomia_store)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("min_cell_count: -3\nrounding: sometimes\n")
+    args = ["study", "run", str(EXAMPLE), "--node", str(store), "--out", str(tmp_path / "o")]
+    code, _, err = run(capsys, *args, "--policy", str(bad))
+    assert code == 7 and "$.min_cell_count" in err and "$.rounding" in err
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: steward-2\nmin_cell_count: 20\nrounding: nearest5\n"
+        "allowed_analyses: [comparative, characterization]\n"
+    )
+    code, printed, _ = run(capsys, *args, "--policy", str(policy), "--json")
+    assert code == 0
+    results = json.loads(printed)
+    assert results["disclosure"]["policy_version"] == "steward-2"
+    assert _small_counts(results, "$", 20) == []
+    refused = {a["type"] for a in results["analyses"] if a.get("refused")}
+    assert refused == {"incidence", "feasibility", "utilization"}
+    counts = [e["target_persons"] for e in results["analyses"][0]["estimates"]]
+    assert all(c % 5 == 0 for c in counts)  # nearest-5 rounding

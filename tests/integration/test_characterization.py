@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
-from tests.helpers import split_store
+from tests.helpers import released, split_store
 
 from medlab.analyses import characterization as ch
 from medlab.cdm.store import open_store
@@ -41,9 +42,13 @@ SETTINGS = ch.CharacterizationSettings(
 )
 
 
+def _combine(con: duckdb.DuckDBPyConnection, cohort: int) -> tuple[int, list[ch.Covariate]]:
+    return ch.combine([released(ch.to_release(ch.local(con, cohort, SETTINGS), "c", cohort))])
+
+
 def test_age_mean_and_sd_match_numpy_on_the_rows(users: Path) -> None:
     with open_store(users, read_only=True) as con:
-        entries, covariates = ch.combine([ch.local(con, 4, SETTINGS)])
+        entries, covariates = _combine(con, 4)
         ages = np.array(
             [
                 r[0]
@@ -64,19 +69,25 @@ def test_age_mean_and_sd_match_numpy_on_the_rows(users: Path) -> None:
 
 def test_node_sums_equal_the_union(users: Path, tmp_path: Path) -> None:
     with open_store(users, read_only=True) as con:
-        whole = ch.combine([ch.local(con, 3, SETTINGS)])
+        whole = _combine(con, 3)
     parts = []
     for copy in split_store(users, 3, tmp_path):
         with open_store(copy) as con:
-            parts.append(ch.local(con, 3, SETTINGS))
-    assert all(p.entries for p in parts)
-    assert ch.combine(parts) == whole
+            local = ch.local(con, 3, SETTINGS)
+        assert local.entries
+        parts.append(released(ch.to_release(local, copy.stem, 3)))
+    pooled = ch.combine(parts)
+    assert pooled[0] == whole[0]
+    for a, b in zip(pooled[1], whole[1], strict=True):
+        assert (a.covariate_id, a.count) == (b.covariate_id, b.count)
+        assert a.mean == pytest.approx(b.mean, rel=1e-12)
+        assert a.sd == pytest.approx(b.sd, rel=1e-9)
 
 
 def test_standardized_differences_show_the_planted_confounding(users: Path) -> None:
     with open_store(users) as con:
-        _, apixaban = ch.combine([ch.local(con, 3, SETTINGS)])
-        _, warfarin = ch.combine([ch.local(con, 4, SETTINGS)])
+        _, apixaban = _combine(con, 3)
+        _, warfarin = _combine(con, 4)
     smd = ch.standardized_differences(apixaban, warfarin)
     ckd = smd["condition_occurrence:-365..0:46271022"]  # chronic kidney disease
     assert ckd < -0.1  # warfarin users have more kidney disease
@@ -90,7 +101,7 @@ def test_charlson_index_matches_a_pandas_computation_on_the_rows(users: Path) ->
     from medlab.analyses.charlson import CATEGORIES
 
     with open_store(users, read_only=True) as con:
-        _, covariates = ch.combine([ch.local(con, 4, SETTINGS)])
+        _, covariates = _combine(con, 4)
         entries = con.execute(
             """SELECT subject_id, cohort_start_date FROM results.cohort
                WHERE cohort_definition_id = 4"""
@@ -114,8 +125,7 @@ def test_charlson_index_matches_a_pandas_computation_on_the_rows(users: Path) ->
     scores = np.array(
         [
             sum(
-                weight[k]
-                for k in {k for start, k in by_person.get(int(pid), []) if start <= index}
+                weight[k] for k in {k for start, k in by_person.get(int(pid), []) if start <= index}
             )
             for pid, index in entries.itertuples(index=False)
         ],

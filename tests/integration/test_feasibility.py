@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tests.helpers import released
+
 from medlab.analyses import feasibility
 from medlab.cohorts.model import example
 
@@ -16,7 +18,7 @@ def test_funnel_years_and_ranking(synth_small: Path, tmp_path: Path) -> None:
         store = tmp_path / f"{name}.duckdb"
         shutil.copy(synth_small / f"{name}.duckdb", store)
         sites.append(feasibility.local(store, name, eligibility, 21))
-    total = feasibility.combine(sites)
+    total = feasibility.combine([released(feasibility.to_release(s)) for s in sites])
     assert [s.criterion for s in total.funnel] == [
         "qualifying events",
         "AF in the 30 days up to index",

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import split_store
+from tests.helpers import released, split_store
 from tests.spec.world import World
 
 from medlab.analyses import incidence
@@ -112,7 +112,7 @@ def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path
     truth = json.loads((synth_study / "truth.json").read_text())
     planted = next(e for e in truth["effects"] if e["id"] == "appendicitis_incidence")
     with open_store(synth_incidence, read_only=True) as con:
-        rates = incidence.combine([incidence.local(con, 1, 2)])
+        rates = incidence.combine([released(incidence.to_release(incidence.local(con, 1, 2), "b"))])
     overall = next(r for r in rates if r.grouping == "overall")
     assert overall.ci_low <= planted["rate_per_1000_person_years"] <= overall.ci_high
     assert overall.outcomes > 30
@@ -125,10 +125,13 @@ def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path
 def test_node_sums_equal_the_union(synth_incidence: Path, tmp_path: Path) -> None:
     settings = IncidenceSettings(first_occurrence_only=False, clean_window=14)
     with open_store(synth_incidence, read_only=True) as con:
-        whole = incidence.combine([incidence.local(con, 1, 2, settings)])
+        whole = incidence.combine(
+            [released(incidence.to_release(incidence.local(con, 1, 2, settings), "all"))]
+        )
     parts = []
     for copy in split_store(synth_incidence, 3, tmp_path):
         with open_store(copy, read_only=True) as con:
-            parts.append(incidence.local(con, 1, 2, settings))
-    assert all(parts)
+            counts = incidence.local(con, 1, 2, settings)
+        assert counts
+        parts.append(released(incidence.to_release(counts, copy.stem)))
     assert incidence.combine(parts) == whole

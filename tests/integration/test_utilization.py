@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import split_store
+from tests.helpers import released, split_store
 from tests.spec.world import World
 
 from medlab.analyses import utilization
@@ -59,7 +59,9 @@ def test_node_sums_equal_the_union(synth_study: Path, tmp_path: Path) -> None:
     for copy in split_store(store, 3, tmp_path / "split"):
         with open_store(copy, read_only=True) as con:
             parts.append(utilization.local(con, 1, DRUGS))
-    pooled = utilization.combine(parts)
+    pooled = utilization.combine(
+        [released(utilization.to_release(p, f"part{i}")) for i, p in enumerate(parts)]
+    )
     assert pooled.persons_by_year == whole.persons_by_year
     assert pooled.treated_by_year == whole.treated_by_year
     assert pooled.pathways == whole.pathways

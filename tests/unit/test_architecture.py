@@ -27,3 +27,51 @@ def test_nothing_outside_the_cli_imports_it() -> None:
 def test_modules_stay_small() -> None:
     for path in SRC.rglob("*.py"):
         assert len(path.read_text().splitlines()) < 600, path
+
+
+ANALYSES = ("characterization", "comparative", "feasibility", "incidence", "utilization")
+
+
+def test_every_combine_step_takes_released_payloads_only() -> None:
+    import importlib
+    import inspect
+
+    import pytest
+
+    from medlab.privacy.release import Release
+
+    for name in ANALYSES:
+        module = importlib.import_module(f"medlab.analyses.{name}")
+        signature = inspect.signature(module.combine)
+        (parameter,) = signature.parameters.values()
+        assert parameter.annotation == "list[Released]", name
+        assert hasattr(module, "to_release"), name
+        with pytest.raises(TypeError, match="only released"):
+            module.combine([Release(name, "site", ())])
+
+
+def test_only_the_gate_makes_released_payloads_and_studies_release_every_local_step() -> None:
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).parts[0] == "privacy":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
+                called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+                assert called != "Released", f"{path} builds a Released itself"
+    # In the study runner, every local step's result goes into to_release, then release().
+    run = (SRC / "studies" / "run.py").read_text()
+    tree = ast.parse(run)
+    locals_called = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "local"
+    ]
+    releases = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "to_release"
+    ]
+    assert len(locals_called) == len(releases) == len(ANALYSES)
+    assert run.count("release(") >= len(ANALYSES) + 1

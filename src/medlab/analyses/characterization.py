@@ -22,6 +22,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses import charlson
+from medlab.privacy.release import Cells, Constraint, Release, Released, Sums, require_released
 
 Domain = Literal[
     "condition_occurrence",
@@ -88,6 +89,7 @@ class CovariateSum:
     kind: Literal["binary", "continuous"]
     total: int
     total_squares: int
+    largest: tuple[int, ...] = ()  # the two largest values (continuous), for dominance
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Covariate:
     count: int
     mean: float
     sd: float
+    suppressed_sites: int = 0
 
 
 def local(
@@ -129,15 +132,24 @@ def local(
     try:
         (entries,) = con.execute("SELECT count(*) FROM temp.medlab_entries").fetchall()[0]
         covariates: list[CovariateSum] = []
-        age_sum, age_squares = con.execute(
-            "SELECT coalesce(sum(age), 0), coalesce(sum(age * age), 0) FROM temp.medlab_entries"
+        age_sum, age_squares, age_top = con.execute(
+            """SELECT coalesce(sum(age), 0), coalesce(sum(age * age), 0), max(age, 2)
+               FROM temp.medlab_entries"""
         ).fetchall()[0]
         covariates.append(
-            CovariateSum("age", "age in years", "continuous", int(age_sum), int(age_squares))
+            CovariateSum(
+                "age",
+                "age in years",
+                "continuous",
+                int(age_sum),
+                int(age_squares),
+                tuple(int(v) for v in age_top or ()),
+            )
         )
         if settings.charlson:
-            score_sum, score_squares = con.execute(
-                f"""SELECT coalesce(sum(score), 0), coalesce(sum(score * score), 0)
+            score_sum, score_squares, score_top = con.execute(
+                f"""SELECT coalesce(sum(score), 0), coalesce(sum(score * score), 0),
+                           max(score, 2)
                     FROM ({charlson.scores_sql(_CHARLSON_ENTRIES)})"""
             ).fetchall()[0]
             covariates.append(
@@ -147,6 +159,7 @@ def local(
                     "continuous",
                     int(score_sum),
                     int(score_squares),
+                    tuple(int(v) for v in score_top or ()),
                 )
             )
         g = settings.age_group_years
@@ -196,27 +209,82 @@ def local(
     return LocalCharacterization(int(entries), covariates)
 
 
-def combine(parts: list[LocalCharacterization]) -> tuple[int, list[Covariate]]:
-    """Entries and covariates of the union of the nodes, from their sums."""
-    entries = sum(p.entries for p in parts)
-    sums: dict[str, list[object]] = {}
+def to_release(local: LocalCharacterization, site: str, cohort_id: int) -> Release:
+    """The entry count and binary covariates as one table (sex, age group and index year add up
+    to the entries; each covariate's complement must be safe too), and one sum per continuous
+    covariate."""
+    binary = [c for c in local.covariates if c.kind == "binary"]
+    counts = {"entries": {"n": local.entries}}
+    counts.update({c.covariate_id: {"n": c.total} for c in binary})
+    margins = tuple(
+        Constraint("entries", parts, ("n",))
+        for prefix in ("gender:", "age_group:", "index_year:")
+        if (parts := tuple(c.covariate_id for c in binary if c.covariate_id.startswith(prefix)))
+    )
+    sums = tuple(
+        Sums(
+            f"sum:{c.covariate_id}",
+            local.entries,
+            {"sum": float(c.total), "sum_squares": float(c.total_squares)},
+            largest=tuple(float(v) for v in c.largest),
+            magnitude=float(c.total),  # ages and Charlson scores are not negative
+        )
+        for c in local.covariates
+        if c.kind == "continuous"
+    )
+    cells = Cells(
+        "covariates",
+        counts,
+        constraints=margins,
+        complements={c.covariate_id: "entries" for c in binary},
+    )
+    labels = {
+        "cohort": cohort_id,
+        "names": {c.covariate_id: c.name for c in local.covariates},
+        "continuous": [c.covariate_id for c in local.covariates if c.kind == "continuous"],
+    }
+    return Release("characterization", site, (cells, *sums), labels)
+
+
+def combine(parts: list[Released]) -> tuple[int, list[Covariate]]:
+    """Entries and covariates pooled from the released sums of the nodes. A covariate a node
+    suppressed counts only the nodes that released it (``suppressed_sites``)."""
+    require_released(parts)
+    entries = sum(p.values["covariates"]["entries"]["n"] or 0 for p in parts)
+    names: dict[str, str] = {}
+    binary: dict[str, list[int]] = {}
+    continuous: dict[str, list[float]] = {}
     for part in parts:
-        for c in part.covariates:
-            cell = sums.setdefault(c.covariate_id, [c.name, c.kind, 0, 0])
-            cell[2] += c.total  # type: ignore[operator]
-            cell[3] += c.total_squares  # type: ignore[operator]
+        names.update(part.labels["names"])
+        for key, row in part.values["covariates"].items():
+            if key == "entries":
+                continue
+            cell = binary.setdefault(key, [0, 0])
+            if row["n"] is None:
+                cell[1] += 1
+            else:
+                cell[0] += row["n"]
+        for key in part.labels["continuous"]:
+            released = part.values[f"sum:{key}"]
+            cell_c = continuous.setdefault(key, [0, 0.0, 0.0, 0])
+            if released["n"] is None:
+                cell_c[3] += 1
+            else:
+                cell_c[0] += released["n"]
+                cell_c[1] += released["sum"]
+                cell_c[2] += released["sum_squares"]
     result = []
-    for covariate_id, (name, kind, total, squares) in sorted(sums.items()):
-        assert isinstance(total, int) and isinstance(squares, int)
-        mean = total / entries if entries else float("nan")
-        if kind == "binary":
-            sd = math.sqrt(mean * (1 - mean)) if entries else float("nan")
-            count = total
-        else:
-            variance = (squares - entries * mean * mean) / (entries - 1) if entries > 1 else 0.0
-            sd = math.sqrt(max(variance, 0.0))
-            count = entries
-        result.append(Covariate(covariate_id, str(name), str(kind), count, mean, sd))
+    for key, (count, suppressed) in binary.items():
+        mean = count / entries if entries else float("nan")
+        sd = math.sqrt(mean * (1 - mean)) if entries else float("nan")
+        result.append(Covariate(key, names[key], "binary", count, mean, sd, suppressed))
+    for key, (n, total, squares, missing) in continuous.items():
+        size = int(n)
+        mean = total / size if size else float("nan")
+        variance = (squares - size * mean * mean) / (size - 1) if size > 1 else 0.0
+        sd = math.sqrt(max(variance, 0.0))
+        result.append(Covariate(key, names[key], "continuous", size, mean, sd, int(missing)))
+    result.sort(key=lambda c: c.covariate_id)
     return entries, result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import duckdb
 import numpy as np
@@ -23,6 +23,18 @@ from medlab.analyses.population import (
     PopulationSettings,
     covariates,
     study_population,
+)
+from medlab.privacy.release import (
+    Cells,
+    Constraint,
+    Curve,
+    Element,
+    Model,
+    Release,
+    Released,
+    Statistic,
+    Steps,
+    require_released,
 )
 
 ADJUSTMENTS: tuple[est.Adjustment, ...] = ("none", "matching", "stratification", "iptw")
@@ -133,16 +145,142 @@ def local(
     return SiteResult(site, attrition, estimates, before, equipoise, km, histogram)
 
 
-def combine(sites: list[SiteResult]) -> dict[str, dict[str, meta.Pooled]]:
-    """Per adjustment, the fixed- and random-effects pooled hazard ratios across sites."""
+_VALUES = ("hr", "ci_low", "ci_high", "p", "log_hr", "se")
+_COUNTS = ("target_persons", "comparator_persons", "target_events", "comparator_events")
+_ARMS = ("target", "comparator")
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None
+
+
+def to_release(site: SiteResult, site_warnings: list[str]) -> Release:
+    """Attrition as nested steps; per adjustment the Cox model, its balance and its
+    Kaplan-Meier curves; balance before adjustment, equipoise and the preference-score
+    histogram (whose bins add up to each arm)."""
+    elements: list[Element] = [
+        Steps(
+            "attrition",
+            tuple(
+                (
+                    a.step,
+                    {
+                        "target_persons": a.target_persons,
+                        "comparator_persons": a.comparator_persons,
+                    },
+                )
+                for a in site.attrition
+            ),
+        )
+    ]
+    population = (
+        site.attrition[-1].target_persons + site.attrition[-1].comparator_persons
+        if site.attrition
+        else 0
+    )
+    for e in site.estimates:
+        persons = e.target_persons + e.comparator_persons
+        elements.append(
+            Model(
+                f"estimate:{e.adjustment}",
+                1,
+                persons,
+                e.target_events + e.comparator_events,
+                {k: _finite(getattr(e, k)) for k in _VALUES},
+                {k: getattr(e, k) for k in _COUNTS},
+                ("target_events", "comparator_events"),
+            )
+        )
+        elements.append(Statistic(f"balance:{e.adjustment}", _finite(e.max_abs_smd), persons))
+        rows = site.km.get(e.adjustment)
+        if rows:
+            elements.append(
+                Curve(
+                    f"km:{e.adjustment}",
+                    {
+                        arm: tuple(
+                            (
+                                float(r["day"]),  # type: ignore[arg-type]
+                                float(r["at_risk"]),  # type: ignore[arg-type]
+                                float(r["events"]),  # type: ignore[arg-type]
+                                float(r["survival"]),  # type: ignore[arg-type]
+                            )
+                            for r in rows
+                            if r["arm"] == arm
+                        )
+                        for arm in _ARMS
+                    },
+                )
+            )
+    elements.append(Statistic("balance_before", _finite(site.balance_before), population))
+    elements.append(Statistic("equipoise", _finite(site.equipoise), population))
+    if site.preference_histogram:
+        counts = {
+            f"{arm}:{i}": {"n": n}
+            for arm, bins in site.preference_histogram.items()
+            for i, n in enumerate(bins)
+        }
+        counts.update({arm: {"n": sum(b)} for arm, b in site.preference_histogram.items()})
+        margins = tuple(
+            Constraint(arm, tuple(f"{arm}:{i}" for i in range(len(b))), ("n",))
+            for arm, b in site.preference_histogram.items()
+        )
+        elements.append(Cells("preference", counts, constraints=margins))
+    labels = {"adjustments": [e.adjustment for e in site.estimates], "warnings": site_warnings}
+    return Release("comparative", site.site, tuple(elements), labels)
+
+
+def released_site(part: Released) -> dict[str, Any]:
+    """One site's released result in the readable form the study results use."""
+    v = part.values
+    estimates = []
+    km: dict[str, list[dict[str, object]]] = {}
+    for adjustment in part.labels["adjustments"]:
+        model = v[f"estimate:{adjustment}"]
+        estimates.append(
+            {
+                "adjustment": adjustment,
+                **{k: model[k] for k in (*_VALUES, *_COUNTS)},
+                "max_abs_smd": v[f"balance:{adjustment}"],
+                "refused": model["refused"],
+            }
+        )
+        curve = v.get(f"km:{adjustment}")
+        if curve:
+            km[adjustment] = [
+                {"arm": arm, "day": p["time"], "survival": p["value"], "at_risk": p["at_risk"]}
+                for arm in _ARMS
+                for p in curve.get(arm, [])
+            ]
+    histogram: dict[str, list[int | None]] = {}
+    for key, row in (v.get("preference") or {}).items():
+        if ":" in key:
+            arm, _ = key.split(":")
+            histogram.setdefault(arm, []).append(row["n"])
+    return {
+        "site": part.site,
+        "estimates": estimates,
+        "attrition": v["attrition"],
+        "max_abs_smd_before": v["balance_before"],
+        "equipoise": v["equipoise"],
+        "warnings": part.labels["warnings"],
+        "km": km,
+        "preference_histogram": histogram,
+    }
+
+
+def combine(parts: list[Released]) -> dict[str, dict[str, meta.Pooled]]:
+    """Per adjustment, the fixed- and random-effects pooled hazard ratios across the sites
+    whose model the release gate let out."""
+    require_released(parts)
     pooled: dict[str, dict[str, meta.Pooled]] = {}
-    adjustments = [e.adjustment for e in sites[0].estimates] if sites else []
+    adjustments = parts[0].labels["adjustments"] if parts else []
     for adjustment in adjustments:
-        rows = [e for s in sites for e in s.estimates if e.adjustment == adjustment]
-        usable = [e for e in rows if np.isfinite(e.se) and e.se > 0]
+        models = [p.values.get(f"estimate:{adjustment}") for p in parts]
+        usable = [m for m in models if m and m["refused"] is None and m["se"] and m["se"] > 0]
         if not usable:
             continue
-        b, se = [e.log_hr for e in usable], [e.se for e in usable]
+        b, se = [m["log_hr"] for m in usable], [m["se"] for m in usable]
         pooled[adjustment] = {
             "fixed": meta.fixed_effect(b, se),
             "random": meta.random_effects(b, se),

@@ -283,7 +283,8 @@ def cox(
 def kaplan_meier(
     population: pd.DataFrame, weights: np.ndarray | None = None, every: int | None = None
 ) -> list[dict[str, object]]:
-    """Survival per arm on a day grid (about 60 points by default), with the number at risk."""
+    """Survival per arm on a day grid (about 60 points by default), with the number at risk
+    and the (unweighted) events since the previous grid point."""
     rows = []
     horizon = int(population["days"].max()) if len(population) else 0
     step = every or max(1, horizon // 60)
@@ -298,6 +299,8 @@ def kaplan_meier(
             fitter = KaplanMeierFitter().fit(part["days"], part["outcome"], weights=w)
         survival = fitter.survival_function_at_times(grid).to_numpy()
         days = part["days"].to_numpy()
+        event_days = days[part["outcome"].to_numpy() == 1]
+        previous = -1.0
         for t, s in zip(grid, survival, strict=True):
             rows.append(
                 {
@@ -305,6 +308,8 @@ def kaplan_meier(
                     "day": float(t),
                     "survival": float(s),
                     "at_risk": float((days >= t).sum()),
+                    "events": float(((event_days > previous) & (event_days <= t)).sum()),
                 }
             )
+            previous = float(t)
     return rows

@@ -14,6 +14,7 @@ from pathlib import Path
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import CohortDefinition
+from medlab.privacy.release import Cells, Constraint, Release, Released, Steps, require_released
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,8 @@ class FunnelStep:
     """Persons after a criterion (in order) and passing it on its own."""
 
     criterion: str
-    persons: int
-    independent_persons: int
+    persons: int | None  # None: suppressed by the release gate
+    independent_persons: int | None
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class SiteFeasibility:
 
     site: str
     funnel: list[FunnelStep]
-    eligible: int
-    by_year: dict[int, int]
+    eligible: int | None
+    by_year: dict[int, int | None]
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,79 @@ def local(store: Path, site: str, eligibility: CohortDefinition, cohort_id: int)
     return SiteFeasibility(site, funnel, result.persons, {int(y): int(n) for y, n in years})
 
 
-def combine(sites: list[SiteFeasibility]) -> Feasibility:
-    """Totals across sites (persons belong to one site, so they add up)."""
+def to_release(site: SiteFeasibility) -> Release:
+    """The funnel as nested steps; each criterion alone against the entry population (its
+    complement must be safe too); eligible persons per year, which add up to the eligible."""
+    funnel = Steps(
+        "funnel",
+        tuple((step.criterion, {"persons": int(step.persons or 0)}) for step in site.funnel),
+    )
+    # The local step's counts are never None; None appears only after the gate.
+    independent = {"all": {"n": int(site.funnel[0].persons or 0)}} if site.funnel else {}
+    independent.update(
+        {
+            f"{i}": {"n": int(step.independent_persons or 0)}
+            for i, step in enumerate(site.funnel)
+            if i
+        }
+    )
+    alone = Cells(
+        "independent",
+        independent,
+        complements={k: "all" for k in independent if k != "all"},
+    )
+    years = {"eligible": {"n": int(site.eligible or 0)}}
+    years.update({str(y): {"n": int(n or 0)} for y, n in site.by_year.items()})
+    by_year = Cells(
+        "by_year",
+        years,
+        constraints=(Constraint("eligible", tuple(str(y) for y in site.by_year), ("n",)),)
+        if site.by_year
+        else (),
+    )
+    return Release("feasibility", site.site, (funnel, alone, by_year))
+
+
+def _site(part: Released) -> SiteFeasibility:
+    alone = part.values["independent"]
+    funnel = [
+        FunnelStep(
+            step["step"],
+            step["persons"],
+            (alone.get("all") if i == 0 else alone.get(str(i), {})).get("n"),
+        )
+        for i, step in enumerate(part.values["funnel"])
+    ]
+    years = part.values["by_year"]
+    return SiteFeasibility(
+        part.site,
+        funnel,
+        years["eligible"]["n"],
+        {int(y): row["n"] for y, row in years.items() if y != "eligible"},
+    )
+
+
+def combine(parts: list[Released]) -> Feasibility:
+    """Totals across sites of the released counts (persons belong to one site, so they add
+    up; a suppressed count adds nothing), and sites ranked by released eligible persons."""
+    require_released(parts)
+    sites = [_site(p) for p in parts]
     if not sites:
         return Feasibility([], 0, {}, [])
     names = [step.criterion for step in sites[0].funnel]
     funnel = [
         FunnelStep(
             name,
-            sum(s.funnel[i].persons for s in sites),
-            sum(s.funnel[i].independent_persons for s in sites),
+            sum(s.funnel[i].persons or 0 for s in sites),
+            sum(s.funnel[i].independent_persons or 0 for s in sites),
         )
         for i, name in enumerate(names)
     ]
     by_year: dict[int, int] = {}
     for s in sites:
         for year, n in s.by_year.items():
-            by_year[year] = by_year.get(year, 0) + n
-    ranked = sorted(sites, key=lambda s: (-s.eligible, s.site))
+            by_year[year] = by_year.get(year, 0) + (n or 0)
+    ranked = sorted(sites, key=lambda s: (-(s.eligible or 0), s.site))
     return Feasibility(
-        funnel, sum(s.eligible for s in sites), dict(sorted(by_year.items())), ranked
+        funnel, sum(s.eligible or 0 for s in sites), dict(sorted(by_year.items())), ranked
     )

@@ -21,12 +21,13 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses.poisson import rate_interval
+from medlab.privacy.release import Cells, Constraint, Release, Released, require_released
 
 DAYS_PER_YEAR = 365.25
 GROUPINGS: tuple[tuple[str, ...], ...] = (
@@ -83,6 +84,7 @@ class IncidenceRate:
     rate: float
     ci_low: float
     ci_high: float
+    suppressed_sites: int = 0
 
 
 @dataclass
@@ -234,25 +236,95 @@ def local(
     return result
 
 
-def combine(parts: list[list[StratumCount]]) -> list[IncidenceRate]:
-    """Sum node aggregates per stratum and compute rates with exact Poisson limits."""
-    totals: dict[tuple[str, str | None, str | None, int | None], list[int]] = {}
+def _key(grouping: str, age: str | None, sex: str | None, year: int | None) -> str:
+    return f"{grouping}|{age or ''}|{sex or ''}|{'' if year is None else year}"
+
+
+# Which columns add up over each kind of margin: persons and entries do not add up over
+# calendar years (time at risk is split across them), persons not over age groups (a person's
+# entries can start at different ages).
+_ADDITIVE = {
+    "sex": ("persons", "entries", "outcomes", "person_days"),
+    "age_group": ("entries", "outcomes", "person_days"),
+    "year": ("outcomes", "person_days"),
+}
+
+
+def to_release(counts: list[StratumCount], site: str) -> Release:
+    """The strata as one table for the release gate, with every margin a reader could use."""
+    rows = {_key(c.grouping, c.age_group, c.sex, c.year): c for c in counts}
+    constraints = []
+    overall = _key("overall", None, None, None)
+    for dimension, columns in _ADDITIVE.items():
+        one_way = [k for k, c in rows.items() if c.grouping == dimension]
+        if overall in rows and one_way:
+            constraints.append(Constraint(overall, tuple(one_way), columns))
+        # Each one-way stratum is the sum of the three-way cells that share its value.
+        for key in one_way:
+            value = getattr(rows[key], dimension)
+            parts = tuple(
+                k
+                for k, c in rows.items()
+                if c.grouping == "age_group,sex,year" and getattr(c, dimension) == value
+            )
+            if parts:  # three-way cells split time at risk by year too
+                constraints.append(Constraint(key, parts, _ADDITIVE["year"]))
+    cells = Cells(
+        "strata",
+        {
+            k: {"persons": c.persons, "entries": c.entries, "outcomes": c.outcomes}
+            for k, c in rows.items()
+        },
+        extras={k: {"person_days": float(c.person_days)} for k, c in rows.items()},
+        constraints=tuple(constraints),
+    )
+    labels = {
+        "strata": {
+            k: {"grouping": c.grouping, "age_group": c.age_group, "sex": c.sex, "year": c.year}
+            for k, c in rows.items()
+        }
+    }
+    return Release("incidence", site, (cells,), labels)
+
+
+def combine(parts: list[Released]) -> list[IncidenceRate]:
+    """Sum the released strata across nodes and compute rates with exact Poisson limits. A
+    stratum a node suppressed counts only the nodes that released it (``suppressed_sites``)."""
+    require_released(parts)
+    totals: dict[str, list[int]] = {}
+    labels: dict[str, dict[str, Any]] = {}
     for part in parts:
-        for c in part:
-            cell = totals.setdefault((c.grouping, c.age_group, c.sex, c.year), [0, 0, 0, 0])
-            cell[0] += c.persons
-            cell[1] += c.entries
-            cell[2] += c.person_days
-            cell[3] += c.outcomes
+        for key, row in part.values.get("strata", {}).items():
+            labels[key] = part.labels["strata"][key]
+            cell = totals.setdefault(key, [0, 0, 0, 0, 0])
+            if row["persons"] is None:
+                cell[4] += 1
+                continue
+            cell[0] += row["persons"]
+            cell[1] += row["entries"]
+            cell[2] += int(row["person_days"])
+            cell[3] += row["outcomes"]
     rates = []
-    for (grouping, age, sex, year), (persons, entries, days, events) in sorted(
-        totals.items(), key=str
-    ):
+    for key, (persons, entries, days, events, suppressed) in sorted(totals.items()):
+        if suppressed == len(parts):
+            continue
+        label = labels[key]
         years = days / DAYS_PER_YEAR
         rate, low, high = rate_interval(events, years)
         rates.append(
             IncidenceRate(
-                grouping, age, sex, year, persons, entries, years, events, rate, low, high
+                label["grouping"],
+                label["age_group"],
+                label["sex"],
+                label["year"],
+                persons,
+                entries,
+                years,
+                events,
+                rate,
+                low,
+                high,
+                suppressed,
             )
         )
     return rates

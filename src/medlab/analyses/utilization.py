@@ -4,7 +4,8 @@ Drugs are named by the concepts asked for (ingredients or classes), and an expos
 each of them it descends from (``concept_ancestor``). Local step, for a cohort on one node:
 per calendar year, the persons in the cohort that year and, per drug, the persons starting an
 exposure to it that year while in the cohort; and the treatment pathways, each person's drugs
-in the order first started (first, second, third line), counted per path. Combine step: sums.
+in the order first started (first, second, third line), counted per path. Combine step: sums
+of what the release gate let out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
+
+from medlab.privacy.release import Cells, Release, Released, require_released
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,48 @@ def local(
     )
 
 
-def combine(parts: list[Utilization]) -> Utilization:
-    """Sum node aggregates (a person belongs to one node)."""
+def _path_key(path: tuple[int, ...]) -> str:
+    return ">".join(str(d) for d in path)
+
+
+def to_release(local_result: Utilization, site: str) -> Release:
+    """Persons per year, treated persons per year and drug (whose complement, the untreated,
+    must be safe too) and persons per pathway."""
+    counts = {f"persons:{y}": {"n": n} for y, n in local_result.persons_by_year.items()}
+    counts.update(
+        {f"treated:{y}:{d}": {"n": n} for (y, d), n in local_result.treated_by_year.items()}
+    )
+    yearly = Cells(
+        "by_year",
+        counts,
+        complements={f"treated:{y}:{d}": f"persons:{y}" for y, d in local_result.treated_by_year},
+    )
+    pathways = Cells("pathways", {_path_key(p): {"n": n} for p, n in local_result.pathways.items()})
+    labels = {"names": {str(d): name for d, name in local_result.names.items()}}
+    return Release("utilization", site, (yearly, pathways), labels)
+
+
+def combine(parts: list[Released]) -> Utilization:
+    """Sum the released counts of the nodes (a person belongs to one node); suppressed cells
+    add nothing."""
+    require_released(parts)
     years: Counter[int] = Counter()
     treated: Counter[tuple[int, int]] = Counter()
     pathways: Counter[tuple[int, ...]] = Counter()
     names: dict[int, str] = {}
     for part in parts:
-        names.update(part.names)
-        years.update(part.persons_by_year)
-        treated.update(part.treated_by_year)
-        pathways.update(part.pathways)
+        names.update({int(d): n for d, n in part.labels["names"].items()})
+        for key, row in part.values["by_year"].items():
+            if row["n"] is None:
+                continue
+            kind, *rest = key.split(":")
+            if kind == "persons":
+                years[int(rest[0])] += row["n"]
+            else:
+                treated[(int(rest[0]), int(rest[1]))] += row["n"]
+        for key, row in part.values["pathways"].items():
+            if row["n"] is not None:
+                pathways[tuple(int(d) for d in key.split(">"))] += row["n"]
     return Utilization(
         dict(sorted(years.items())),
         dict(sorted(treated.items())),

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from medlab.cli.output import emit_json, progress_bar, stdout
 from medlab.errors import UsageError
+from medlab.privacy.policy import load_policy
 from medlab.studies.run import run_study
 from medlab.studies.spec import load_spec
 
@@ -20,6 +21,10 @@ SpecArg = Annotated[Path, typer.Argument(help="Study spec (JSON or YAML).")]
 
 def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _count(value: int | None) -> str:
+    return "suppressed" if value is None else str(value)
 
 
 @app.command("validate")
@@ -40,13 +45,19 @@ def run(
     node: Annotated[list[Path], typer.Option("--node", help="A node store; repeat for more.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for results and report.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="The steward's release policy (YAML/JSON); default: strict."),
+    ] = None,
 ) -> None:
-    """Run the study over the nodes: results.json, CSV tables, plots and report.html."""
+    """Run the study over the nodes through the release gate: results.json (with the disclosure
+    report), CSV tables, plots and report.html."""
     if not node:
         raise UsageError("give at least one --node STORE")
     parsed = load_spec(spec)
+    release_policy = load_policy(policy)
     with progress_bar("study") as update:
-        results = run_study(parsed, node, out, progress=update)
+        results = run_study(parsed, node, out, progress=update, policy=release_policy)
     if as_json:
         emit_json(results)
         return
@@ -71,12 +82,26 @@ def run(
                 _num(e["hr"], ".2f"),
                 f"{_num(e['ci_low'], '.2f')}-{_num(e['ci_high'], '.2f')}",
                 _num(e["p"], ".3g"),
-                str(e["target_persons"]),
-                str(e["comparator_persons"]),
-                str(e["target_events"]),
-                str(e["comparator_events"]),
+                *(
+                    _count(e[k])
+                    for k in (
+                        "target_persons",
+                        "comparator_persons",
+                        "target_events",
+                        "comparator_events",
+                    )
+                ),
             )
         stdout.print(table)
+    disclosure = results["disclosure"]
+    decisions = sum(disclosure["summary"].values())
+    stdout.print(
+        f"release policy {disclosure['policy_version']} ({disclosure['policy_digest'][:19]}…): "
+        f"{decisions} disclosure decisions across {len(disclosure['releases'])} releases; "
+        f"see {out}/disclosure.json",
+        highlight=False,
+        soft_wrap=True,
+    )
     stdout.print(
         f"spec {results['spec_hash']}; results in {out}/results.json, report in {out}/report.html",
         highlight=False,

@@ -22,29 +22,32 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 {% for n in r.nodes %}<tr><td>{{ n.node }}</td><td>{{ n.fingerprint }}</td></tr>{% endfor %}
 </table>
 {% for a in r.analyses %}<h2>{{ a.name }} ({{ a.type }})</h2>
-{% if a.type == "comparative" %}<table><tr><th>adjustment</th><th>HR</th><th>95% CI</th>
+{% if a.refused %}<p>refused at release: {{ a.refused }}</p>
+{% elif a.type == "comparative" %}<table><tr><th>adjustment</th><th>HR</th><th>95% CI</th>
 <th>p</th><th>target persons</th><th>comparator persons</th><th>target events</th>
 <th>comparator events</th></tr>{% for e in a.estimates %}<tr><td>{{ e.adjustment }}</td>
 <td>{{ e.hr|num }}</td><td>{{ e.ci_low|num }}&ndash;{{ e.ci_high|num }}</td>
-<td>{{ e.p|num("%.3g") }}</td><td>{{ e.target_persons }}</td>
-<td>{{ e.comparator_persons }}</td><td>{{ e.target_events }}</td>
-<td>{{ e.comparator_events }}</td></tr>{% endfor %}</table>
+<td>{{ e.p|num("%.3g") }}</td><td>{{ e.target_persons|count }}</td>
+<td>{{ e.comparator_persons|count }}</td><td>{{ e.target_events|count }}</td>
+<td>{{ e.comparator_events|count }}</td></tr>{% endfor %}</table>
 {% for site in a.per_site %}<h3>{{ site.site }}: attrition</h3><table><tr><th>step</th>
 <th>target persons</th><th>comparator persons</th></tr>{% for x in site.attrition %}<tr>
-<td>{{ x.step }}</td><td>{{ x.target_persons }}</td><td>{{ x.comparator_persons }}</td></tr>
+<td>{{ x.step }}</td><td>{{ x.target_persons|count }}</td>
+<td>{{ x.comparator_persons|count }}</td></tr>
 {% endfor %}</table>{% for w in site.warnings %}<p>warning: {{ w }}</p>{% endfor %}{% endfor %}
 {% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
 {% elif a.type == "incidence" %}<table><tr><th>stratum</th><th>persons</th><th>outcomes</th>
 <th>person-years</th><th>rate / 1,000 PY</th><th>95% CI</th></tr>
 {% for x in a.rates if x.grouping in ("overall", "sex") %}<tr><td>{{ x.grouping }}
-{{ x.sex or "" }}</td><td>{{ x.persons }}</td><td>{{ x.outcomes }}</td>
+{{ x.sex or "" }}</td><td>{{ x.persons|count }}</td><td>{{ x.outcomes|count }}</td>
 <td>{{ "%.1f"|format(x.person_years) }}</td><td>{{ "%.2f"|format(x.rate) }}</td>
 <td>{{ "%.2f"|format(x.ci_low) }}&ndash;{{ "%.2f"|format(x.ci_high) }}</td></tr>{% endfor %}
 </table>{% elif a.type == "feasibility" %}<table><tr><th>criterion</th><th>persons left</th>
 <th>passing alone</th></tr>{% for f in a.funnel %}<tr><td>{{ f.criterion }}</td>
-<td>{{ f.persons }}</td><td>{{ f.independent_persons }}</td></tr>{% endfor %}</table>
+<td>{{ f.persons|count }}</td><td>{{ f.independent_persons|count }}</td></tr>{% endfor %}
+</table>
 <table><tr><th>site</th><th>eligible</th></tr>{% for x in a.sites %}<tr><td>{{ x.site }}</td>
-<td>{{ x.eligible }}</td></tr>{% endfor %}</table>
+<td>{{ x.eligible|count }}</td></tr>{% endfor %}</table>
 {% elif a.type == "utilization" %}<table><tr><th>pathway (first → second → third line)</th>
 <th>persons</th></tr>{% for p in a.pathways[:15] %}<tr><td>{{ p.names|join(" → ") }}</td>
 <td>{{ p.persons }}</td></tr>{% endfor %}</table>
@@ -56,6 +59,18 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 <th>SMD</th></tr>{% for x in a.table1 %}<tr><td>{{ x.name }}</td><td>{{ x.first }}</td>
 <td>{{ x.second }}</td><td>{{ "%.3f"|format(x.smd) }}</td></tr>{% endfor %}</table>
 {% endif %}{% endif %}{% endfor %}
+<h2>Disclosure control</h2>
+<p>release policy {{ r.disclosure.policy_version }} ({{ r.disclosure.policy_digest }}):
+minimum cell count {{ r.disclosure.min_cell_count }}, rounding {{ r.disclosure.rounding }}.
+Every number above left its node through the release gate.</p>
+<table><tr><th>rule</th><th>decisions</th></tr>{% for rule, n in r.disclosure.summary.items() %}
+<tr><td>{{ rule }}</td><td>{{ n }}</td></tr>{% endfor %}</table>
+<table><tr><th>site</th><th>analysis</th><th>element</th><th>item</th><th>rule</th>
+<th>action</th></tr>{% for rel in r.disclosure.releases %}{% for d in rel.decisions[:50] %}
+<tr><td>{{ rel.site }}</td><td>{{ rel.analysis }}</td><td>{{ d.element }}</td>
+<td>{{ d.item }}</td><td>{{ d.rule }}</td><td>{{ d.action }}</td></tr>{% endfor %}
+{% if rel.decisions|length > 50 %}<tr><td colspan="6">… {{ rel.decisions|length - 50 }} more
+in disclosure.json</td></tr>{% endif %}{% endfor %}</table>
 </body></html>
 """
 
@@ -91,8 +106,10 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=(6, 3))
             centers = [0.025 + 0.05 * i for i in range(20)]
             for arm, counts in histogram.items():
-                total = sum(counts) or 1
-                ax.plot(centers, [c / total for c in counts], label=arm)
+                # Suppressed bins are drawn as empty; the release gate hid them.
+                shown = [c or 0 for c in counts]
+                total = sum(shown) or 1
+                ax.plot(centers, [c / total for c in shown], label=arm)
             ax.axvspan(0.3, 0.7, alpha=0.1)
             ax.set_xlabel("preference score")
             ax.set_ylabel("share of the arm")
@@ -117,6 +134,8 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
 
 def _at_risk_rows(ax: Any, rows: list[dict[str, Any]]) -> None:
     """Numbers at risk per arm under the x-axis ticks, as KM plots in papers show them."""
+    if not rows:
+        return
     last = max(r["day"] for r in rows)
     ticks = [t for t in ax.get_xticks() if 0 <= t <= last]
     ax.set_xticks(ticks)
@@ -139,8 +158,10 @@ def _attrition_plot(name: str, site: dict[str, Any], out: Path) -> str:
     y = list(range(len(steps)))[::-1]
     for offset, arm in ((0.2, "target"), (-0.2, "comparator")):
         counts = [step[f"{arm}_persons"] for step in steps]
-        bars = ax.barh([v + offset for v in y], counts, height=0.4, label=arm)
-        ax.bar_label(bars, padding=2, fontsize=7)
+        bars = ax.barh([v + offset for v in y], [c or 0 for c in counts], height=0.4, label=arm)
+        ax.bar_label(
+            bars, ["suppressed" if c is None else str(c) for c in counts], padding=2, fontsize=7
+        )
     ax.set_yticks(y, [step["step"] for step in steps], fontsize=8)
     ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
     ax.set_xlabel("persons")
@@ -227,14 +248,17 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     shown = dict(results)
     plots = {"comparative": _km_plot, "utilization": _sunburst_plot}
     shown["analyses"] = [
-        {**a, "images": plots[a["type"]](a, out)} if a["type"] in plots else a
+        {**a, "images": plots[a["type"]](a, out)}
+        if a["type"] in plots and not a.get("refused")
+        else a
         for a in results["analyses"]
     ]
     for a in shown["analyses"]:
-        if a["type"] == "characterization":
+        if a["type"] == "characterization" and not a.get("refused"):
             a["table1"] = _table1(a)
     env = Environment(autoescape=select_autoescape(default=True))
     env.filters["num"] = lambda v, fmt="%.2f": "–" if v is None else fmt % v
+    env.filters["count"] = lambda v: "suppressed" if v is None else v
     html = env.from_string(_TEMPLATE)
     path = out / "report.html"
     path.write_text(html.render(r=shown))

@@ -1,7 +1,8 @@
 """Run a study over node stores: local steps in each node, combine steps over the aggregates.
 
-Here both happen in one process; only the aggregates each local step returns are passed to
-the combine steps, as they will be across the network.
+Here both happen in one process; every local step's aggregates go through the release gate
+on the node's side, and only the released payloads reach the combine steps, as they will
+across the network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from medlab.analyses import characterization, comparative, feasibility, incidenc
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
+from medlab.privacy import gate
+from medlab.privacy.policy import ReleasePolicy
+from medlab.privacy.release import Release as ReleaseRequest
+from medlab.privacy.release import Released
 from medlab.studies.spec import (
     CharacterizationAnalysis,
     ComparativeAnalysis,
@@ -46,34 +51,25 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
-    sites = []
+Release = Callable[[ReleaseRequest], Released]
+
+
+def _comparative(a: ComparativeAnalysis, nodes: list[Path], release: Release) -> dict[str, Any]:
+    parts = []
     for store in nodes:
         with open_store(store, read_only=True) as con, warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             site = comparative.local(con, store.stem, a.target, a.comparator, a.outcome, a.settings)
             site_warnings = [str(x.message) for x in w]
-        sites.append((site, site_warnings))
-    pooled = comparative.combine([s for s, _ in sites])
-    per_site = [
-        {
-            "site": s.site,
-            "estimates": [e.to_dict() for e in s.estimates],
-            "attrition": [asdict(step) for step in s.attrition],
-            "max_abs_smd_before": _finite(s.balance_before),
-            "equipoise": _finite(s.equipoise),
-            "warnings": ws,
-            "km": s.km,
-            "preference_histogram": s.preference_histogram,
-        }
-        for s, ws in sites
-    ]
-    if len(sites) == 1:
-        estimates = [e.to_dict() for e in sites[0][0].estimates]
+        parts.append(release(comparative.to_release(site, site_warnings)))
+    pooled = comparative.combine(parts)
+    per_site = [comparative.released_site(p) for p in parts]
+    estimates: list[dict[str, Any]] = []
+    if len(parts) == 1:
+        estimates = per_site[0]["estimates"]
     else:
-        estimates = []
         for adjustment, methods in pooled.items():
-            rows = [e for s, _ in sites for e in s.estimates if e.adjustment == adjustment]
+            rows = [e for s in per_site for e in s["estimates"] if e["adjustment"] == adjustment]
             random = methods["random"]
             estimates.append(
                 {
@@ -86,10 +82,9 @@ def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
                     "se": random.se,
                     "tau2": random.tau2,
                     "method": "random effects (DL)",
-                    "target_persons": sum(e.target_persons for e in rows),
-                    "comparator_persons": sum(e.comparator_persons for e in rows),
-                    "target_events": sum(e.target_events for e in rows),
-                    "comparator_events": sum(e.comparator_events for e in rows),
+                    "sites": random.sites,
+                    # Sums of the released counts; a count a site suppressed adds nothing.
+                    **{k: sum(e[k] or 0 for e in rows) for k in comparative._COUNTS},
                 }
             )
     return {
@@ -99,21 +94,25 @@ def _comparative(a: ComparativeAnalysis, nodes: list[Path]) -> dict[str, Any]:
     }
 
 
-def _incidence(a: IncidenceAnalysis, nodes: list[Path]) -> dict[str, Any]:
+def _incidence(a: IncidenceAnalysis, nodes: list[Path], release: Release) -> dict[str, Any]:
     parts = []
     for store in nodes:
         with open_store(store, read_only=True) as con:
-            parts.append(incidence.local(con, a.target, a.outcome, a.settings))
+            counts = incidence.local(con, a.target, a.outcome, a.settings)
+        parts.append(release(incidence.to_release(counts, store.stem)))
     return {"rates": [asdict(r) for r in incidence.combine(parts)]}
 
 
-def _characterization(a: CharacterizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
+def _characterization(
+    a: CharacterizationAnalysis, nodes: list[Path], release: Release
+) -> dict[str, Any]:
     combined = []
     for cohort in a.cohorts:
         parts = []
         for store in nodes:
             with open_store(store) as con:
-                parts.append(characterization.local(con, cohort, a.settings))
+                local = characterization.local(con, cohort, a.settings)
+            parts.append(release(characterization.to_release(local, store.stem, cohort)))
         combined.append(characterization.combine(parts))
     result: dict[str, Any] = {
         "cohorts": [
@@ -127,11 +126,16 @@ def _characterization(a: CharacterizationAnalysis, nodes: list[Path]) -> dict[st
     return result
 
 
-def _feasibility(a: FeasibilityAnalysis, spec: StudySpec, nodes: list[Path]) -> dict[str, Any]:
+def _feasibility(
+    a: FeasibilityAnalysis, spec: StudySpec, nodes: list[Path], release: Release
+) -> dict[str, Any]:
     definition = next(c.definition for c in spec.cohorts if c.id == a.cohort)
     assert definition is not None
-    sites = [feasibility.local(store, store.stem, definition, a.cohort) for store in nodes]
-    total = feasibility.combine(sites)
+    parts = [
+        release(feasibility.to_release(feasibility.local(store, store.stem, definition, a.cohort)))
+        for store in nodes
+    ]
+    total = feasibility.combine(parts)
     return {
         "funnel": [asdict(step) for step in total.funnel],
         "eligible": total.eligible,
@@ -148,11 +152,12 @@ def _feasibility(a: FeasibilityAnalysis, spec: StudySpec, nodes: list[Path]) -> 
     }
 
 
-def _utilization(a: UtilizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
+def _utilization(a: UtilizationAnalysis, nodes: list[Path], release: Release) -> dict[str, Any]:
     parts = []
     for store in nodes:
         with open_store(store, read_only=True) as con:
-            parts.append(utilization.local(con, a.cohort, a.drugs, a.max_lines))
+            local = utilization.local(con, a.cohort, a.drugs, a.max_lines)
+        parts.append(release(utilization.to_release(local, store.stem)))
     total = utilization.combine(parts)
     return {
         "by_year": [
@@ -161,7 +166,7 @@ def _utilization(a: UtilizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
                 "drug": drug,
                 "drug_name": total.names.get(drug, str(drug)),
                 "persons": n,
-                "cohort_persons": total.persons_by_year.get(year, 0),
+                "cohort_persons": total.persons_by_year.get(year),
                 "share": total.share(year, drug),
             }
             for (year, drug), n in total.treated_by_year.items()
@@ -177,10 +182,39 @@ def _utilization(a: UtilizationAnalysis, nodes: list[Path]) -> dict[str, Any]:
     }
 
 
+def _disclosure(policy: ReleasePolicy, released: list[Released]) -> dict[str, Any]:
+    summary: dict[str, int] = {}
+    for r in released:
+        for rule, n in r.disclosure()["summary"].items():
+            summary[rule] = summary.get(rule, 0) + n
+    return {
+        "policy_version": policy.version,
+        "policy_digest": policy.digest(),
+        "min_cell_count": policy.min_cell_count,
+        "rounding": policy.rounding,
+        "summary": dict(sorted(summary.items())),
+        "releases": [r.disclosure() for r in released],
+    }
+
+
 def run_study(
-    spec: StudySpec, nodes: list[Path], out: Path, progress: Progress | None = None
+    spec: StudySpec,
+    nodes: list[Path],
+    out: Path,
+    progress: Progress | None = None,
+    policy: ReleasePolicy | None = None,
 ) -> dict[str, Any]:
-    """Generate the cohorts on every node, run every analysis, write results into ``out``."""
+    """Generate the cohorts on every node, run every analysis's local step there and pass its
+    aggregates through the release gate under ``policy`` (the defaults when None), combine the
+    released payloads, and write results and the disclosure report into ``out``."""
+    policy = policy or ReleasePolicy()
+    released: list[Released] = []
+
+    def release(request: ReleaseRequest) -> Released:
+        payload = gate.apply(policy, request)
+        released.append(payload)
+        return payload
+
     out.mkdir(parents=True, exist_ok=True)
     node_info = []
     for i, store in enumerate(nodes):
@@ -195,17 +229,20 @@ def run_study(
     for i, analysis in enumerate(spec.analyses):
         if progress:
             progress(analysis.name, i, len(spec.analyses))
-        if isinstance(analysis, ComparativeAnalysis):
-            body = _comparative(analysis, nodes)
+        if analysis.type not in policy.allowed_analyses:
+            release(ReleaseRequest(analysis.type, "*", ()))  # records the refusal
+            body: dict[str, Any] = {"refused": "analysis type not allowed by the policy"}
+        elif isinstance(analysis, ComparativeAnalysis):
+            body = _comparative(analysis, nodes, release)
             _write_csv(out / f"{analysis.name}_estimates.csv", body["estimates"])
         elif isinstance(analysis, IncidenceAnalysis):
-            body = _incidence(analysis, nodes)
+            body = _incidence(analysis, nodes, release)
             _write_csv(out / f"{analysis.name}_rates.csv", body["rates"])
         elif isinstance(analysis, FeasibilityAnalysis):
-            body = _feasibility(analysis, spec, nodes)
+            body = _feasibility(analysis, spec, nodes, release)
             _write_csv(out / f"{analysis.name}_funnel.csv", body["funnel"])
         elif isinstance(analysis, UtilizationAnalysis):
-            body = _utilization(analysis, nodes)
+            body = _utilization(analysis, nodes, release)
             _write_csv(out / f"{analysis.name}_by_year.csv", body["by_year"])
             _write_csv(
                 out / f"{analysis.name}_pathways.csv",
@@ -215,7 +252,7 @@ def run_study(
                 ],
             )
         else:
-            body = _characterization(analysis, nodes)
+            body = _characterization(analysis, nodes, release)
             for c in body["cohorts"]:
                 _write_csv(out / f"{analysis.name}_cohort{c['cohort']}.csv", c["covariates"])
         analyses.append({"name": analysis.name, "type": analysis.type, **body})
@@ -224,8 +261,11 @@ def run_study(
         "spec_hash": spec.digest(),
         "medlab_version": __version__,
         "nodes": node_info,
+        "policy": {"version": policy.version, "digest": policy.digest()},
         "analyses": analyses,
+        "disclosure": _disclosure(policy, released),
     }
+    (out / "disclosure.json").write_text(json.dumps(results["disclosure"], indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     from medlab.studies.report import write_report
 

@@ -1,0 +1,1 @@
+"""The release gate: disclosure control, differential privacy, auditing, pseudonymization."""
