@@ -7,7 +7,7 @@ import sys
 import typer
 
 from medlab import __version__
-from medlab.cli import cohort, node, study, synth
+from medlab.cli import cohort, node, privacy, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -16,6 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+node.app.add_typer(privacy.budget_app, name="budget")
+node.app.command("query")(privacy.query)
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")
 app.add_typer(study.app, name="study")

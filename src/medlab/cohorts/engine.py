@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import duckdb
 from sqlglot import exp
@@ -65,10 +66,7 @@ def _create_temp(name: str, query: exp.Expression) -> str:
     return create.sql(dialect="duckdb")
 
 
-def run_compiled(
-    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort, cohort_id: int
-) -> list[AttritionRow]:
-    """Run the steps and write the cohort rows; the caller owns the transaction."""
+def _create_steps(con: duckdb.DuckDBPyConnection, compiled: CompiledCohort) -> None:
     con.execute(
         "CREATE TEMP TABLE codeset_items ("
         + ", ".join(f"{name} {kind}" for name, kind in CODESET_ITEM_COLUMNS)
@@ -81,13 +79,39 @@ def run_compiled(
         )
     for step in compiled.steps:
         con.execute(_create_temp(step.name, step.query))
+
+
+def _drop_steps(con: duckdb.DuckDBPyConnection, compiled: CompiledCohort) -> None:
+    # On failure the caller rolls back, which discards these temporary tables too.
+    for name in ["codeset_items", *(s.name for s in compiled.steps)]:
+        con.execute(f'DROP TABLE temp."{name}"')
+
+
+def select_rows(
+    con: duckdb.DuckDBPyConnection, definition: CohortDefinition
+) -> list[tuple[int, dt.date, dt.date]]:
+    """The cohort's rows (subject, start, end), computed without writing to the store; the
+    caller owns the transaction (a rollback discards the temporary tables)."""
+    compiled = compile_cohort(definition, 0)
+    _create_steps(con, compiled)
+    query = exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_(
+        cast(exp.Select, compiled.cohort_rows).subquery("c")
+    )
+    rows = con.execute(query.sql(dialect="duckdb")).fetchall()
+    _drop_steps(con, compiled)
+    return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
+def run_compiled(
+    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort, cohort_id: int
+) -> list[AttritionRow]:
+    """Run the steps and write the cohort rows; the caller owns the transaction."""
+    _create_steps(con, compiled)
     con.execute(f"DELETE FROM {RESULTS}.cohort WHERE cohort_definition_id = ?", [cohort_id])
     insert = exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort")
     con.execute(insert.sql(dialect="duckdb"))
     rows = con.execute(compiled.attrition.sql(dialect="duckdb")).fetchall()
-    # On failure the caller rolls back, which discards these temporary tables too.
-    for name in ["codeset_items", *(s.name for s in compiled.steps)]:
-        con.execute(f'DROP TABLE temp."{name}"')
+    _drop_steps(con, compiled)
     names = ["qualifying events", *compiled.rule_names]
     return [
         AttritionRow(names[int(r[0])], int(r[1]), int(r[2] or 0), int(r[3]), int(r[4] or 0))

@@ -58,9 +58,10 @@ class DifferentialPrivacy(BaseModel):
     enabled: bool = False
     mechanism: Literal["laplace", "gaussian"] = "laplace"
     epsilon_per_release: Annotated[float, Field(gt=0)] = 1.0
+    rho_per_release: Annotated[float, Field(gt=0)] = 0.05
     delta: Annotated[float, Field(ge=0, lt=1)] = 1e-7
 
-    @field_validator("epsilon_per_release", "delta")
+    @field_validator("epsilon_per_release", "rho_per_release", "delta")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):

@@ -21,6 +21,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Analysis names become file names (``NAME_estimates.csv``) and so may not carry path
+# separators or shell metacharacters.
+AnalysisName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+
+
 class StudyCohort(_Model):
     """A cohort of the study: an inline definition, or a file (medlab or Circe JSON/YAML)."""
 
@@ -40,7 +45,7 @@ class IncidenceAnalysis(_Model):
     """Incidence of an outcome cohort in a target cohort's time at risk."""
 
     type: Literal["incidence"] = "incidence"
-    name: str
+    name: AnalysisName
     target: int
     outcome: int
     settings: IncidenceSettings = IncidenceSettings()
@@ -50,7 +55,7 @@ class CharacterizationAnalysis(_Model):
     """Covariates of one or two cohorts (with standardized differences for two)."""
 
     type: Literal["characterization"] = "characterization"
-    name: str
+    name: AnalysisName
     cohorts: Annotated[list[int], Field(min_length=1, max_length=2)]
     settings: CharacterizationSettings = CharacterizationSettings()
 
@@ -59,7 +64,7 @@ class ComparativeAnalysis(_Model):
     """Target vs comparator new users on an outcome."""
 
     type: Literal["comparative"] = "comparative"
-    name: str
+    name: AnalysisName
     target: int
     comparator: int
     outcome: int
@@ -70,7 +75,7 @@ class FeasibilityAnalysis(_Model):
     """Eligibility funnel per site and in total; the cohort's inclusion rules are the criteria."""
 
     type: Literal["feasibility"] = "feasibility"
-    name: str
+    name: AnalysisName
     cohort: int
 
 
@@ -78,7 +83,7 @@ class UtilizationAnalysis(_Model):
     """Drug shares by year and treatment pathways in a cohort."""
 
     type: Literal["utilization"] = "utilization"
-    name: str
+    name: AnalysisName
     cohort: int
     drugs: Annotated[list[int], Field(min_length=1)]
     max_lines: Annotated[int, Field(ge=1)] = 3
@@ -113,13 +118,16 @@ class StudySpec(_Model):
                 if isinstance(analysis, CharacterizationAnalysis)
                 else [
                     getattr(analysis, k)
-                    for k in ("target", "comparator", "outcome")
+                    for k in ("target", "comparator", "outcome", "cohort")
                     if hasattr(analysis, k)
                 ]
             )
             for cohort in used:
                 if cohort not in ids:
                     raise ValueError(f"analyses[{i}] refers to cohort {cohort}, not defined")
+        names = [a.name for a in self.analyses]
+        if len(set(names)) != len(names):
+            raise ValueError("analysis names must be unique (they name the result files)")
         return self
 
     def digest(self) -> str:

@@ -1,0 +1,111 @@
+"""``medlab node budget`` and ``medlab node query``: privacy budgets and DP queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+
+from medlab.cli.output import emit_json, stdout
+from medlab.cohorts.model import load_definition
+from medlab.errors import DefinitionError
+from medlab.privacy import budget as budgets
+from medlab.privacy.policy import load_policy
+from medlab.privacy.query import DPQuery, answer
+
+budget_app = typer.Typer(help="Privacy budgets per project: grant, show.", no_args_is_help=True)
+
+StoreArg = Annotated[Path, typer.Argument(help="Path of the node store (a DuckDB file).")]
+ProjectOpt = Annotated[str, typer.Option("--project", help="The research project.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _print_budget(b: budgets.Budget, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "project": b.project,
+                "epsilon_granted": b.epsilon_granted,
+                "epsilon_spent": b.epsilon_spent,
+                "epsilon_remaining": b.epsilon_remaining,
+                "rho_granted": b.rho_granted,
+                "rho_spent": b.rho_spent,
+                "rho_remaining": b.rho_remaining,
+            }
+        )
+        return
+    stdout.print(
+        f"project {b.project}: epsilon {b.epsilon_spent:g} spent of {b.epsilon_granted:g} "
+        f"({b.epsilon_remaining:g} left); rho {b.rho_spent:g} spent of {b.rho_granted:g} "
+        f"({b.rho_remaining:g} left)",
+        highlight=False,
+    )
+
+
+@budget_app.command("grant")
+def grant(
+    store: StoreArg,
+    project: ProjectOpt,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Total epsilon (Laplace).")] = 0.0,
+    rho: Annotated[float, typer.Option("--rho", help="Total rho (Gaussian, zCDP).")] = 0.0,
+    by: Annotated[str, typer.Option("--by", help="Who grants it.")] = "steward",
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a project's total budget on this node (never below what it has spent)."""
+    _print_budget(budgets.grant(store, project, epsilon, rho, by), as_json)
+
+
+@budget_app.command("show")
+def show(store: StoreArg, project: ProjectOpt, as_json: JsonOpt = False) -> None:
+    """A project's granted, spent and remaining budget on this node."""
+    _print_budget(budgets.status(store, project), as_json)
+
+
+def query(
+    store: StoreArg,
+    query_file: Annotated[
+        Path, typer.Argument(help="The query (YAML/JSON): project, cohort, statistic, …")
+    ],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="The node's release policy (YAML/JSON).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a differentially private query on this node, spending from the project budget."""
+    try:
+        text = query_file.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if query_file.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DefinitionError(f"{query_file}: cannot read the query ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("cohort"), str):
+        data["cohort"] = load_definition(query_file.parent / data["cohort"])
+    try:
+        parsed = DPQuery.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            "$"
+            + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+            + f": {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise DefinitionError(f"{query_file}: invalid query: " + "; ".join(problems)) from None
+    result = answer(store, parsed, load_policy(policy))
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    table = Table(
+        title=f"{parsed.statistic} ({result.release.mechanism}, noise scale "
+        f"{result.release.scale:.3g}){' — cached, nothing spent' if result.cached else ''}"
+    )
+    for col in ("value", "noisy", "95% interval (noise)"):
+        table.add_column(col, justify="left" if col == "value" else "right")
+    for key, value in result.release.values.items():
+        low, high = result.release.intervals.get(key, (float("nan"), float("nan")))
+        table.add_row(key, f"{value:.2f}", f"{low:.2f} – {high:.2f}")
+    stdout.print(table)
+    _print_budget(result.budget, False)
