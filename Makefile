@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/cohort_bench.py
 	$(BIN)/python benchmarks/study_bench.py
+	$(BIN)/python benchmarks/privacy_bench.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

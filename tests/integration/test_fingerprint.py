@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, open_store
+from medlab.privacy.ingest import RAW
 
 HEADER = "location_id,address_1,city,latitude\n"
 
@@ -21,7 +22,7 @@ def _store_of(tmp: Path, name: str, files: dict[str, str]) -> str:
         (src / file).write_text(text)
     store = tmp / f"{name}.duckdb"
     init_store(store)
-    load_omop_csv(store, src)
+    load_omop_csv(store, src, ingest=RAW)  # every value as given: the fingerprint is tested
     with open_store(store, read_only=True) as con:
         return snapshot_fingerprint(con)[0]
 

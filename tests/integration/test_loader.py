@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, load_history, open_store, row_counts
 from medlab.errors import LoadError
+from medlab.privacy.ingest import RAW
+from medlab.privacy.secret import secret_path
 
 
 def _copy_with(src: Path, dest: Path, file: str, edit: Callable[[list[str]], list[str]]) -> Path:
@@ -94,8 +97,15 @@ def test_reloading_into_a_new_store_gives_the_same_fingerprint(
 ) -> None:
     again = tmp_path / "again.duckdb"
     init_store(again)
+    # The same node (the same secret) gives every person the same pseudonym again.
+    shutil.copy(secret_path(eunomia_store), secret_path(again))
     load_omop_csv(again, eunomia_dir)
     assert _state(again)[0] == _state(eunomia_store)[0]
+    # Another node's secret gives other pseudonyms, so another fingerprint.
+    other = tmp_path / "other.duckdb"
+    init_store(other)
+    load_omop_csv(other, eunomia_dir)
+    assert _state(other)[0] != _state(eunomia_store)[0]
 
 
 def _refused(store: Path, directory: Path) -> LoadError:
@@ -202,7 +212,7 @@ def test_whole_numbers_written_as_decimals_load(seeded_store: Path, tmp_path: Pa
         "PERSON_ID,GENDER_CONCEPT_ID,YEAR_OF_BIRTH,RACE_CONCEPT_ID,ETHNICITY_CONCEPT_ID,"
         "BIRTH_DATETIME\n1.0,8507,1960.0,0,0,1960-05-01T23:30:00+02:00\n"
     )
-    load_omop_csv(seeded_store, tmp_path / "src")
+    load_omop_csv(seeded_store, tmp_path / "src", ingest=RAW)  # keep the id to check it
     with open_store(seeded_store, read_only=True) as con:
         row = con.execute("SELECT person_id, year_of_birth, birth_datetime FROM person").fetchall()
     assert row[0][:2] == (1, 1960)

@@ -11,6 +11,7 @@ from typing import Any
 
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store
+from medlab.privacy.ingest import RAW
 
 D = dt.date.fromisoformat
 
@@ -214,5 +215,5 @@ class World:
         self.write(tmp_path / "csv")
         store = tmp_path / "spec.duckdb"
         init_store(store)
-        load_omop_csv(store, tmp_path / "csv")
+        load_omop_csv(store, tmp_path / "csv", ingest=RAW)  # the spec tests name persons
         return store

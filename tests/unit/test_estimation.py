@@ -165,3 +165,16 @@ def test_new_risk_window_censoring_counts_only_entries_kept(tmp_path) -> None:  
     # entry (Jan 1 - Feb 28), the second runs Mar 1 - May 29.
     assert list(target["days"]) == [59, 90]
     assert list(first[first["treatment"] == 1]["days"]) == [90]  # nothing left to cut it
+
+
+def test_monotone_likelihood_gives_no_hazard_ratio_instead_of_overflowing() -> None:
+    # In every matched pair the treated person has the event first: the stratified partial
+    # likelihood grows without bound, so there is no finite estimate.
+    rows = []
+    for pair in range(30):
+        rows.append({"person_id": 2 * pair, "treatment": 1, "days": 5 + pair, "outcome": 1})
+        rows.append({"person_id": 2 * pair + 1, "treatment": 0, "days": 50 + pair, "outcome": 1})
+    frame = pd.DataFrame(rows)
+    with pytest.warns(est.EstimationWarning, match="no finite estimate|did not converge"):
+        estimate = est.cox(frame, "matching", np.repeat(np.arange(30), 2))
+    assert np.isnan(estimate.hr) and estimate.target_events == 30

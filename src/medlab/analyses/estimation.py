@@ -237,13 +237,22 @@ def cox(
             )
             return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
         b, se = float(fit.params[0]), float(fit.bse[0])
-        p = float(2 * norm.sf(abs(b / se))) if se > 0 else _NAN
+        if not (math.isfinite(b) and math.isfinite(se) and se > 0 and abs(b) + _Z * se < 700):
+            # Monotone likelihood (every informative stratum has events in one arm only):
+            # the coefficient runs off to infinity; there is no finite hazard ratio.
+            warnings.warn(
+                f"{adjustment}: the Cox model has no finite estimate (log HR {b:.3g}, "
+                f"SE {se:.3g}); no hazard ratio",
+                EstimationWarning,
+                stacklevel=2,
+            )
+            return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
         return Estimate(
             adjustment,
             math.exp(b),
             math.exp(b - _Z * se),
             math.exp(b + _Z * se),
-            p,
+            float(2 * norm.sf(abs(b / se))),
             b,
             se,
             *counts,

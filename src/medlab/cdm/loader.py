@@ -21,6 +21,7 @@ import duckdb
 from medlab.cdm import schema
 from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load
 from medlab.errors import LoadError
+from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -193,10 +194,18 @@ def discover(directory: Path) -> tuple[list[tuple[Path, schema.Table]], list[str
 class _FileLoader:
     """Stages, checks and inserts one CSV file inside the caller's transaction."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, table: schema.Table) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        path: Path,
+        table: schema.Table,
+        pseudonymizer: Pseudonymizer,
+    ) -> None:
         self.con = con
         self.path = path
         self.table = table
+        self.pseudo = pseudonymizer
+        self.person_expr: str | None = None  # the staged person id, when pseudonyms apply
         self.dialect = _dialect(path)
         self.warnings: list[str] = []
         self.rows = 0
@@ -385,6 +394,12 @@ class _FileLoader:
                 f"(first at line {line}); loaded, and flagged by data quality check "
                 "is_primary_key"
             )
+        if self.person_expr is not None and list(pk) == ["person_id"]:
+            # The store holds pseudonyms: compare the pseudonyms of the staged ids.
+            parsed = [
+                "(SELECT medlab_pseudonym FROM temp.medlab_pseudonyms "
+                f"WHERE medlab_source_id = ({parsed[0]}))"
+            ]
         join = " AND ".join(f'({p}) = t."{k}"' for p, k in zip(parsed, pk))
         (clash,) = fetch_one(
             self.con,
@@ -412,10 +427,12 @@ class _FileLoader:
                 exprs.append(_V53_DEFAULTS[(self.table.name, col.name)])
             else:
                 continue
+            exprs[-1] = self.pseudo.column(self.table, col, exprs[-1])
             names.append(f'"{col.name}"')
         self.con.execute(
             f"INSERT INTO {self.table.qualified} ({', '.join(names)}) "
-            f"SELECT {', '.join(exprs)} FROM temp.stage ORDER BY rowid"
+            f"SELECT {', '.join(exprs)} FROM {self.pseudo.source(self.person_expr)} "
+            "ORDER BY stage.rowid"
         )
 
     def load(self) -> FileReport:
@@ -423,6 +440,11 @@ class _FileLoader:
         self.stage()
         self.check_columns()
         self.check_values()
+        if self.rows and self.pseudo.joins_persons(self.table) and "person_id" in self.source_of:
+            self.person_expr = _parse_expr(
+                self.table.column("person_id"), self.source_of["person_id"]
+            )
+            self.pseudo.prepare(self.person_expr)
         self.check_keys()
         self.insert()
         return FileReport(
@@ -468,21 +490,29 @@ def _source_version(con: duckdb.DuckDBPyConnection, renamed_any: bool) -> str:
 
 
 def load_omop_csv(
-    store: Path, directory: Path, *, progress: ProgressCallback | None = None
+    store: Path,
+    directory: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    ingest: IngestPolicy | None = None,
 ) -> LoadReport:
-    """Load every OMOP CSV file in ``directory`` into ``store`` in one transaction."""
+    """Load every OMOP CSV file in ``directory`` into ``store`` in one transaction, applying
+    the ingest policy (pseudonyms, identifiers, free text, date shifts; strict by default)."""
     files, warnings = discover(directory)
+    policy = ingest or IngestPolicy()
     with open_store(store) as con:
         con.execute("BEGIN TRANSACTION")
         try:
+            pseudonymizer = Pseudonymizer(con, store, policy)
             reports: list[FileReport] = []
             for i, (path, table) in enumerate(files):
                 if progress:
                     progress(path.name, i, len(files))
-                loader = _FileLoader(con, path, table)
+                loader = _FileLoader(con, path, table, pseudonymizer)
                 reports.append(loader.load())
                 warnings.extend(loader.warnings)
             con.execute("DROP TABLE IF EXISTS temp.stage")
+            con.execute("DROP TABLE IF EXISTS temp.medlab_pseudonyms")
             if progress:
                 progress("referential checks", len(files), len(files))
             warnings.extend(_referential_warnings(con, {r.table for r in reports if r.rows}))
@@ -494,6 +524,10 @@ def load_omop_csv(
                 files=[asdict(f) for f in reports],
                 rows=sum(f.rows for f in reports),
                 warnings=warnings,
+            )
+            con.execute(
+                "INSERT INTO medlab.store_info VALUES (?, ?)",
+                [f"ingest_policy.load{load_id}", policy.model_dump_json()],
             )
             report = LoadReport(load_id, str(directory), version, reports, warnings)
             con.execute("COMMIT")

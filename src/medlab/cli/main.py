@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 node.app.add_typer(privacy.budget_app, name="budget")
 node.app.command("query")(privacy.query)
+node.app.command("export")(privacy.export)
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")
 app.add_typer(study.app, name="study")

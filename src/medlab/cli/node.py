@@ -14,6 +14,7 @@ from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, load_history, open_store, row_counts, store_info
 from medlab.cli.output import emit_json, progress_bar, stderr, stdout
 from medlab.errors import QualityGateError
+from medlab.privacy.ingest import load_ingest_policy
 
 app = typer.Typer(help="Run a node store: init, load, info, dq.", no_args_is_help=True)
 
@@ -35,10 +36,19 @@ def load(
         Path, typer.Option("--omop-csv", help="Directory of OMOP CSV files, one per table.")
     ],
     as_json: JsonOpt = False,
+    ingest_policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--ingest-policy",
+            help="The steward's ingest policy (YAML/JSON): pseudonyms, identifiers, free text, "
+            "date shifts. Default: pseudonymize ids, drop identifiers and free text.",
+        ),
+    ] = None,
 ) -> None:
-    """Load OMOP CDM v5.3/v5.4 CSV files, all or nothing."""
+    """Load OMOP CDM v5.3/v5.4 CSV files, all or nothing, pseudonymized at ingest."""
+    policy = load_ingest_policy(ingest_policy)
     with progress_bar("loading") as update:
-        report = load_omop_csv(store, omop_csv, progress=update)
+        report = load_omop_csv(store, omop_csv, progress=update, ingest=policy)
     if as_json:
         emit_json(report.to_dict())
         return

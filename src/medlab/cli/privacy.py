@@ -1,4 +1,4 @@
-"""``medlab node budget`` and ``medlab node query``: privacy budgets and DP queries."""
+"""``medlab node budget``, ``query`` and ``export``: budgets, DP queries, record export."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from medlab.cli.output import emit_json, stdout
 from medlab.cohorts.model import load_definition
 from medlab.errors import DefinitionError
 from medlab.privacy import budget as budgets
+from medlab.privacy.export import export_persons
 from medlab.privacy.policy import load_policy
 from medlab.privacy.query import DPQuery, answer
 
@@ -109,3 +110,20 @@ def query(
         table.add_row(key, f"{value:.2f}", f"{low:.2f} – {high:.2f}")
     stdout.print(table)
     _print_budget(result.budget, False)
+
+
+def export(
+    store: StoreArg,
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="The node's release policy (YAML/JSON).")
+    ] = None,
+) -> None:
+    """Export the person table with generalized quasi-identifiers, if the policy allows it
+    and every (age band, sex, ZIP area) group holds at least the minimum cell count."""
+    result = export_persons(store, out, load_policy(policy))
+    stdout.print(
+        f"wrote {out}: {result.groups} groups of (age band, sex, ZIP area), "
+        f"each with at least {result.k} persons",
+        highlight=False,
+    )

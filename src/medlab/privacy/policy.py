@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -104,22 +104,34 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
-def parse_policy(data: Any, source: str = "policy") -> ReleasePolicy:
-    """A policy from parsed JSON/YAML; problems name their JSON path."""
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate(model: type[Model], data: Any, source: str, what: str) -> Model:
+    """``data`` as ``model``; every problem is named by its JSON path in one PolicyError."""
     try:
-        return ReleasePolicy.model_validate(data if data is not None else {})
+        return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         problems = [f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise PolicyError(f"{source}: invalid release policy: " + "; ".join(problems)) from None
+        raise PolicyError(f"{source}: invalid {what}: " + "; ".join(problems)) from None
+
+
+def read_document(path: Path, what: str) -> Any:
+    """The parsed YAML (``.yaml``/``.yml``) or JSON in ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PolicyError(f"{path}: cannot read the {what} ({exc})") from None
+
+
+def parse_policy(data: Any, source: str = "policy") -> ReleasePolicy:
+    """A policy from parsed JSON/YAML; problems name their JSON path."""
+    return validate(ReleasePolicy, data, source, "release policy")
 
 
 def load_policy(path: Path | None) -> ReleasePolicy:
     """The policy in ``path`` (YAML or JSON), or the defaults when ``path`` is None."""
     if path is None:
         return ReleasePolicy()
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise PolicyError(f"{path}: cannot read the release policy ({exc})") from None
-    return parse_policy(data, str(path))
+    return parse_policy(read_document(path, "release policy"), str(path))
