@@ -31,3 +31,26 @@ def test_funnel_years_and_ranking(synth_small: Path, tmp_path: Path) -> None:
         assert step.independent_persons >= step.persons
     assert sum(total.by_year.values()) == total.eligible
     assert [s.eligible for s in total.sites] == sorted((s.eligible for s in sites), reverse=True)
+
+
+def test_counts_every_site_suppressed_stay_unknown_not_zero() -> None:
+    from medlab.privacy.policy import ReleasePolicy
+
+    sites = [
+        feasibility.SiteFeasibility(
+            name,
+            [
+                feasibility.FunnelStep("qualifying events", 400, 400),
+                feasibility.FunnelStep("rare criterion", 4, 4),
+            ],
+            4,
+            {2019: 4},
+        )
+        for name in ("a", "b")
+    ]
+    total = feasibility.combine(
+        [released(feasibility.to_release(s), ReleasePolicy()) for s in sites]
+    )
+    assert total.funnel[0].persons == 2 * ReleasePolicy().round_count(400)
+    assert total.funnel[1].persons is None and total.eligible is None
+    assert total.by_year == {2019: None}

@@ -107,9 +107,9 @@ class Covariate:
     covariate_id: str
     name: str
     kind: str
-    count: int
-    mean: float
-    sd: float
+    count: int | None  # None (and mean, sd None): every node's release gate suppressed it
+    mean: float | None
+    sd: float | None
     suppressed_sites: int = 0
 
 
@@ -275,10 +275,16 @@ def combine(parts: list[Released]) -> tuple[int, list[Covariate]]:
                 cell_c[2] += released["sum_squares"]
     result = []
     for key, (count, suppressed) in binary.items():
+        if suppressed == len(parts):
+            result.append(Covariate(key, names[key], "binary", None, None, None, suppressed))
+            continue
         mean = count / entries if entries else float("nan")
         sd = math.sqrt(mean * (1 - mean)) if entries else float("nan")
         result.append(Covariate(key, names[key], "binary", count, mean, sd, suppressed))
     for key, (n, total, squares, missing) in continuous.items():
+        if missing == len(parts):
+            result.append(Covariate(key, names[key], "continuous", None, None, None, int(missing)))
+            continue
         size = int(n)
         mean = total / size if size else float("nan")
         variance = (squares - size * mean * mean) / (size - 1) if size > 1 else 0.0
@@ -291,13 +297,16 @@ def combine(parts: list[Released]) -> tuple[int, list[Covariate]]:
 def standardized_differences(
     target: list[Covariate], comparator: list[Covariate]
 ) -> dict[str, float]:
-    """(mean_t - mean_c) / sqrt((sd_t^2 + sd_c^2) / 2) per covariate; absent means 0."""
+    """(mean_t - mean_c) / sqrt((sd_t^2 + sd_c^2) / 2) per covariate; absent means 0 (no
+    entry has it); a covariate the release gate suppressed in either cohort has none."""
     t = {c.covariate_id: c for c in target}
     c = {c.covariate_id: c for c in comparator}
     out = {}
     for key in sorted(set(t) | set(c)):
         mt, st = (t[key].mean, t[key].sd) if key in t else (0.0, 0.0)
         mc, sc = (c[key].mean, c[key].sd) if key in c else (0.0, 0.0)
+        if mt is None or mc is None or st is None or sc is None:
+            continue
         pooled = math.sqrt((st * st + sc * sc) / 2)
         out[key] = (mt - mc) / pooled if pooled > 0 else 0.0
     return out

@@ -41,8 +41,8 @@ class Feasibility:
     """The combined view: funnel and years in total, and sites ranked by eligible persons."""
 
     funnel: list[FunnelStep]
-    eligible: int
-    by_year: dict[int, int]
+    eligible: int | None
+    by_year: dict[int, int | None]
     sites: list[SiteFeasibility]
 
 
@@ -119,21 +119,23 @@ def combine(parts: list[Released]) -> Feasibility:
     require_released(parts)
     sites = [_site(p) for p in parts]
     if not sites:
-        return Feasibility([], 0, {}, [])
+        return Feasibility([], None, {}, [])
     names = [step.criterion for step in sites[0].funnel]
     funnel = [
         FunnelStep(
             name,
-            sum(s.funnel[i].persons or 0 for s in sites),
-            sum(s.funnel[i].independent_persons or 0 for s in sites),
+            _total([s.funnel[i].persons for s in sites]),
+            _total([s.funnel[i].independent_persons for s in sites]),
         )
         for i, name in enumerate(names)
     ]
-    by_year: dict[int, int] = {}
-    for s in sites:
-        for year, n in s.by_year.items():
-            by_year[year] = by_year.get(year, 0) + (n or 0)
+    years = sorted({year for s in sites for year in s.by_year})
+    by_year = {year: _total([s.by_year.get(year, 0) for s in sites]) for year in years}
     ranked = sorted(sites, key=lambda s: (-(s.eligible or 0), s.site))
-    return Feasibility(
-        funnel, sum(s.eligible or 0 for s in sites), dict(sorted(by_year.items())), ranked
-    )
+    return Feasibility(funnel, _total([s.eligible for s in sites]), by_year, ranked)
+
+
+def _total(counts: list[int | None]) -> int | None:
+    """The sum of the released counts; None when every node suppressed its count."""
+    released = [n for n in counts if n is not None]
+    return sum(released) if released else None

@@ -77,13 +77,13 @@ class IncidenceRate:
     age_group: str | None
     sex: str | None
     year: int | None
-    persons: int
-    entries: int
-    person_years: float
-    outcomes: int
-    rate: float
-    ci_low: float
-    ci_high: float
+    persons: int | None  # None from here on: every node's release gate suppressed the stratum
+    entries: int | None
+    person_years: float | None
+    outcomes: int | None
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
     suppressed_sites: int = 0
 
 
@@ -306,9 +306,19 @@ def combine(parts: list[Released]) -> list[IncidenceRate]:
             cell[3] += row["outcomes"]
     rates = []
     for key, (persons, entries, days, events, suppressed) in sorted(totals.items()):
-        if suppressed == len(parts):
-            continue
         label = labels[key]
+        if suppressed == len(parts):
+            rates.append(
+                IncidenceRate(
+                    label["grouping"],
+                    label["age_group"],
+                    label["sex"],
+                    label["year"],
+                    *(None,) * 7,
+                    suppressed,
+                )
+            )
+            continue
         years = days / DAYS_PER_YEAR
         rate, low, high = rate_interval(events, years)
         rates.append(

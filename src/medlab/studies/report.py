@@ -40,8 +40,8 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 <th>person-years</th><th>rate / 1,000 PY</th><th>95% CI</th></tr>
 {% for x in a.rates if x.grouping in ("overall", "sex") %}<tr><td>{{ x.grouping }}
 {{ x.sex or "" }}</td><td>{{ x.persons|count }}</td><td>{{ x.outcomes|count }}</td>
-<td>{{ "%.1f"|format(x.person_years) }}</td><td>{{ "%.2f"|format(x.rate) }}</td>
-<td>{{ "%.2f"|format(x.ci_low) }}&ndash;{{ "%.2f"|format(x.ci_high) }}</td></tr>{% endfor %}
+<td>{{ x.person_years|num("%.1f") }}</td><td>{{ x.rate|num }}</td>
+<td>{{ x.ci_low|num }}&ndash;{{ x.ci_high|num }}</td></tr>{% endfor %}
 </table>{% elif a.type == "feasibility" %}<table><tr><th>criterion</th><th>persons left</th>
 <th>passing alone</th></tr>{% for f in a.funnel %}<tr><td>{{ f.criterion }}</td>
 <td>{{ f.persons|count }}</td><td>{{ f.independent_persons|count }}</td></tr>{% endfor %}
@@ -223,6 +223,8 @@ def _table1(analysis: dict[str, Any], rows: int = 25) -> list[dict[str, Any]]:
     def shown(c: dict[str, Any] | None) -> str:
         if c is None:
             return "0.0%"
+        if c["mean"] is None:
+            return "suppressed"
         if c["kind"] == "binary":
             return f"{100 * c['mean']:.1f}%"
         return f"{c['mean']:.2f} ({c['sd']:.2f})"
