@@ -307,34 +307,13 @@ def combine(parts: list[Released]) -> list[IncidenceRate]:
     rates = []
     for key, (persons, entries, days, events, suppressed) in sorted(totals.items()):
         label = labels[key]
+        stratum = (label["grouping"], label["age_group"], label["sex"], label["year"])
         if suppressed == len(parts):
-            rates.append(
-                IncidenceRate(
-                    label["grouping"],
-                    label["age_group"],
-                    label["sex"],
-                    label["year"],
-                    *(None,) * 7,
-                    suppressed,
-                )
-            )
+            rates.append(IncidenceRate(*stratum, *(None,) * 7, suppressed))
             continue
         years = days / DAYS_PER_YEAR
         rate, low, high = rate_interval(events, years)
         rates.append(
-            IncidenceRate(
-                label["grouping"],
-                label["age_group"],
-                label["sex"],
-                label["year"],
-                persons,
-                entries,
-                years,
-                events,
-                rate,
-                low,
-                high,
-                suppressed,
-            )
+            IncidenceRate(*stratum, persons, entries, years, events, rate, low, high, suppressed)
         )
     return rates
