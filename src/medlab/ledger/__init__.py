@@ -1,0 +1,1 @@
+"""The evidence trail: Merkle transparency log, keys and signatures, evidence bundles."""
