@@ -142,3 +142,22 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == root1 and sr == root2
+
+
+def prefix_roots(leaves: Sequence[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """The roots of the first ``s`` leaves for each ``s`` in ``sizes``, in one pass: the
+    perfect subtrees along the right edge (a compact range) fold into the root."""
+    frontier: list[tuple[int, bytes]] = []  # (height, hash), heights strictly decreasing
+    roots = {0: EMPTY_ROOT} if 0 in sizes else {}
+    for count, leaf in enumerate(leaves, start=1):
+        height, value = 0, leaf
+        while frontier and frontier[-1][0] == height:
+            value = node_hash(frontier.pop()[1], value)
+            height += 1
+        frontier.append((height, value))
+        if count in sizes:
+            top = frontier[-1][1]
+            for _, left in reversed(frontier[:-1]):
+                top = node_hash(left, top)
+            roots[count] = top
+    return roots
