@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,16 @@ def writable_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
         return target
 
     return copy
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hub_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The hub's key and log for the test session, never the user's ~/.medlab."""
+    hub = tmp_path_factory.mktemp("hub")
+    previous = os.environ.get("MEDLAB_HUB_DIR")
+    os.environ["MEDLAB_HUB_DIR"] = str(hub)
+    yield hub
+    if previous is None:
+        del os.environ["MEDLAB_HUB_DIR"]
+    else:
+        os.environ["MEDLAB_HUB_DIR"] = previous

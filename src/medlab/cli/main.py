@@ -7,7 +7,7 @@ import sys
 import typer
 
 from medlab import __version__
-from medlab.cli import cohort, node, privacy, study, synth
+from medlab.cli import cohort, evidence, node, privacy, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -19,10 +19,14 @@ app = typer.Typer(
 node.app.add_typer(privacy.budget_app, name="budget")
 node.app.command("query")(privacy.query)
 node.app.command("export")(privacy.export)
+node.app.command("key")(evidence.key)
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")
 app.add_typer(study.app, name="study")
 app.command("synth")(synth.synth)
+app.add_typer(evidence.evidence_app, name="evidence")
+app.add_typer(evidence.log_app, name="log")
+app.command("verify")(evidence.verify)
 
 
 @app.command("version")

@@ -49,6 +49,15 @@ def run(
         Path | None,
         typer.Option("--policy", help="The steward's release policy (YAML/JSON); default: strict."),
     ] = None,
+    hub: Annotated[
+        Path | None,
+        typer.Option(
+            "--hub", help="The hub's key and log (default $MEDLAB_HUB_DIR, ~/.medlab/hub)."
+        ),
+    ] = None,
+    approved_by: Annotated[
+        str, typer.Option("--approved-by", help="Who approved the study (logged).")
+    ] = "local steward (single-process run)",
 ) -> None:
     """Run the study over the nodes through the release gate: results.json (with the disclosure
     report), CSV tables, plots and report.html."""
@@ -57,7 +66,15 @@ def run(
     parsed = load_spec(spec)
     release_policy = load_policy(policy)
     with progress_bar("study") as update:
-        results = run_study(parsed, node, out, progress=update, policy=release_policy)
+        results = run_study(
+            parsed,
+            node,
+            out,
+            progress=update,
+            policy=release_policy,
+            hub_dir=hub,
+            approved_by=approved_by,
+        )
     if as_json:
         emit_json(results)
         return
@@ -99,6 +116,12 @@ def run(
         f"release policy {disclosure['policy_version']} ({disclosure['policy_digest'][:19]}…): "
         f"{decisions} disclosure decisions across {len(disclosure['releases'])} releases; "
         f"see {out}/disclosure.json",
+        highlight=False,
+        soft_wrap=True,
+    )
+    stdout.print(
+        f"signed by every node and the hub, logged; evidence in {out}/evidence.json "
+        f"(medlab evidence export {out} --out bundle.zip)",
         highlight=False,
         soft_wrap=True,
     )

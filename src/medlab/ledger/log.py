@@ -51,26 +51,43 @@ def _sync(handle: Any) -> None:
 class TransparencyLog:
     """A Merkle log in ``directory`` whose records and tree heads ``signer`` signs."""
 
-    def __init__(self, directory: Path, signer: Signer) -> None:
+    def __init__(self, directory: Path, signer: Signer | None) -> None:
+        """Open (or create) the log; without a signer it is opened read-only, as found."""
         self.directory = directory
-        self.signer = signer
-        directory.mkdir(parents=True, exist_ok=True)
+        self._signer = signer
+        self._mode = "a+b" if signer else "rb"
         public = directory / "public.pem"
-        if not public.exists():
-            public.write_text(signer.public_pem)
-        elif key_id(public.read_text()) != signer.key_id:
-            raise StoreError(f"{directory}: the log belongs to another key")
-        self._entries = open(directory / "entries.bin", "a+b")  # noqa: SIM115
-        self._index = open(directory / "index.bin", "a+b")  # noqa: SIM115
+        if signer is None:
+            if not public.exists():
+                raise StoreError(f"{directory}: not a medlab log (no public.pem)")
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not public.exists():
+                public.write_text(signer.public_pem)
+            elif key_id(public.read_text()) != signer.key_id:
+                raise StoreError(f"{directory}: the log belongs to another key")
+        self._entries = open(directory / "entries.bin", self._mode)  # noqa: SIM115
+        self._index = open(directory / "index.bin", self._mode)  # noqa: SIM115
         self._levels: list[Any] = []
-        self._recover()
+        if signer is None:
+            self._size = os.path.getsize(directory / "index.bin") // _OFFSET.size
+            self._end = os.path.getsize(directory / "entries.bin")
+        else:
+            self._recover()
+
+    @property
+    def signer(self) -> Signer:
+        """The log's signing key (only for a log opened with one)."""
+        if self._signer is None:
+            raise StoreError(f"{self.directory}: the log is open read-only")
+        return self._signer
 
     # -- opening ---------------------------------------------------------------------------
 
     def _level(self, level: int) -> Any:
         while len(self._levels) <= level:
             path = self.directory / f"level-{len(self._levels)}.bin"
-            self._levels.append(open(path, "a+b"))  # noqa: SIM115
+            self._levels.append(open(path, self._mode))  # noqa: SIM115
         return self._levels[level]
 
     def _read_record(self, offset: int) -> tuple[bytes, bytes, bytes, int] | None:

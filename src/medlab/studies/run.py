@@ -18,9 +18,11 @@ from typing import Any
 
 from medlab import __version__
 from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
+from medlab.cdm.dq import run_checks
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
+from medlab.ledger import evidence, parties
 from medlab.privacy import gate
 from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.release import Release as ReleaseRequest
@@ -182,6 +184,21 @@ def _utilization(a: UtilizationAnalysis, nodes: list[Path], release: Release) ->
     }
 
 
+def _payload(released: Released) -> dict[str, Any]:
+    """A released payload as JSON, as signed and as shipped in evidence bundles."""
+    data = {
+        "analysis": released.analysis,
+        "site": released.site,
+        "policy_version": released.policy_version,
+        "policy_digest": released.policy_digest,
+        "values": released.values,
+        "labels": released.labels,
+        "decisions": [d.to_dict() for d in released.decisions],
+    }
+    parsed: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return parsed
+
+
 def _disclosure(policy: ReleasePolicy, released: list[Released]) -> dict[str, Any]:
     summary: dict[str, int] = {}
     for r in released:
@@ -203,20 +220,46 @@ def run_study(
     out: Path,
     progress: Progress | None = None,
     policy: ReleasePolicy | None = None,
+    hub_dir: Path | None = None,
+    approved_by: str = "local steward (single-process run)",
 ) -> dict[str, Any]:
     """Generate the cohorts on every node, run every analysis's local step there and pass its
     aggregates through the release gate under ``policy`` (the defaults when None), combine the
-    released payloads, and write results and the disclosure report into ``out``."""
+    released payloads, and write results and the disclosure report into ``out``. Each node
+    signs and logs what it releases; the hub logs the submission and approval and signs and
+    logs the combined result (``evidence.json``)."""
     policy = policy or ReleasePolicy()
     released: list[Released] = []
+    signed: list[dict[str, Any]] = []
+    hub = parties.hub(hub_dir)
+    spec_hash = spec.digest()
+    hub.log("study_submitted", study=spec.name, spec_hash=spec_hash)
+    hub.log("study_approved", spec_hash=spec_hash, approved_by=approved_by)
+    fingerprints: dict[str, str] = {}
 
     def release(request: ReleaseRequest) -> Released:
         payload = gate.apply(policy, request)
         released.append(payload)
+        if payload.site in fingerprints:
+            statement = {
+                "spec_hash": spec_hash,
+                "fingerprint": fingerprints[payload.site],
+                "code_version": __version__,
+                "policy_hash": policy.digest(),
+                "analysis": payload.analysis,
+                "site": payload.site,
+            }
+            signed.append(
+                evidence.sign_release(
+                    parties.node(sites[payload.site]), _payload(payload), statement
+                )
+            )
         return payload
 
     out.mkdir(parents=True, exist_ok=True)
     node_info = []
+    sites = {store.stem: store for store in nodes}
+    quality: dict[str, dict[str, int]] = {}
     for i, store in enumerate(nodes):
         if progress:
             progress(f"cohorts on {store.stem}", i, len(nodes))
@@ -224,7 +267,15 @@ def run_study(
             assert cohort.definition is not None
             generate(store, cohort.definition, cohort.id)
         with open_store(store, read_only=True) as con:
-            node_info.append({"node": store.stem, "fingerprint": snapshot_fingerprint(con)[0]})
+            fingerprint = snapshot_fingerprint(con)[0]
+            report = run_checks(con)
+        fingerprints[store.stem] = fingerprint
+        quality[store.stem] = {
+            "passed": len(report.results) - len(report.failed),
+            "failed": len(report.failed),
+        }
+        node_info.append({"node": store.stem, "fingerprint": fingerprint})
+        parties.node(store).log("task_run", spec_hash=spec_hash, fingerprint=fingerprint)
     analyses = []
     for i, analysis in enumerate(spec.analyses):
         if progress:
@@ -266,7 +317,39 @@ def run_study(
         "disclosure": _disclosure(policy, released),
     }
     (out / "disclosure.json").write_text(json.dumps(results["disclosure"], indent=2) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    (out / "results.json").write_text(text)
+    (out / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    statement = {
+        "spec_hash": spec_hash,
+        "result_hash": parties.digest(json.loads(text)),
+        "code_version": __version__,
+        "policy_hash": policy.digest(),
+        "node_statements": [parties.digest(s["signed"]) for s in signed],
+    }
+    hub_signed = hub.signer.sign_json(statement)
+    index = hub.log("result_combined", statement=statement, signature=hub_signed["signature"])
+    record = {
+        "hub": {
+            "key_id": hub.signer.key_id,
+            "public_key": hub.signer.public_pem,
+            "statement": hub_signed,
+            "log_index": index,
+            "log_dir": str(hub.log_dir.resolve()),
+        },
+        "nodes": {
+            site: {
+                "key_id": parties.node(store).signer.key_id,
+                "public_key": parties.node(store).signer.public_pem,
+                "log_dir": str(parties.node(store).log_dir.resolve()),
+            }
+            for site, store in sites.items()
+        },
+        "releases": signed,
+        "dq": quality,
+        "environment": evidence.environment(),
+    }
+    (out / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
     from medlab.studies.report import write_report
 
     write_report(results, out)

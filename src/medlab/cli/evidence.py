@@ -1,0 +1,92 @@
+"""``medlab evidence export``, ``medlab verify``, ``medlab log verify``, ``medlab node key``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlab.cli.output import emit_json, stdout
+from medlab.errors import MedlabError, UsageError
+from medlab.ledger import evidence, parties
+from medlab.ledger.log import verify_log
+
+evidence_app = typer.Typer(help="Evidence bundles: export.", no_args_is_help=True)
+log_app = typer.Typer(help="Transparency logs: verify.", no_args_is_help=True)
+
+
+class VerificationFailed(MedlabError):
+    """A bundle or log failed verification."""
+
+    exit_code = 9
+
+
+@evidence_app.command("export")
+def export(
+    out_dir: Annotated[Path, typer.Argument(help="The output folder of a medlab study run.")],
+    bundle: Annotated[Path, typer.Option("--out", help="The bundle to write (zip).")],
+) -> None:
+    """Pack spec, results, signatures, keys, log entries with inclusion proofs, DQ and
+    environment into one zip an auditor can verify offline."""
+    manifest = evidence.export_bundle(out_dir, bundle)
+    stdout.print(f"wrote {bundle}: {len(manifest)} files", highlight=False)
+
+
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="An evidence bundle (zip).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Check an evidence bundle offline; prints each check with ✓/✗, fails on any ✗."""
+    checks = evidence.verify_bundle(bundle)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [c.__dict__ for c in checks]})
+    else:
+        stdout.print(evidence.describe(checks), highlight=False)
+    if failed:
+        raise VerificationFailed(
+            f"{bundle}: {len(failed)} of {len(checks)} checks failed; first: {failed[0].name}"
+        )
+    if not as_json:
+        stdout.print(f"{bundle}: all {len(checks)} checks passed", highlight=False)
+
+
+@log_app.command("verify")
+def log_verify(
+    path: Annotated[Path, typer.Argument(help="A node store, or a log directory (the hub's).")],
+    against: Annotated[
+        Path | None,
+        typer.Option("--against", help="Earlier signed tree heads (JSON object or list) to check."),
+    ] = None,
+) -> None:
+    """Re-check a whole log from its records, and its consistency with earlier tree heads."""
+    directory = path if (path / "public.pem").exists() else parties.node(path).log_dir
+    if not (directory / "public.pem").exists():
+        raise UsageError(f"{path}: no transparency log here or beside it")
+    heads = None
+    if against is not None:
+        try:
+            loaded = json.loads(against.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{against}: cannot read tree heads ({exc})") from None
+        heads = loaded if isinstance(loaded, list) else [loaded]
+    problems = verify_log(directory, heads)
+    for problem in problems:
+        stdout.print(f"✗ {problem}", highlight=False)
+    if problems:
+        raise VerificationFailed(f"{directory}: the log does not verify ({len(problems)} problems)")
+    stdout.print(f"✓ {directory}: every record, signature and tree head verifies", highlight=False)
+
+
+def key(
+    store: Annotated[Path, typer.Argument(help="Path of the node store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """The node's public signing key and its id (the key is created on first use)."""
+    signer = parties.node(store).signer
+    if as_json:
+        emit_json({"key_id": signer.key_id, "public_key": signer.public_pem})
+        return
+    stdout.print(f"key id {signer.key_id}\n{signer.public_pem}", highlight=False)
