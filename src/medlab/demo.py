@@ -24,6 +24,7 @@ from medlab.cli.output import progress_bar, stdout
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import example, load_definition, parse_definition
 from medlab.errors import PolicyError
+from medlab.ledger.evidence import export_bundle, verify_bundle
 from medlab.privacy import budget as budgets
 from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
 from medlab.privacy.query import DPQuery, answer
@@ -119,7 +120,7 @@ def _study(nodes: list[Path], out: Path) -> None:
     """Run the shipped celecoxib-vs-diclofenac study across every node."""
     spec = load_spec(STUDY)
     with progress_bar("study") as update:
-        results = run_study(spec, nodes, out, progress=update)
+        results = run_study(spec, nodes, out, progress=update, hub_dir=out.parent / "hub")
     comparative = next(a for a in results["analyses"] if a["type"] == "comparative")
     table = Table(
         title=f"study {spec.name} across {len(nodes)} nodes: hazard ratios "
@@ -147,6 +148,15 @@ def _study(nodes: list[Path], out: Path) -> None:
         report.add_row(rule, str(n))
     stdout.print(report)
     stdout.print(f"study report: {out / 'report.html'} (disclosure: {out / 'disclosure.json'})")
+    bundle = out.parent / "evidence.zip"
+    export_bundle(out, bundle)
+    checks = verify_bundle(bundle)
+    passed = sum(c.ok for c in checks)
+    stdout.print(
+        f"evidence bundle {bundle}: signed by {len(nodes)} nodes and the hub, "
+        f"{passed} of {len(checks)} offline checks pass (medlab verify {bundle})",
+        highlight=False,
+    )
 
 
 def _dp_query(store: Path) -> None:

@@ -24,6 +24,7 @@ def test_demo_prints_one_row_per_node(
     assert "hazard ratios" in printed and (out / "study" / "report.html").exists()
     assert "disclosure report" in printed and (out / "study" / "disclosure.json").exists()
     assert "privacy budget of demo-project" in printed and "cache: True" in printed
+    assert "offline checks pass" in printed and (out / "evidence.zip").exists()
     assert not (out / "stale.txt").exists()
     assert (out / "synthetic" / "truth.json").exists()
 

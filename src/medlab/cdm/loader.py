@@ -19,8 +19,10 @@ from typing import TextIO
 import duckdb
 
 from medlab.cdm import schema
+from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load
 from medlab.errors import LoadError
+from medlab.ledger import parties
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -495,9 +497,11 @@ def load_omop_csv(
     *,
     progress: ProgressCallback | None = None,
     ingest: IngestPolicy | None = None,
+    log_event: bool = True,
 ) -> LoadReport:
     """Load every OMOP CSV file in ``directory`` into ``store`` in one transaction, applying
-    the ingest policy (pseudonyms, identifiers, free text, date shifts; strict by default)."""
+    the ingest policy (pseudonyms, identifiers, free text, date shifts; strict by default),
+    then record the load (file hashes, snapshot fingerprint) in the node's transparency log."""
     files, warnings = discover(directory)
     policy = ingest or IngestPolicy()
     with open_store(store) as con:
@@ -534,4 +538,15 @@ def load_omop_csv(
         except BaseException:
             con.execute("ROLLBACK")
             raise
+    if log_event:
+        with open_store(store, read_only=True) as con:
+            fingerprint = snapshot_fingerprint(con)[0]
+        parties.node(store).log(
+            "data_loaded",
+            load_id=report.load_id,
+            files={f.file: f.sha256 for f in reports},
+            rows=sum(f.rows for f in reports),
+            fingerprint=fingerprint,
+            ingest_policy=policy.model_dump(mode="json"),
+        )
     return report

@@ -11,12 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medlab.ledger.keys import Signer, canonical
 from medlab.ledger.log import TransparencyLog
+
+_LOCKS: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
 
 
 def now() -> str:
@@ -44,8 +48,12 @@ class Party:
         return Signer.load_or_create(self.key_path)
 
     def log(self, event_type: str, **fields: Any) -> int:
-        """Append an event to the party's log; returns its index."""
-        with TransparencyLog(self.log_dir, self.signer) as log:
+        """Append an event to the party's log; returns its index. Appends from threads of one
+        process are serialized; one log has one writing process (its node or hub)."""
+        key = str(self.log_dir.resolve())
+        with _GUARD:
+            lock = _LOCKS.setdefault(key, threading.Lock())
+        with lock, TransparencyLog(self.log_dir, self.signer) as log:
             return log.append({"type": event_type, "time": now(), **fields})
 
     def open_log(self) -> TransparencyLog:

@@ -21,6 +21,7 @@ import duckdb
 
 from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, transaction
 from medlab.errors import BudgetError
+from medlab.ledger import parties
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -126,6 +127,7 @@ def grant(
         )
         budget = read(con, project)
     assert budget is not None
+    parties.node(store).log("budget_granted", project=project, epsilon=epsilon, rho=rho, by=by)
     return budget
 
 
@@ -190,4 +192,13 @@ def charge(
     """Spend from the project's budget in a transaction of its own (see :func:`spend`)."""
     with store_lock(store), open_store(store) as con, transaction(con):
         ensure_tables(con)
-        return spend(con, project, epsilon=epsilon, rho=rho, query_key=query_key, purpose=purpose)
+        left = spend(con, project, epsilon=epsilon, rho=rho, query_key=query_key, purpose=purpose)
+    log_spend(store, project, epsilon, rho, query_key)
+    return left
+
+
+def log_spend(store: Path, project: str, epsilon: float, rho: float, query_key: str) -> None:
+    """Record a committed spend in the node's transparency log."""
+    parties.node(store).log(
+        "budget_spent", project=project, epsilon=epsilon, rho=rho, query_key=query_key
+    )

@@ -280,6 +280,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
                 hashed,
             ],
         )
+    budgets.log_spend(store, query.project, release.epsilon, release.rho, key)
     return Answer(release, False, remaining)
 
 

@@ -208,7 +208,7 @@ def synthesize_site(
     store = out / f"{name}.duckdb"
     init_store(store)
     try:
-        load_omop_csv(store, vocab_dir)
+        load_omop_csv(store, vocab_dir, log_event=False)  # the synthetic site logs nothing
         codes = _vocabulary_codes(vocab_dir)
         rows: dict[str, int] = {}
         with open_store(store) as con:
