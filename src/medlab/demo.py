@@ -156,6 +156,7 @@ def _study(nodes: list[Path], out: Path) -> None:
         f"evidence bundle {bundle}: signed by {len(nodes)} nodes and the hub, "
         f"{passed} of {len(checks)} offline checks pass (medlab verify {bundle})",
         highlight=False,
+        soft_wrap=True,
     )
 
 

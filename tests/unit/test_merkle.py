@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from medlab.ledger import merkle
+from medlab.ledger.keys import Signer, verify_json
 
 # transparency-dev/merkle's RFC 6962 vectors (Apache 2.0; provenance in their README).
 VECTORS = Path(__file__).resolve().parents[1] / "data" / "merkle-vectors"
@@ -161,3 +163,20 @@ def test_any_flipped_bit_fails_consistency(size: int, data: st.DataObject) -> No
     k = data.draw(st.integers(0, len(proof) - 1))
     bad = [*proof[:k], _flip(proof[k], bit), *proof[k + 1 :]]
     assert not merkle.verify_consistency(size1, size, root1, root2, bad)
+
+
+@given(bit=st.integers(0, 511), field=st.sampled_from(["size", "root", "signature"]))
+def test_any_flipped_bit_in_a_signed_tree_head_fails(bit: int, field: str) -> None:
+    head = SIGNER.sign_json({"log_id": SIGNER.key_id, "size": 8, "root": ROOTS[7]})
+    assert verify_json(SIGNER.public_pem, head)
+    if field == "size":
+        head["signed"]["size"] ^= 1 << (bit % 16)
+    elif field == "root":
+        head["signed"]["root"] = _flip(bytes.fromhex(head["signed"]["root"]), bit).hex()
+    else:
+        signature = base64.b64decode(head["signature"])
+        head["signature"] = base64.b64encode(_flip(signature, bit)).decode()
+    assert not verify_json(SIGNER.public_pem, head)
+
+
+SIGNER = Signer.load_or_create(Path(tempfile.mkdtemp()) / "test.key")
