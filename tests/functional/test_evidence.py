@@ -116,7 +116,7 @@ def test_a_foreign_key_fails(
     evidence["hub"]["statement"] = foreign.sign_json(evidence["hub"]["statement"]["signed"])
     bad = _tampered(path, tmp_path, "evidence.json", canonical(evidence))
     code, out, _ = run(capsys, "verify", str(bad))
-    assert code == 9 and "✗ hub log: signed tree head" in out
+    assert code == 9 and "✗ hub log: signed by the key that signed the statements" in out
 
 
 def test_a_changed_node_payload_fails(
@@ -142,3 +142,18 @@ def test_a_tampered_log_fails_log_verify(
     (copy / "entries.bin").write_bytes(data.replace(b"Dr. Steward", b"Dr. Forgery", 1))
     code, out, _ = run(capsys, "log", "verify", str(copy))
     assert code == 9 and "edited" in out
+
+
+def test_a_bundle_exported_after_a_key_rotation_still_verifies(
+    capsys: pytest.CaptureFixture[str], bundle: tuple, tmp_path: Path
+) -> None:
+    path, store, _ = bundle
+    out = path.parent / "out"
+    code, printed, _ = run(capsys, "node", "key", str(store), "--rotate")
+    assert code == 0 and "rotated" in printed
+    again = tmp_path / "again.zip"
+    assert main(["evidence", "export", str(out), "--out", str(again)]) == 0
+    code, printed, _ = run(capsys, "verify", str(again))
+    assert code == 0 and "✓ eunomia log: key rotation at entry" in printed
+    code, printed, _ = run(capsys, "log", "verify", str(store))
+    assert code == 0

@@ -185,3 +185,61 @@ def _recovered_then_verifies(directory: Path, tmp_path: Path) -> bool:
     with TransparencyLog(directory, signer):
         pass
     return verify_log(directory) == []
+
+
+def test_a_rotated_key_continues_the_log(tmp_path: Path) -> None:
+    from medlab.ledger.parties import Party
+
+    party = Party("node", tmp_path / "node.key", tmp_path / "node.ledger")
+    party.log("data_loaded", fingerprint="sha256:aa")
+    first = party.signer.key_id
+    old, new = party.rotate()
+    assert old == first and new == party.signer.key_id != first
+    party.log("budget_spent", project="p", epsilon=0.5)
+    assert verify_log(party.log_dir) == []
+    with TransparencyLog(party.log_dir, None) as log:
+        rotation = json.loads(log.entry(1))
+        assert rotation["type"] == "key_rotated" and rotation["old_key_id"] == first
+        heads = log.heads()
+    assert heads[-1]["signed"]["log_id"] == new
+    # The old key can no longer write: the log now belongs to the new one.
+    with pytest.raises(Exception, match="another key"):
+        TransparencyLog(party.log_dir, Signer(Signer.load_or_create(tmp_path / "x.key").private))
+    # A forged hand-over to an intruder's key, appended behind the log's back, is caught.
+    intruder = Signer.load_or_create(tmp_path / "intruder.key")
+    other = Party("other", tmp_path / "intruder.key", tmp_path / "other.ledger")
+    other.log("x")
+    other.log("key_rotated", old_key_id=new, new_key_id=intruder.key_id)
+    data, offsets = _records(other.log_dir)
+    size = (party.log_dir / "entries.bin").stat().st_size
+    with open(party.log_dir / "entries.bin", "ab") as handle:
+        handle.write(data[offsets[1] :])
+    with open(party.log_dir / "index.bin", "ab") as handle:
+        handle.write(struct.pack(">Q", size))
+    assert any("entry 3: not signed" in p for p in verify_log(party.log_dir))
+
+
+def test_an_interrupted_rotation_is_completed_or_abandoned(tmp_path: Path) -> None:
+    from medlab.ledger.parties import Party
+
+    party = Party("node", tmp_path / "node.key", tmp_path / "node.ledger")
+    party.log("data_loaded", fingerprint="sha256:aa")
+    before = party.signer.key_id
+    # Crashed after staging the new key, before the log heard of it: abandoned.
+    Signer.load_or_create(tmp_path / "node.key.new")
+    assert party.signer.key_id == before and not (tmp_path / "node.key.new").exists()
+    # Crashed after the hand-over entry was durable, before the key files moved: completed.
+    current = party.signer
+    staged = Signer.load_or_create(tmp_path / "node.key.new")
+    with TransparencyLog(party.log_dir, current) as log:
+        log.append(
+            {
+                "type": "key_rotated",
+                "old_key_id": before,
+                "new_key_id": staged.key_id,
+                "new_public_key": staged.public_pem,
+            }
+        )
+    assert party.signer.key_id == staged.key_id
+    party.log("after", n=1)
+    assert verify_log(party.log_dir) == []

@@ -82,10 +82,18 @@ def log_verify(
 
 def key(
     store: Annotated[Path, typer.Argument(help="Path of the node store.")],
+    rotate: Annotated[
+        bool,
+        typer.Option("--rotate", help="Replace the key; the log records the hand-over."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """The node's public signing key and its id (the key is created on first use)."""
-    signer = parties.node(store).signer
+    party = parties.node(store)
+    if rotate:
+        old, new = party.rotate()
+        stdout.print(f"rotated: {old} → {new} (logged, signed by the old key)", highlight=False)
+    signer = party.signer
     if as_json:
         emit_json({"key_id": signer.key_id, "public_key": signer.public_pem})
         return

@@ -14,6 +14,7 @@ from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, load_history, open_store, row_counts, store_info
 from medlab.cli.output import emit_json, progress_bar, stderr, stdout
 from medlab.errors import QualityGateError
+from medlab.ledger import parties
 from medlab.privacy.ingest import load_ingest_policy
 
 app = typer.Typer(help="Run a node store: init, load, info, dq.", no_args_is_help=True)
@@ -26,7 +27,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 def init(store: StoreArg) -> None:
     """Create an empty OMOP CDM v5.4 node store."""
     init_store(store)
+    signer = parties.node(store).signer
     stdout.print(f"created node store {store} (OMOP CDM v5.4, empty)")
+    stdout.print(f"node signing key {signer.key_id} ({store.with_suffix('.key')})", highlight=False)
 
 
 @app.command("load")

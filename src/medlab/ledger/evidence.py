@@ -12,6 +12,7 @@ anyone but the keys.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import json
@@ -23,8 +24,8 @@ from typing import Any
 
 from medlab.errors import UsageError
 from medlab.ledger import merkle
-from medlab.ledger.keys import canonical, key_id, verify_json
-from medlab.ledger.log import TransparencyLog
+from medlab.ledger.keys import canonical, key_id, verify, verify_json
+from medlab.ledger.log import TransparencyLog, key_at, record_message
 from medlab.ledger.parties import Party, digest
 
 PACKAGES = (
@@ -72,25 +73,31 @@ def spec_digest(spec: Any) -> str:
 # -- export ---------------------------------------------------------------------------------
 
 
-def _log_part(party_name: str, log_dir: Path, public_key: str, indices: list[int]) -> dict:
-    """Entries with inclusion proofs against the newest signed tree head of one log."""
+def _log_part(party_name: str, log_dir: Path, indices: list[int]) -> dict[str, Any]:
+    """Entries with their record signatures and inclusion proofs against the newest signed
+    tree head of one log, and every key rotation in it (so a verifier can follow the keys)."""
     if not (log_dir / "public.pem").exists():
         raise UsageError(f"{log_dir}: the log named in evidence.json is not here")
-    if key_id((log_dir / "public.pem").read_text()) != key_id(public_key):
-        raise UsageError(f"{log_dir}: the log belongs to another key than evidence.json says")
-
     with TransparencyLog(log_dir, None) as log:
         head = log.heads()[-1]
         size = head["signed"]["size"]
-        entries = [
-            {
+        rotations = [i for i in range(size) if b'"key_rotated"' in log.entry(i)]
+
+        def item(i: int) -> dict[str, Any]:
+            return {
                 "index": i,
                 "entry": log.entry(i).decode(),
+                "record_signature": base64.b64encode(log.record_signature(i)).decode(),
                 "proof": [p.hex() for p in log.inclusion_proof(i, size)],
             }
-            for i in sorted(set(indices))
-        ]
-    return {"party": party_name, "public_key": public_key, "tree_head": head, "entries": entries}
+
+        return {
+            "party": party_name,
+            "genesis_public_key": log.genesis_key(),
+            "tree_head": head,
+            "rotations": [item(i) for i in rotations],
+            "entries": [item(i) for i in sorted(set(indices))],
+        }
 
 
 def export_bundle(out_dir: Path, bundle: Path) -> dict[str, Any]:
@@ -103,17 +110,10 @@ def export_bundle(out_dir: Path, bundle: Path) -> dict[str, Any]:
         raise UsageError(
             f"{out_dir}: not the output folder of a medlab study run ({exc})"
         ) from None
-    logs = [
-        _log_part(
-            "hub",
-            Path(evidence["hub"]["log_dir"]),
-            evidence["hub"]["public_key"],
-            [evidence["hub"]["log_index"]],
-        )
-    ]
+    logs = [_log_part("hub", Path(evidence["hub"]["log_dir"]), [evidence["hub"]["log_index"]])]
     for site, info in sorted(evidence["nodes"].items()):
         indices = [r["log_index"] for r in evidence["releases"] if r["payload"]["site"] == site]
-        logs.append(_log_part(site, Path(info["log_dir"]), info["public_key"], indices))
+        logs.append(_log_part(site, Path(info["log_dir"]), indices))
     files = {
         "spec.json": spec,
         "results.json": results,
@@ -224,6 +224,36 @@ def verify_bundle(bundle: Path) -> list[Check]:
     return checks
 
 
+def _key_chain(part: dict[str, Any]) -> tuple[list[tuple[int, str]], list[Check]]:
+    """The keys of one log from its genesis key through its rotations, each rotation checked
+    (record signature by the key it hands over from, inclusion in the tree head)."""
+    party = part["party"]
+    head = part["tree_head"]["signed"]
+    root, size = bytes.fromhex(head["root"]), head["size"]
+    active = [(0, part["genesis_public_key"])]
+    checks = []
+    for item in part.get("rotations", []):
+        entry = item["entry"].encode()
+        current = active[-1][1]
+        ok = _record_ok(item, current, root, size)
+        rotation = json.loads(entry)
+        ok = ok and rotation.get("old_key_id") == key_id(current)
+        ok = ok and key_id(rotation.get("new_public_key", "")) == rotation.get("new_key_id")
+        checks.append(Check(f"{party} log: key rotation at entry {item['index']}", ok))
+        if ok:
+            active.append((item["index"] + 1, rotation["new_public_key"]))
+    return active, checks
+
+
+def _record_ok(item: dict[str, Any], public: str, root: bytes, size: int) -> bool:
+    entry = item["entry"].encode()
+    leaf = merkle.leaf_hash(entry)
+    proof = [bytes.fromhex(p) for p in item["proof"]]
+    return merkle.verify_inclusion(leaf, item["index"], size, proof, root) and verify(
+        public, record_message(item["index"], leaf), item["record_signature"]
+    )
+
+
 def _verify_logs(logs: list[dict[str, Any]], evidence: dict[str, Any]) -> list[Check]:
     checks = []
     keys = {"hub": evidence["hub"]["public_key"]}
@@ -237,26 +267,31 @@ def _verify_logs(logs: list[dict[str, Any]], evidence: dict[str, Any]) -> list[C
         )
     for part in logs:
         party = part["party"]
-        public = keys.get(party, "")
+        active, rotation_checks = _key_chain(part)
+        checks += rotation_checks
+        chain = {key_id(k) for _, k in active}
+        checks.append(
+            Check(
+                f"{party} log: signed by the key that signed the statements (or its successors)",
+                key_id(keys.get(party, "")) in chain if keys.get(party) else False,
+            )
+        )
         head = part["tree_head"]
-        ok_head = public == part["public_key"] and verify_json(public, head)
-        checks.append(Check(f"{party} log: signed tree head", ok_head))
-        root = bytes.fromhex(head["signed"]["root"])
         size = head["signed"]["size"]
+        checks.append(
+            Check(f"{party} log: signed tree head", verify_json(key_at(active, size), head))
+        )
+        root = bytes.fromhex(head["signed"]["root"])
         logged = set()
         for item in part["entries"]:
-            entry = item["entry"].encode()
-            ok = merkle.verify_inclusion(
-                merkle.leaf_hash(entry),
-                item["index"],
-                size,
-                [bytes.fromhex(p) for p in item["proof"]],
-                root,
-            )
+            signer = key_at(active, item["index"] + 1)
             checks.append(
-                Check(f"{party} log: entry {item['index']} included in the tree head", ok)
+                Check(
+                    f"{party} log: entry {item['index']} signed and included in the tree head",
+                    _record_ok(item, signer, root, size),
+                )
             )
-            content = json.loads(entry)
+            content = json.loads(item["entry"])
             if "statement" in content:
                 logged.add(canonical(content["statement"]).decode())
         checks.append(

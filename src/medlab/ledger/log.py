@@ -39,7 +39,8 @@ _OFFSET = struct.Struct(">Q")
 _TAIL = 32 + 64
 
 
-def _record_message(index: int, leaf: bytes) -> bytes:
+def record_message(index: int, leaf: bytes) -> bytes:
+    """What a record's signature signs: the domain, its position and its leaf hash."""
     return DOMAIN + _OFFSET.pack(index) + leaf
 
 
@@ -66,6 +67,9 @@ class TransparencyLog:
                 public.write_text(signer.public_pem)
             elif key_id(public.read_text()) != signer.key_id:
                 raise StoreError(f"{directory}: the log belongs to another key")
+            genesis = directory / "genesis.pem"
+            if not genesis.exists():  # the key that signed entry 0; rotations follow in the log
+                genesis.write_text(public.read_text())
         self._entries = open(directory / "entries.bin", self._mode)  # noqa: SIM115
         self._index = open(directory / "index.bin", self._mode)  # noqa: SIM115
         self._levels: list[Any] = []
@@ -183,6 +187,18 @@ class TransparencyLog:
             raise StoreError(f"{self.directory}: record {index} is corrupt")
         return record[0]
 
+    def record_signature(self, index: int) -> bytes:
+        """The log key's signature of record ``index``."""
+        record = self._read_record(self._offset(index))
+        if record is None:
+            raise StoreError(f"{self.directory}: record {index} is corrupt")
+        return record[2]
+
+    def genesis_key(self) -> str:
+        """The key that signed the first entry (PEM)."""
+        genesis = self.directory / "genesis.pem"
+        return (genesis if genesis.exists() else self.directory / "public.pem").read_text()
+
     def leaf(self, index: int) -> bytes:
         """The leaf hash of entry ``index``."""
         return self._hash(0, index)
@@ -235,7 +251,7 @@ class TransparencyLog:
             payload = canonical(entry)
             leaf = merkle.leaf_hash(payload)
             index = self._size + len(indices)
-            signature = self.signer.private.sign(_record_message(index, leaf))
+            signature = self.signer.private.sign(record_message(index, leaf))
             offsets.append((self._end, leaf))
             record = _HEADER.pack(MAGIC, len(payload)) + payload + leaf + signature
             self._entries.write(record)
@@ -253,6 +269,30 @@ class TransparencyLog:
             handle.flush()
         self._sign_head()
         return indices
+
+    def rotate(self, new: Signer, event: dict[str, Any]) -> int:
+        """Hand the log to a new key: a ``key_rotated`` entry naming it, signed by the old key;
+        every later record and tree head is signed by the new one. Returns the entry's index."""
+        entry = {
+            **event,
+            "type": "key_rotated",
+            "old_key_id": self.signer.key_id,
+            "new_key_id": new.key_id,
+            "new_public_key": new.public_pem,
+        }
+        index = self.append(entry)  # durable, with a tree head still signed by the old key
+        self._signer = new
+        staged = self.directory / "public.pem.new"
+        staged.write_text(new.public_pem)
+        os.replace(staged, self.directory / "public.pem")
+        return index
+
+    def last_entry(self) -> dict[str, Any] | None:
+        """The newest entry, parsed (None for an empty log)."""
+        if not self._size:
+            return None
+        value: dict[str, Any] = json.loads(self.entry(self._size - 1))
+        return value
 
     def _add_leaf(self, leaf: bytes) -> None:
         index = self._size
@@ -322,8 +362,10 @@ def verify_log(directory: Path, against: list[dict[str, Any]] | None = None) -> 
     public_path = directory / "public.pem"
     if not public_path.exists():
         return [f"{directory}: not a medlab log (no public.pem)"]
-    public = public_path.read_text()
-    log_id = key_id(public)
+    genesis_path = directory / "genesis.pem"
+    public = (genesis_path if genesis_path.exists() else public_path).read_text()
+    keys = {key_id(public): public}  # every key the log has been signed by
+    active = [(0, public)]  # (first entry it signs, key)
     leaves: list[bytes] = []
     data = (directory / "entries.bin").read_bytes() if (directory / "entries.bin").exists() else b""
     index_bytes = (
@@ -345,13 +387,18 @@ def verify_log(directory: Path, against: list[dict[str, Any]] | None = None) -> 
         signature = data[start + length + 32 : start + length + _TAIL]
         if merkle.leaf_hash(payload) != leaf:
             problems.append(f"entry {i}: its content does not match its hash (edited)")
-        if not verify(public, _record_message(i, leaf), base64.b64encode(signature).decode()):
+        if not verify(public, record_message(i, leaf), base64.b64encode(signature).decode()):
             problems.append(
                 f"entry {i}: not signed by the log's key for this position "
                 "(added, moved or edited behind the log's back)"
             )
         leaves.append(merkle.leaf_hash(payload))
         position = start + length + _TAIL
+        rotated = _rotation(payload, public)
+        if rotated is not None:  # a rotation signed by the key active here hands over
+            public = rotated
+            keys[key_id(public)] = public
+            active.append((i + 1, public))
     if len(offsets) != len(leaves):
         problems.append(f"the index lists {len(offsets)} entries, the records hold {len(leaves)}")
     heads = []
@@ -367,7 +414,9 @@ def verify_log(directory: Path, against: list[dict[str, Any]] | None = None) -> 
     roots = merkle.prefix_roots(leaves, {s for s in sizes if s <= len(leaves)})
     for source, group in (("stored", heads), ("given", against or [])):
         for head in group:
-            problems += _check_head(head, public, log_id, roots, len(leaves), source)
+            problems += _check_head(head, active, roots, len(leaves), source)
+    if key_id(public_path.read_text()) != key_id(public):
+        problems.append("public.pem is not the key the log's rotations lead to")
     if heads and heads[-1]["signed"]["size"] != len(leaves):
         problems.append(
             f"the newest signed tree head covers {heads[-1]['signed']['size']} entries, "
@@ -376,10 +425,29 @@ def verify_log(directory: Path, against: list[dict[str, Any]] | None = None) -> 
     return problems
 
 
+def _rotation(payload: bytes, current: str) -> str | None:
+    """The new key a ``key_rotated`` entry hands over to, if it is one from ``current``."""
+    if b'"key_rotated"' not in payload:
+        return None
+    try:
+        entry = json.loads(payload)
+        if entry.get("type") != "key_rotated" or entry.get("old_key_id") != key_id(current):
+            return None
+        new = str(entry["new_public_key"])
+        return new if key_id(new) == entry.get("new_key_id") else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def key_at(active: list[tuple[int, str]], size: int) -> str:
+    """The key that signs the tree head of ``size`` entries: the one that signed its last
+    entry (a rotation entry and the head after it are still the old key's)."""
+    return [key for start, key in active if start <= max(size - 1, 0)][-1]
+
+
 def _check_head(
     head: dict[str, Any],
-    public: str,
-    log_id: str,
+    active: list[tuple[int, str]],
     roots: dict[int, bytes],
     entries: int,
     source: str,
@@ -390,7 +458,8 @@ def _check_head(
     except (KeyError, TypeError, ValueError):
         return [f"a {source} tree head is malformed"]
     label = f"{source} tree head of size {size}"
-    if signed.get("log_id") != log_id or not verify_json(public, head):
+    public = key_at(active, size)
+    if signed.get("log_id") != key_id(public) or not verify_json(public, head):
         return [f"{label}: its signature is not the log key's"]
     if size > entries:
         return [f"{label}: the log holds only {entries} entries (entries deleted)"]
