@@ -76,6 +76,11 @@ class TransparencyLog:
         if signer is None:
             self._size = os.path.getsize(directory / "index.bin") // _OFFSET.size
             self._end = os.path.getsize(directory / "entries.bin")
+            leaves = directory / "level-0.bin"
+            if self._size and (not leaves.exists() or leaves.stat().st_size < 32 * self._size):
+                raise StoreError(
+                    f"{directory}: the log was interrupted; open it with its key to recover"
+                )
         else:
             self._recover()
 
