@@ -157,3 +157,17 @@ def test_a_bundle_exported_after_a_key_rotation_still_verifies(
     assert code == 0 and "✓ eunomia log: key rotation at entry" in printed
     code, printed, _ = run(capsys, "log", "verify", str(store))
     assert code == 0
+
+
+def test_pinned_keys(capsys: pytest.CaptureFixture[str], bundle: tuple, tmp_path: Path) -> None:
+    path = bundle[0]
+    evidence = json.loads(zipfile.ZipFile(path).read("evidence.json"))
+    hub_id = evidence["hub"]["key_id"]
+    node_ids = [info["key_id"] for info in evidence["nodes"].values()]
+    code, out, _ = run(capsys, "verify", str(path))
+    assert code == 0 and f"hub {hub_id}" in out
+    pins = [a for kid in [hub_id, *node_ids] for a in ("--trust", kid)]
+    code, out, _ = run(capsys, "verify", str(path), *pins)
+    assert code == 0 and "✓ hub key is one the auditor trusts" in out
+    code, out, _ = run(capsys, "verify", str(path), "--trust", "0" * 64)
+    assert code == 9 and "✗ hub key is one the auditor trusts" in out

@@ -36,10 +36,15 @@ def export(
 
 def verify(
     bundle: Annotated[Path, typer.Argument(help="An evidence bundle (zip).")],
+    trust: Annotated[
+        list[str] | None,
+        typer.Option("--trust", help="A key id you know (hub or node); repeat. Pins the keys."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """Check an evidence bundle offline; prints each check with ✓/✗, fails on any ✗."""
-    checks = evidence.verify_bundle(bundle)
+    """Check an evidence bundle offline; prints each check with ✓/✗, fails on any ✗. Without
+    --trust the bundle's own keys are taken at their word (their ids are printed)."""
+    checks = evidence.verify_bundle(bundle, set(trust or []) or None)
     failed = [c for c in checks if not c.ok]
     if as_json:
         emit_json({"ok": not failed, "checks": [c.__dict__ for c in checks]})
@@ -51,6 +56,14 @@ def verify(
         )
     if not as_json:
         stdout.print(f"{bundle}: all {len(checks)} checks passed", highlight=False)
+        if not trust:
+            keys = evidence.bundle_keys(bundle)
+            stdout.print(
+                "keys taken from the bundle (pin them with --trust): "
+                + ", ".join(f"{name} {kid}" for name, kid in keys.items()),
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @log_app.command("verify")

@@ -142,8 +142,9 @@ class Check:
     detail: str = ""
 
 
-def verify_bundle(bundle: Path) -> list[Check]:
-    """Every check of an evidence bundle, offline."""
+def verify_bundle(bundle: Path, trusted: set[str] | None = None) -> list[Check]:
+    """Every check of an evidence bundle, offline. ``trusted``: key ids the auditor knows
+    (pinned); when given, the hub's and every node's key must be among them."""
     checks: list[Check] = []
 
     def check(name: str, ok: bool, detail: str = "") -> bool:
@@ -216,6 +217,10 @@ def verify_bundle(bundle: Path) -> list[Check]:
         sorted(statements) == sorted(signed.get("node_statements", [])),
     )
     checks += _verify_logs(logs, evidence)
+    if trusted:
+        check("hub key is one the auditor trusts", key_id(hub["public_key"]) in trusted)
+        for site, info in sorted(evidence["nodes"].items()):
+            check(f"{site} key is one the auditor trusts", key_id(info["public_key"]) in trusted)
     environment = json.loads(files.get("environment.json", b"{}"))
     check(
         "environment: the code version that computed the result",
@@ -301,6 +306,15 @@ def _verify_logs(logs: list[dict[str, Any]], evidence: dict[str, Any]) -> list[C
             )
         )
     return checks
+
+
+def bundle_keys(bundle: Path) -> dict[str, str]:
+    """The hub's and each node's key id, as the bundle names them."""
+    with zipfile.ZipFile(bundle) as archive:
+        evidence = json.loads(archive.read("evidence.json"))
+    keys = {"hub": key_id(evidence["hub"]["public_key"])}
+    keys.update({site: key_id(info["public_key"]) for site, info in evidence["nodes"].items()})
+    return keys
 
 
 def describe(checks: list[Check]) -> str:
