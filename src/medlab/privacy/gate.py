@@ -144,7 +144,15 @@ def _cells(policy: ReleasePolicy, cells: Cells, record: _Recorder) -> dict[str, 
                 for r in (*c.parts, c.total)
                 if r not in suppressed and r in cells.counts
             ]
-            if not candidates:
+            if not candidates:  # pinned through a chain of margins: widen to all of them
+                margins = [c for c in cells.constraints if column in c.columns]
+                candidates = [
+                    r
+                    for c in margins
+                    for r in (*c.parts, c.total)
+                    if r not in suppressed and r in cells.counts
+                ]
+            if not candidates:  # every row of every margin is already hidden
                 break
             # The smallest part first (it costs least to hide); a total only as a last resort.
             totals = {c.total for c in margins}
