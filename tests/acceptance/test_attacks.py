@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 from pydantic import ValidationError
-from tests.spec.world import World
+from tests.spec.world import D, World
 
 from medlab.cohorts.model import parse_definition
 from medlab.errors import BudgetError, PolicyError
@@ -45,23 +45,22 @@ def _world(tmp_path: Path, secret: bool) -> Path:
         w.person(pid, yob=1950 + pid % 30)
         w.condition(pid, 100, "2010-01-01")
         if pid <= 20:
-            w.add("observation", person_id=pid, observation_concept_id=500,
-                  observation_date=dt("2009-01-01"))  # fmt: skip
+            _give_attribute(w, pid)
     for pid in range(41, 91):  # padding: condition 102
         w.person(pid, yob=1960)
         w.condition(pid, 102, "2010-01-01")
     w.person(TARGET, yob=1955)
     w.drug(TARGET, 210, "2010-06-01")
     if secret:
-        w.add("observation", person_id=TARGET, observation_concept_id=500,
-              observation_date=dt("2009-01-01"))  # fmt: skip
+        _give_attribute(w, TARGET)
     return w.store(tmp_path)
 
 
-def dt(text: str) -> Any:
-    import datetime
-
-    return datetime.date.fromisoformat(text)
+def _give_attribute(w: World, pid: int) -> None:
+    """Observation 500 (the attribute the attacker is after) for ``pid``."""
+    w.add(
+        "observation", person_id=pid, observation_concept_id=500, observation_date=D("2009-01-01")
+    )
 
 
 def _cohort(*criteria: dict[str, Any], rule: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -193,8 +192,9 @@ def test_bad_epsilon_is_refused_and_spends_nothing(tmp_path: Path, bad: Any) -> 
     budgets.grant(store, "p", epsilon=1.0)
     with pytest.raises(BudgetError):
         budgets.charge(store, "p", epsilon=bad, query_key="k", purpose="bad")
-    query = DPQuery(project="p", cohort=parse_definition(_cohort(CONDITION_100)),
-                    statistic="count", epsilon=bad if isinstance(bad, float) else None)  # fmt: skip
+    epsilon = bad if isinstance(bad, float) else None
+    cohort = parse_definition(_cohort(CONDITION_100))
+    query = DPQuery(project="p", cohort=cohort, statistic="count", epsilon=epsilon)
     if isinstance(bad, float):
         with pytest.raises(BudgetError):
             answer(store, query, POLICY)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.table import Table
 
 from medlab.cli.output import emit_json, stdout
@@ -16,7 +13,7 @@ from medlab.cohorts.model import load_definition
 from medlab.errors import DefinitionError
 from medlab.privacy import budget as budgets
 from medlab.privacy.export import export_persons
-from medlab.privacy.policy import load_policy
+from medlab.privacy.policy import load_policy, read_document, validate
 from medlab.privacy.query import DPQuery, answer
 
 budget_app = typer.Typer(help="Privacy budgets per project: grant, show.", no_args_is_help=True)
@@ -78,23 +75,10 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a differentially private query on this node, spending from the project budget."""
-    try:
-        text = query_file.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if query_file.suffix in (".yaml", ".yml") else json.loads(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError(f"{query_file}: cannot read the query ({exc})") from None
+    data = read_document(query_file, "query")
     if isinstance(data, dict) and isinstance(data.get("cohort"), str):
         data["cohort"] = load_definition(query_file.parent / data["cohort"])
-    try:
-        parsed = DPQuery.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            "$"
-            + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
-            + f": {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise DefinitionError(f"{query_file}: invalid query: " + "; ".join(problems)) from None
+    parsed = validate(DPQuery, data, str(query_file), "query", DefinitionError)
     result = answer(store, parsed, load_policy(policy))
     if as_json:
         emit_json(result.to_dict())

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medlab.errors import PolicyError
+from medlab.errors import MedlabError, PolicyError
 
 AnalysisType = Literal["incidence", "characterization", "comparative", "feasibility", "utilization"]
 ALL_ANALYSES: tuple[AnalysisType, ...] = (
@@ -107,13 +107,19 @@ def _path(loc: tuple[int | str, ...]) -> str:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def validate(model: type[Model], data: Any, source: str, what: str) -> Model:
-    """``data`` as ``model``; every problem is named by its JSON path in one PolicyError."""
+def validate(
+    model: type[Model],
+    data: Any,
+    source: str,
+    what: str,
+    error: type[MedlabError] = PolicyError,
+) -> Model:
+    """``data`` as ``model``; every problem is named by its JSON path in one ``error``."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         problems = [f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise PolicyError(f"{source}: invalid {what}: " + "; ".join(problems)) from None
+        raise error(f"{source}: invalid {what}: " + "; ".join(problems)) from None
 
 
 def read_document(path: Path, what: str) -> Any:

@@ -16,11 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from medlab import __version__
 from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
 from medlab.cdm.dq import run_checks
 from medlab.cdm.fingerprint import snapshot_fingerprint
-from medlab.cdm.store import open_store
+from medlab.cdm.store import META_SCHEMA, fetch_first, open_store
 from medlab.cohorts.engine import generate
 from medlab.ledger import evidence, parties
 from medlab.privacy import gate
@@ -184,6 +186,20 @@ def _utilization(a: UtilizationAnalysis, nodes: list[Path], release: Release) ->
     }
 
 
+def _quality(con: duckdb.DuckDBPyConnection, fingerprint: str) -> dict[str, int]:
+    """The data quality summary of this snapshot, computed once per fingerprint and kept in
+    the store's metadata (the checks take long on large nodes; the data only change by loads)."""
+    key = f"dq_summary.{fingerprint}"
+    found = fetch_first(con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = ?", [key])
+    if found is not None:
+        summary: dict[str, int] = json.loads(found[0])
+        return summary
+    report = run_checks(con)
+    summary = {"passed": len(report.results) - len(report.failed), "failed": len(report.failed)}
+    con.execute(f"INSERT INTO {META_SCHEMA}.store_info VALUES (?, ?)", [key, json.dumps(summary)])
+    return summary
+
+
 def _payload(released: Released) -> dict[str, Any]:
     """A released payload as JSON, as signed and as shipped in evidence bundles."""
     data = {
@@ -266,14 +282,10 @@ def run_study(
         for cohort in spec.cohorts:
             assert cohort.definition is not None
             generate(store, cohort.definition, cohort.id)
-        with open_store(store, read_only=True) as con:
+        with open_store(store) as con:
             fingerprint = snapshot_fingerprint(con)[0]
-            report = run_checks(con)
+            quality[store.stem] = _quality(con, fingerprint)
         fingerprints[store.stem] = fingerprint
-        quality[store.stem] = {
-            "passed": len(report.results) - len(report.failed),
-            "failed": len(report.failed),
-        }
         node_info.append({"node": store.stem, "fingerprint": fingerprint})
         parties.node(store).log("task_run", spec_hash=spec_hash, fingerprint=fingerprint)
     analyses = []
