@@ -64,6 +64,45 @@ def sign_release(party: Party, payload: dict[str, Any], base: dict[str, Any]) ->
     return {"payload": payload, "signed": signed, "log_index": index}
 
 
+def sign_combined(
+    hub: Party,
+    nodes: dict[str, Party],
+    results: dict[str, Any],
+    base: dict[str, Any],
+    releases: list[dict[str, Any]],
+    quality: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """The hub signs the combined result (and the node statements it combined) and logs it;
+    returns the study's evidence record (``evidence.json``)."""
+    statement = {
+        **base,
+        "result_hash": digest(results),
+        "node_statements": [digest(r["signed"]) for r in releases],
+    }
+    hub_signed = hub.signer.sign_json(statement)
+    index = hub.log("result_combined", statement=statement, signature=hub_signed["signature"])
+    return {
+        "hub": {
+            "key_id": hub.signer.key_id,
+            "public_key": hub.signer.public_pem,
+            "statement": hub_signed,
+            "log_index": index,
+            "log_dir": str(hub.log_dir.resolve()),
+        },
+        "nodes": {
+            site: {
+                "key_id": party.signer.key_id,
+                "public_key": party.signer.public_pem,
+                "log_dir": str(party.log_dir.resolve()),
+            }
+            for site, party in nodes.items()
+        },
+        "releases": releases,
+        "dq": quality,
+        "environment": environment(),
+    }
+
+
 def spec_digest(spec: Any) -> str:
     """The study spec hash as :meth:`StudySpec.digest` computes it, from its JSON form."""
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))

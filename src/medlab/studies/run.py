@@ -248,7 +248,9 @@ def run_study(
     released: list[Released] = []
     signed: list[dict[str, Any]] = []
     hub = parties.hub(hub_dir)
+    sites = {store.stem: parties.node(store) for store in nodes}
     spec_hash = spec.digest()
+    base = {"spec_hash": spec_hash, "code_version": __version__, "policy_hash": policy.digest()}
     hub.log("study_submitted", study=spec.name, spec_hash=spec_hash)
     hub.log("study_approved", spec_hash=spec_hash, approved_by=approved_by)
     fingerprints: dict[str, str] = {}
@@ -256,25 +258,18 @@ def run_study(
     def release(request: ReleaseRequest) -> Released:
         payload = gate.apply(policy, request)
         released.append(payload)
-        if payload.site in fingerprints:
+        if payload.site in fingerprints:  # a refusal of a whole analysis type has no node
             statement = {
-                "spec_hash": spec_hash,
+                **base,
                 "fingerprint": fingerprints[payload.site],
-                "code_version": __version__,
-                "policy_hash": policy.digest(),
                 "analysis": payload.analysis,
                 "site": payload.site,
             }
-            signed.append(
-                evidence.sign_release(
-                    parties.node(sites[payload.site]), _payload(payload), statement
-                )
-            )
+            signed.append(evidence.sign_release(sites[payload.site], _payload(payload), statement))
         return payload
 
     out.mkdir(parents=True, exist_ok=True)
     node_info = []
-    sites = {store.stem: store for store in nodes}
     quality: dict[str, dict[str, int]] = {}
     for i, store in enumerate(nodes):
         if progress:
@@ -287,7 +282,7 @@ def run_study(
             quality[store.stem] = _quality(con, fingerprint)
         fingerprints[store.stem] = fingerprint
         node_info.append({"node": store.stem, "fingerprint": fingerprint})
-        parties.node(store).log("task_run", spec_hash=spec_hash, fingerprint=fingerprint)
+        sites[store.stem].log("task_run", spec_hash=spec_hash, fingerprint=fingerprint)
     analyses = []
     for i, analysis in enumerate(spec.analyses):
         if progress:
@@ -321,7 +316,7 @@ def run_study(
         analyses.append({"name": analysis.name, "type": analysis.type, **body})
     results = {
         "study": spec.name,
-        "spec_hash": spec.digest(),
+        "spec_hash": spec_hash,
         "medlab_version": __version__,
         "nodes": node_info,
         "policy": {"version": policy.version, "digest": policy.digest()},
@@ -332,35 +327,7 @@ def run_study(
     text = json.dumps(results, indent=2, default=str) + "\n"
     (out / "results.json").write_text(text)
     (out / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
-    statement = {
-        "spec_hash": spec_hash,
-        "result_hash": parties.digest(json.loads(text)),
-        "code_version": __version__,
-        "policy_hash": policy.digest(),
-        "node_statements": [parties.digest(s["signed"]) for s in signed],
-    }
-    hub_signed = hub.signer.sign_json(statement)
-    index = hub.log("result_combined", statement=statement, signature=hub_signed["signature"])
-    record = {
-        "hub": {
-            "key_id": hub.signer.key_id,
-            "public_key": hub.signer.public_pem,
-            "statement": hub_signed,
-            "log_index": index,
-            "log_dir": str(hub.log_dir.resolve()),
-        },
-        "nodes": {
-            site: {
-                "key_id": parties.node(store).signer.key_id,
-                "public_key": parties.node(store).signer.public_pem,
-                "log_dir": str(parties.node(store).log_dir.resolve()),
-            }
-            for site, store in sites.items()
-        },
-        "releases": signed,
-        "dq": quality,
-        "environment": evidence.environment(),
-    }
+    record = evidence.sign_combined(hub, sites, json.loads(text), base, signed, quality)
     (out / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
     from medlab.studies.report import write_report
 
