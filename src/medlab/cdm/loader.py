@@ -20,7 +20,7 @@ import duckdb
 
 from medlab.cdm import schema
 from medlab.cdm.fingerprint import snapshot_fingerprint
-from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load
+from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load, transaction
 from medlab.errors import LoadError
 from medlab.ledger import parties
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
@@ -504,40 +504,34 @@ def load_omop_csv(
     then record the load (file hashes, snapshot fingerprint) in the node's transparency log."""
     files, warnings = discover(directory)
     policy = ingest or IngestPolicy()
-    with open_store(store) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            pseudonymizer = Pseudonymizer(con, store, policy)
-            reports: list[FileReport] = []
-            for i, (path, table) in enumerate(files):
-                if progress:
-                    progress(path.name, i, len(files))
-                loader = _FileLoader(con, path, table, pseudonymizer)
-                reports.append(loader.load())
-                warnings.extend(loader.warnings)
-            con.execute("DROP TABLE IF EXISTS temp.stage")
-            con.execute("DROP TABLE IF EXISTS temp.medlab_pseudonyms")
+    with open_store(store) as con, transaction(con):
+        pseudonymizer = Pseudonymizer(con, store, policy)
+        reports: list[FileReport] = []
+        for i, (path, table) in enumerate(files):
             if progress:
-                progress("referential checks", len(files), len(files))
-            warnings.extend(_referential_warnings(con, {r.table for r in reports if r.rows}))
-            version = _source_version(con, any(r.renamed_columns for r in reports))
-            load_id = record_load(
-                con,
-                source=str(directory.resolve()),
-                source_cdm_version=version,
-                files=[asdict(f) for f in reports],
-                rows=sum(f.rows for f in reports),
-                warnings=warnings,
-            )
-            con.execute(
-                "INSERT INTO medlab.store_info VALUES (?, ?)",
-                [f"ingest_policy.load{load_id}", policy.model_dump_json()],
-            )
-            report = LoadReport(load_id, str(directory), version, reports, warnings)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+                progress(path.name, i, len(files))
+            loader = _FileLoader(con, path, table, pseudonymizer)
+            reports.append(loader.load())
+            warnings.extend(loader.warnings)
+        con.execute("DROP TABLE IF EXISTS temp.stage")
+        con.execute("DROP TABLE IF EXISTS temp.medlab_pseudonyms")
+        if progress:
+            progress("referential checks", len(files), len(files))
+        warnings.extend(_referential_warnings(con, {r.table for r in reports if r.rows}))
+        version = _source_version(con, any(r.renamed_columns for r in reports))
+        load_id = record_load(
+            con,
+            source=str(directory.resolve()),
+            source_cdm_version=version,
+            files=[asdict(f) for f in reports],
+            rows=sum(f.rows for f in reports),
+            warnings=warnings,
+        )
+        con.execute(
+            "INSERT INTO medlab.store_info VALUES (?, ?)",
+            [f"ingest_policy.load{load_id}", policy.model_dump_json()],
+        )
+        report = LoadReport(load_id, str(directory), version, reports, warnings)
     if log_event:
         with open_store(store, read_only=True) as con:
             fingerprint = snapshot_fingerprint(con)[0]

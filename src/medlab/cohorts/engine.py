@@ -16,7 +16,7 @@ from typing import cast
 import duckdb
 from sqlglot import exp
 
-from medlab.cdm.store import fetch_one, open_store
+from medlab.cdm.store import fetch_one, open_store, transaction
 from medlab.cohorts.compiler import CompiledCohort, compile_cohort
 from medlab.cohorts.domains import CODESET_ITEM_COLUMNS
 from medlab.cohorts.model import CohortDefinition
@@ -153,35 +153,29 @@ def _store_attrition(
 def generate(store: Path, definition: CohortDefinition, cohort_id: int = 1) -> GenerationResult:
     """Generate ``definition`` as cohort ``cohort_id`` in ``store`` (replacing earlier rows)."""
     compiled = compile_cohort(definition, cohort_id)
-    with open_store(store) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            started = time.perf_counter()
-            attrition = run_compiled(con, compiled, cohort_id)
-            sql_ms = (time.perf_counter() - started) * 1000
-            _store_attrition(con, cohort_id, attrition)
-            con.execute(
-                f"DELETE FROM {RESULTS}.cohort_definition WHERE cohort_definition_id = ?",
-                [cohort_id],
-            )
-            con.execute(
-                f"INSERT INTO {RESULTS}.cohort_definition VALUES (?, ?, ?, 0, ?, 0, ?)",
-                [
-                    cohort_id,
-                    definition.name or f"cohort {cohort_id}",
-                    definition.description,
-                    definition.to_json(),
-                    dt.date.today(),
-                ],
-            )
-            persons, entries = fetch_one(
-                con,
-                f"SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM {RESULTS}.cohort "
-                "WHERE cohort_definition_id = ?",
-                [cohort_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with open_store(store) as con, transaction(con):
+        started = time.perf_counter()
+        attrition = run_compiled(con, compiled, cohort_id)
+        sql_ms = (time.perf_counter() - started) * 1000
+        _store_attrition(con, cohort_id, attrition)
+        con.execute(
+            f"DELETE FROM {RESULTS}.cohort_definition WHERE cohort_definition_id = ?",
+            [cohort_id],
+        )
+        con.execute(
+            f"INSERT INTO {RESULTS}.cohort_definition VALUES (?, ?, ?, 0, ?, 0, ?)",
+            [
+                cohort_id,
+                definition.name or f"cohort {cohort_id}",
+                definition.description,
+                definition.to_json(),
+                dt.date.today(),
+            ],
+        )
+        persons, entries = fetch_one(
+            con,
+            f"SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM {RESULTS}.cohort "
+            "WHERE cohort_definition_id = ?",
+            [cohort_id],
+        )
     return GenerationResult(cohort_id, int(persons), int(entries), attrition, sql_ms)
