@@ -66,7 +66,9 @@ def test_grant_query_and_budget(
     code, out, _ = run(
         capsys, "node", "budget", "show", str(store), "--project", "trial-7", "--json"
     )
-    assert json.loads(out)["epsilon_spent"] == pytest.approx(0.5)
+    shown = json.loads(out)
+    assert shown["epsilon_spent"] == pytest.approx(0.5)
+    assert shown["rho_spent_as_approximate_dp"] == {"delta": 1e-7, "epsilon": 0.0}
     bad = tmp_path / "bad.yaml"
     bad.write_text("project: trial-7\ncohort: cohort.yaml\nstatistic: median\n")
     code, _, err = run(capsys, "node", "query", str(store), str(bad), "--policy", str(policy))

@@ -70,3 +70,14 @@ def test_budget_totals_equal_opendp_composition() -> None:
     rhos = [0.01, 0.02, 0.05]
     concentrated = [mech.vector_measurement("gaussian", r)[0] for r in rhos]
     assert dp.c.make_composition(concentrated).map(1) == pytest.approx(sum(rhos), rel=1e-6)
+
+
+def test_rho_as_approximate_dp_matches_opendp_and_the_textbook_bound() -> None:
+    assert mech.epsilon_of_rho(0.0, 1e-7) == 0.0
+    eps = mech.epsilon_of_rho(0.125, 1e-7)
+    # OpenDP's own conversion of the measurement used for rho = 0.125 (sigma = 2).
+    gaussian = dp.m.make_gaussian(dp.atom_domain(T=int), dp.absolute_distance(T=int), scale=2.0)
+    assert eps == pytest.approx(dp.c.make_zCDP_to_approxDP(gaussian).map(1).epsilon(1e-7))
+    # Bun and Steinke (2016), Proposition 1.3: rho + 2 sqrt(rho ln(1/delta)) bounds it.
+    assert 0.125 < eps <= 0.125 + 2 * math.sqrt(0.125 * math.log(1e7))
+    assert mech.epsilon_of_rho(0.5, 1e-7) > eps  # more rho spent, a weaker guarantee

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from medlab.cli.output import emit_json, stdout
 from medlab.cohorts.model import load_definition
-from medlab.errors import DefinitionError
+from medlab.errors import DefinitionError, UsageError
 from medlab.privacy import budget as budgets
+from medlab.privacy.dp import epsilon_of_rho
 from medlab.privacy.export import export_persons
 from medlab.privacy.policy import load_policy, read_document, validate
 from medlab.privacy.query import DPQuery, answer
@@ -23,7 +24,8 @@ ProjectOpt = Annotated[str, typer.Option("--project", help="The research project
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 
-def _print_budget(b: budgets.Budget, as_json: bool) -> None:
+def _print_budget(b: budgets.Budget, as_json: bool, delta: float = 1e-7) -> None:
+    rho_as_epsilon = epsilon_of_rho(b.rho_spent, delta)
     if as_json:
         emit_json(
             {
@@ -34,13 +36,15 @@ def _print_budget(b: budgets.Budget, as_json: bool) -> None:
                 "rho_granted": b.rho_granted,
                 "rho_spent": b.rho_spent,
                 "rho_remaining": b.rho_remaining,
+                "rho_spent_as_approximate_dp": {"delta": delta, "epsilon": rho_as_epsilon},
             }
         )
         return
     stdout.print(
         f"project {b.project}: epsilon {b.epsilon_spent:g} spent of {b.epsilon_granted:g} "
         f"({b.epsilon_remaining:g} left); rho {b.rho_spent:g} spent of {b.rho_granted:g} "
-        f"({b.rho_remaining:g} left)",
+        f"({b.rho_remaining:g} left; the rho spent is epsilon {rho_as_epsilon:.3g} at delta "
+        f"{delta:g})",
         highlight=False,
     )
 
@@ -59,9 +63,19 @@ def grant(
 
 
 @budget_app.command("show")
-def show(store: StoreArg, project: ProjectOpt, as_json: JsonOpt = False) -> None:
-    """A project's granted, spent and remaining budget on this node."""
-    _print_budget(budgets.status(store, project), as_json)
+def show(
+    store: StoreArg,
+    project: ProjectOpt,
+    delta: Annotated[
+        float, typer.Option("--delta", help="Delta for the (epsilon, delta) view of rho.")
+    ] = 1e-7,
+    as_json: JsonOpt = False,
+) -> None:
+    """A project's granted, spent and remaining budget on this node, with the rho spent
+    also as (epsilon, delta)-DP."""
+    if not 0 < delta < 1:
+        raise UsageError(f"--delta must be between 0 and 1, not {delta}")
+    _print_budget(budgets.status(store, project), as_json, delta)
 
 
 def query(
