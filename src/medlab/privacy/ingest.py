@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import duckdb
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.cdm import schema
@@ -126,8 +127,6 @@ class Pseudonymizer:
                 medlab_shift INTEGER)"""
         )
         if rows:
-            import pyarrow as pa
-
             batch = pa.table(
                 {
                     "medlab_source_id": pa.array([r[0] for r in rows], pa.int64()),
@@ -149,23 +148,40 @@ class Pseudonymizer:
                 source_hash VARCHAR PRIMARY KEY, pseudonym INTEGER NOT NULL UNIQUE)"""
         )
         hashes = {i: keyed_hash(self.secret, "person", str(i)).hex() for i in ids}
-        known = dict(self.con.execute(f"SELECT source_hash, pseudonym FROM {_MAP}").fetchall())
-        taken = set(known.values())
-        out: dict[int, int] = {}
-        new = []
-        for source in ids:
+        self.con.register(
+            "medlab_hash_batch", pa.table({"h": pa.array(list(hashes.values()), pa.string())})
+        )
+        known = dict(
+            self.con.execute(
+                f"SELECT m.source_hash, m.pseudonym FROM medlab_hash_batch b "
+                f"JOIN {_MAP} m ON m.source_hash = b.h"
+            ).fetchall()
+        )
+        self.con.unregister("medlab_hash_batch")
+        out = {i: int(known[h]) for i, h in hashes.items() if h in known}
+        fresh = [i for i in ids if i not in out]
+        if not fresh:  # event tables of persons already loaded: the usual case
+            return out
+        taken = {int(p) for (p,) in self.con.execute(f"SELECT pseudonym FROM {_MAP}").fetchall()}
+        new_hashes, new_ids = [], []
+        for source in fresh:
             h = hashes[source]
-            if h in known:
-                out[source] = int(known[h])
-                continue
             candidate = int(h[:16], 16) >> (64 - _PSEUDONYM_BITS) or 1
             while candidate in taken:
                 candidate = candidate % (2**_PSEUDONYM_BITS - 1) + 1
             taken.add(candidate)
             out[source] = candidate
-            new.append((h, candidate))
-        if new:
-            self.con.executemany(f"INSERT INTO {_MAP} VALUES (?, ?)", new)
+            new_hashes.append(h)
+            new_ids.append(candidate)
+        batch = pa.table(
+            {
+                "source_hash": pa.array(new_hashes, pa.string()),
+                "pseudonym": pa.array(new_ids, pa.int32()),
+            }
+        )
+        self.con.register("medlab_new_pseudonyms", batch)
+        self.con.execute(f"INSERT INTO {_MAP} SELECT * FROM medlab_new_pseudonyms")
+        self.con.unregister("medlab_new_pseudonyms")
         return out
 
     def column(self, table: schema.Table, column: schema.Column, expr: str) -> str:
