@@ -7,6 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from medlab.cli.main import main
@@ -56,6 +57,16 @@ def _tampered(bundle: Path, tmp_path: Path, name: str, data: bytes) -> Path:
     return target
 
 
+def _rejected(
+    capsys: pytest.CaptureFixture[str], bundle: Path, tmp_path: Path, name: str, data: bytes
+) -> str:
+    """What ``medlab verify`` prints for the bundle with ``name`` replaced by ``data``; it must
+    exit 9."""
+    code, out, _ = run(capsys, "verify", str(_tampered(bundle, tmp_path, name, data)))
+    assert code == 9
+    return out
+
+
 def test_the_bundle_verifies(capsys: pytest.CaptureFixture[str], bundle: tuple) -> None:
     path, store, hub = bundle
     code, out, _ = run(capsys, "verify", str(path))
@@ -68,6 +79,13 @@ def test_the_bundle_verifies(capsys: pytest.CaptureFixture[str], bundle: tuple) 
     hub_entries = [json.loads(e["entry"]) for e in logs[0]["entries"]]
     assert hub_entries[-1]["type"] == "result_combined"
     assert evidence["environment"]["medlab"] == "0.1.0" and evidence["dq"]["eunomia"]["passed"]
+    # The DQ summary is kept per snapshot fingerprint, so the next run of the same data reuses it.
+    fingerprint = json.loads(zipfile.ZipFile(path).read("results.json"))["nodes"][0]["fingerprint"]
+    with duckdb.connect(str(store), read_only=True) as con:
+        (kept,) = con.execute(
+            "SELECT value FROM medlab.store_info WHERE key = ?", [f"dq_summary.{fingerprint}"]
+        ).fetchone()  # type: ignore[misc]
+    assert json.loads(kept) == evidence["dq"]["eunomia"]
     code, out, _ = run(capsys, "log", "verify", str(store))
     assert code == 0 and "✓" in out
     code, out, _ = run(capsys, "log", "verify", str(hub / "ledger"))
@@ -96,9 +114,9 @@ def test_a_swapped_spec_fails(
     path = bundle[0]
     spec = json.loads(zipfile.ZipFile(path).read("spec.json"))
     spec["analyses"][0]["settings"]["population"]["washout_period"] = 365
-    bad = _tampered(path, tmp_path, "spec.json", json.dumps(spec).encode())
-    code, out, _ = run(capsys, "verify", str(bad))
-    assert code == 9 and "✗ spec hash" in out
+    assert "✗ spec hash" in _rejected(
+        capsys, path, tmp_path, "spec.json", json.dumps(spec).encode()
+    )
 
 
 def test_a_foreign_key_fails(
@@ -109,14 +127,12 @@ def test_a_foreign_key_fails(
     foreign = Signer.load_or_create(tmp_path / "foreign.key")
     evidence["hub"]["public_key"] = foreign.public_pem
     evidence["hub"]["key_id"] = foreign.key_id
-    bad = _tampered(path, tmp_path, "evidence.json", canonical(evidence))
-    code, out, _ = run(capsys, "verify", str(bad))
-    assert code == 9 and "✗ hub signature over the combined result" in out
+    out = _rejected(capsys, path, tmp_path, "evidence.json", canonical(evidence))
+    assert "✗ hub signature over the combined result" in out
     # A forger who also re-signs the statement with the foreign key is caught by the log.
     evidence["hub"]["statement"] = foreign.sign_json(evidence["hub"]["statement"]["signed"])
-    bad = _tampered(path, tmp_path, "evidence.json", canonical(evidence))
-    code, out, _ = run(capsys, "verify", str(bad))
-    assert code == 9 and "✗ hub log: signed by the key that signed the statements" in out
+    out = _rejected(capsys, path, tmp_path, "evidence.json", canonical(evidence))
+    assert "✗ hub log: signed by the key that signed the statements" in out
 
 
 def test_a_changed_node_payload_fails(
@@ -125,9 +141,8 @@ def test_a_changed_node_payload_fails(
     path = bundle[0]
     evidence = json.loads(zipfile.ZipFile(path).read("evidence.json"))
     evidence["releases"][0]["payload"]["values"]["attrition"][0]["target_persons"] = 5
-    bad = _tampered(path, tmp_path, "evidence.json", canonical(evidence))
-    code, out, _ = run(capsys, "verify", str(bad))
-    assert code == 9 and "payload is the one the node signed" in out
+    out = _rejected(capsys, path, tmp_path, "evidence.json", canonical(evidence))
+    assert "payload is the one the node signed" in out
 
 
 def test_a_tampered_log_fails_log_verify(

@@ -31,11 +31,6 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sha256_hex(data: bytes) -> str:
-    """``sha256:`` and the hex digest of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def key_id(public_pem: str) -> str:
     """The id of a public key: SHA-256 of its raw bytes, hex."""
     raw = _public(public_pem).public_bytes(

@@ -22,7 +22,7 @@ The steward's ingest policy (YAML/JSON; the defaults below unless given) decides
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import duckdb
 import pyarrow as pa
@@ -210,8 +210,3 @@ class Pseudonymizer:
             "temp.stage LEFT JOIN temp.medlab_pseudonyms "
             f"ON medlab_pseudonyms.medlab_source_id = ({person_expr})"
         )
-
-
-def describe(policy: IngestPolicy) -> dict[str, Any]:
-    """The policy as recorded in the load log."""
-    return policy.model_dump(mode="json")
