@@ -22,6 +22,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses import charlson
+from medlab.fields import Days
 from medlab.privacy.release import Cells, Constraint, Release, Released, Sums, require_released
 
 Domain = Literal[
@@ -58,8 +59,8 @@ class Window(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start: int
-    end: int
+    start: Days
+    end: Days
 
     @property
     def label(self) -> str:
@@ -76,7 +77,7 @@ class CharacterizationSettings(BaseModel):
     windows: list[Window] = Field(
         default_factory=lambda: [Window(start=-365, end=-1), Window(start=-30, end=-1)]
     )
-    age_group_years: Annotated[int, Field(ge=1)] = 5
+    age_group_years: Annotated[int, Field(ge=1, le=50)] = 5
     charlson: bool = True
 
 

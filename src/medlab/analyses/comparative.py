@@ -24,6 +24,7 @@ from medlab.analyses.population import (
     covariates,
     study_population,
 )
+from medlab.fields import ConceptId, PositiveReal
 from medlab.privacy.release import (
     Cells,
     Constraint,
@@ -46,15 +47,17 @@ class ComparativeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     population: PopulationSettings = PopulationSettings()
-    exclude_ingredients: list[int] = Field(default_factory=list)
+    exclude_ingredients: Annotated[list[ConceptId], Field(max_length=1000)] = Field(
+        default_factory=list
+    )
     ps_penalty: Literal["l1", "l2"] = "l2"
-    ps_strength: Annotated[float, Field(gt=0)] = 1.0
+    ps_strength: Annotated[PositiveReal, Field(le=1e6)] = 1.0
     adjustments: list[est.Adjustment] = Field(default_factory=lambda: list(ADJUSTMENTS))
-    max_ratio: Annotated[int, Field(ge=1)] = 1
-    caliper: Annotated[float, Field(ge=0)] = 0.2
-    strata: Annotated[int, Field(ge=2)] = 5
+    max_ratio: Annotated[int, Field(ge=1, le=1000)] = 1
+    caliper: Annotated[float, Field(ge=0, le=100)] = 0.2
+    strata: Annotated[int, Field(ge=2, le=100)] = 5
     iptw_estimand: Literal["ate", "att"] = "att"
-    max_weight: Annotated[float, Field(gt=0)] = 10.0
+    max_weight: Annotated[PositiveReal, Field(le=1e6)] = 10.0
 
 
 @dataclass(frozen=True)

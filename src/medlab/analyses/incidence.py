@@ -27,6 +27,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses.poisson import rate_interval
+from medlab.fields import Days, NonNegativeDays
 from medlab.privacy.release import Cells, Constraint, Release, Released, require_released
 
 DAYS_PER_YEAR = 365.25
@@ -46,13 +47,13 @@ class IncidenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tar_start_anchor: Literal["start", "end"] = "start"
-    tar_start_offset: int = 0
+    tar_start_offset: Days = 0
     tar_end_anchor: Literal["start", "end"] = "end"
-    tar_end_offset: int = 0
+    tar_end_offset: Days = 0
     first_occurrence_only: bool = True
-    washout_days: Annotated[int, Field(ge=0)] | None = None
-    clean_window: Annotated[int, Field(ge=0)] = 0
-    age_group_years: Annotated[int, Field(ge=1)] = 10
+    washout_days: NonNegativeDays | None = None
+    clean_window: NonNegativeDays = 0
+    age_group_years: Annotated[int, Field(ge=1, le=50)] = 10
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
 from medlab.analyses import charlson
+from medlab.fields import Days, NonNegativeDays
 
 
 class PopulationSettings(BaseModel):
@@ -26,17 +27,18 @@ class PopulationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    washout_period: Annotated[int, Field(ge=0)] = 0
+    washout_period: NonNegativeDays = 0
     first_exposure_only: bool = False
     remove_subjects_in_both_cohorts: bool = False
     restrict_to_common_period: bool = False
     remove_subjects_with_prior_outcome: bool = True
-    prior_outcome_lookback: Annotated[int, Field(ge=0)] = 99999
-    risk_window_start: int = 0
+    # CohortMethod's default lookback, 99999 days, means "any time before".
+    prior_outcome_lookback: Annotated[int, Field(ge=0, le=99999)] = 99999
+    risk_window_start: Days = 0
     start_anchor: Literal["cohort start", "cohort end"] = "cohort start"
-    risk_window_end: int = 0
+    risk_window_end: Days = 0
     end_anchor: Literal["cohort start", "cohort end"] = "cohort end"
-    min_days_at_risk: Annotated[int, Field(ge=0)] = 1
+    min_days_at_risk: NonNegativeDays = 1
     censor_at_new_risk_window: bool = False
 
 
@@ -124,7 +126,9 @@ def study_population(
     if s.remove_subjects_with_prior_outcome:
         prior = joined[
             (joined["outcome_date"] < joined["risk_start"])
-            & (joined["outcome_date"] >= joined["risk_start"] - s.prior_outcome_lookback * day)
+            # Compared in days, never as a date: 99999 days before an entry in 1951 is before
+            # the earliest date pandas can hold.
+            & ((joined["risk_start"] - joined["outcome_date"]).dt.days <= s.prior_outcome_lookback)
         ]["entry"].unique()
         frame = frame[~frame["entry"].isin(prior)]
         steps.append(_count(frame, "no prior outcome"))

@@ -18,11 +18,10 @@ from typing import TextIO
 
 import duckdb
 
-from medlab.cdm import schema
+from medlab.cdm import outbox, schema
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load, transaction
 from medlab.errors import LoadError
-from medlab.ledger import parties
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -532,15 +531,17 @@ def load_omop_csv(
             [f"ingest_policy.load{load_id}", policy.model_dump_json()],
         )
         report = LoadReport(load_id, str(directory), version, reports, warnings)
+        if log_event:
+            # Staged in the load's own transaction: logged exactly when the load commits.
+            outbox.stage(
+                con,
+                "data_loaded",
+                load_id=report.load_id,
+                files={f.file: f.sha256 for f in reports},
+                rows=sum(f.rows for f in reports),
+                fingerprint=snapshot_fingerprint(con)[0],
+                ingest_policy=policy.model_dump(mode="json"),
+            )
     if log_event:
-        with open_store(store, read_only=True) as con:
-            fingerprint = snapshot_fingerprint(con)[0]
-        parties.node(store).log(
-            "data_loaded",
-            load_id=report.load_id,
-            files={f.file: f.sha256 for f in reports},
-            rows=sum(f.rows for f in reports),
-            fingerprint=fingerprint,
-            ingest_policy=policy.model_dump(mode="json"),
-        )
+        outbox.flush_store(store)
     return report

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +18,7 @@ import duckdb
 from medlab import __version__
 from medlab.cdm import schema
 from medlab.errors import StoreError
+from medlab.inputs import regular_file
 
 STORE_FORMAT = 1
 Row = tuple[Any, ...]
@@ -88,6 +92,73 @@ def init_store(path: Path) -> None:
     con.close()
 
 
+class _StoreLock:
+    """One store's lock: a re-entrant lock among this process's threads, held together with
+    an exclusive ``flock`` on ``STORE.lock`` among processes (taken on the outermost entry)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.local = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        self.local.acquire()
+        try:
+            if self.depth == 0:
+                self.fd = self._flock()
+            self.depth += 1
+        except BaseException:
+            self.local.release()
+            raise
+
+    def _flock(self) -> int:
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{lock}: cannot create the store's lock ({exc.strerror})") from None
+        wait = float(os.environ.get("MEDLAB_LOCK_TIMEOUT", "600"))
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreError(
+                        f"{self.path}: the store is busy: another medlab process has held "
+                        f"{lock.name} for more than {wait:g} s",
+                        hint="wait for it to finish, or raise MEDLAB_LOCK_TIMEOUT",
+                    ) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        self.local.release()
+
+
+_LOCKS: dict[str, _StoreLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Hold the store exclusively: other threads and processes wait (up to
+    ``$MEDLAB_LOCK_TIMEOUT`` seconds, default 600). Re-entrant within a thread, so a study run
+    holds its nodes from first cohort to last release while the steps inside open them."""
+    resolved = path.resolve()
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(str(resolved), _StoreLock(resolved))
+    with lock:
+        yield
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Everything inside commits together, or rolls back together on any error."""
@@ -107,32 +178,43 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
         raise StoreError(
             f"{path}: no node store here", hint=f"create one with: medlab node init {path}"
         )
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.Error as exc:
-        raise StoreError(f"{path}: cannot open as a DuckDB node store ({exc})") from None
-    try:
+    regular_file(path, "node store", StoreError)
+    with store_lock(path):
         try:
-            fmt = fetch_first(
-                con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = 'store_format'"
-            )
-        except duckdb.Error:
-            fmt = None
-        if fmt is None:
-            raise StoreError(
-                f"{path}: a DuckDB file, but not a medlab node store",
-                hint="create one with: medlab node init NEW_PATH, then load into it",
-            )
-        if int(fmt[0]) != STORE_FORMAT:
-            raise StoreError(f"{path}: store format {fmt[0]}, this medlab reads {STORE_FORMAT}")
-        con.execute("SET TimeZone = 'UTC'")
-        # DuckDB's own progress bar would write into our stdout (and into --json output).
-        con.execute("SET enable_progress_bar = false")
-        # A bounded working set; DuckDB spills larger sorts and joins to disk.
-        con.execute("SET memory_limit = ?", [os.environ.get("MEDLAB_MEMORY_LIMIT", "4GB")])
-        yield con
-    finally:
-        con.close()
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"{path}: cannot open as a DuckDB node store ({exc})") from None
+        try:
+            _check(path, con)
+            if not read_only:
+                from medlab.cdm.outbox import flush
+
+                flush(con, path)
+            yield con
+        finally:
+            con.close()
+
+
+def _check(path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """Refuse a file that is not a medlab store; set the session up."""
+    try:
+        fmt = fetch_first(
+            con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = 'store_format'"
+        )
+    except duckdb.Error:
+        fmt = None
+    if fmt is None:
+        raise StoreError(
+            f"{path}: a DuckDB file, but not a medlab node store",
+            hint="create one with: medlab node init NEW_PATH, then load into it",
+        )
+    if int(fmt[0]) != STORE_FORMAT:
+        raise StoreError(f"{path}: store format {fmt[0]}, this medlab reads {STORE_FORMAT}")
+    con.execute("SET TimeZone = 'UTC'")
+    # DuckDB's own progress bar would write into our stdout (and into --json output).
+    con.execute("SET enable_progress_bar = false")
+    # A bounded working set; DuckDB spills larger sorts and joins to disk.
+    con.execute("SET memory_limit = ?", [os.environ.get("MEDLAB_MEMORY_LIMIT", "4GB")])
 
 
 def record_load(

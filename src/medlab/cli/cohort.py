@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,6 +16,7 @@ from medlab.cohorts.engine import RESULTS, generate
 from medlab.cohorts.model import load_definition
 from medlab.cohorts.sqltree import render
 from medlab.errors import DefinitionError
+from medlab.inputs import parse_document, read_text
 
 app = typer.Typer(help="Cohorts: import, sql, generate.", no_args_is_help=True)
 
@@ -32,10 +32,12 @@ def import_circe(
     as_yaml: Annotated[bool, typer.Option("--yaml", help="YAML instead of JSON.")] = False,
 ) -> None:
     """Translate an ATLAS (Circe) cohort definition into medlab's cohort language."""
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DefinitionError(f"{file}: cannot read as JSON ({exc})") from None
+    data = parse_document(
+        read_text(file, "ATLAS cohort definition", DefinitionError),
+        str(file),
+        yaml_syntax=False,
+        error=DefinitionError,
+    )
     definition = from_circe(data, source=str(file))
     text = definition.to_yaml() if as_yaml else definition.to_json() + "\n"
     if out is None:

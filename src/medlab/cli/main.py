@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 node.app.add_typer(privacy.budget_app, name="budget")
+node.app.add_typer(privacy.policy_app, name="policy")
 node.app.command("query")(privacy.query)
 node.app.command("export")(privacy.export)
 node.app.command("key")(evidence.key)

@@ -12,12 +12,16 @@ from medlab.cli.output import emit_json, stdout
 from medlab.cohorts.model import load_definition
 from medlab.errors import DefinitionError, UsageError
 from medlab.privacy import budget as budgets
+from medlab.privacy import node_policy
 from medlab.privacy.dp import epsilon_of_rho
 from medlab.privacy.export import export_persons
 from medlab.privacy.policy import load_policy, read_document, validate
 from medlab.privacy.query import DPQuery, answer
 
 budget_app = typer.Typer(help="Privacy budgets per project: grant, show.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="The node's release policy, set by its steward: set, show.", no_args_is_help=True
+)
 
 StoreArg = Annotated[Path, typer.Argument(help="Path of the node store (a DuckDB file).")]
 ProjectOpt = Annotated[str, typer.Option("--project", help="The research project.")]
@@ -78,13 +82,60 @@ def show(
     _print_budget(budgets.status(store, project), as_json, delta)
 
 
+@policy_app.command("set")
+def policy_set(
+    store: StoreArg,
+    policy_file: Annotated[Path, typer.Argument(help="The release policy (YAML/JSON).")],
+    by: Annotated[str, typer.Option("--by", help="Who sets it (logged).")] = "steward",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a policy the node's release policy: every release at this node is judged by it
+    (logged with its digest in the node's log)."""
+    stored = node_policy.set_policy(store, load_policy(policy_file), by)
+    _print_policy(store, stored, as_json)
+
+
+@policy_app.command("show")
+def policy_show(store: StoreArg, as_json: JsonOpt = False) -> None:
+    """The node's release policy, in words (``--json``: the settings)."""
+    _print_policy(store, node_policy.node_policy(store), as_json)
+
+
+def _print_policy(store: Path, stored: node_policy.StoredPolicy, as_json: bool) -> None:
+    policy = stored.policy
+    if as_json:
+        emit_json(
+            {
+                "store": str(store),
+                "version_no": stored.version_no,
+                "set_at": stored.set_at,
+                "set_by": stored.set_by,
+                "digest": policy.digest(),
+                "policy": policy.model_dump(mode="json"),
+            }
+        )
+        return
+    origin = (
+        f"set {stored.set_at} by {stored.set_by} (setting {stored.version_no} on this node)"
+        if stored.version_no
+        else "medlab's defaults (no policy set on this node)"
+    )
+    stdout.print(
+        f"release policy {policy.version} of {store}: {origin}", highlight=False, soft_wrap=True
+    )
+    stdout.print(f"digest {policy.digest()}", highlight=False, soft_wrap=True)
+    for line in node_policy.describe(policy):
+        stdout.print(f"- {line}", highlight=False)
+
+
 def query(
     store: StoreArg,
     query_file: Annotated[
         Path, typer.Argument(help="The query (YAML/JSON): project, cohort, statistic, …")
     ],
     policy: Annotated[
-        Path | None, typer.Option("--policy", help="The node's release policy (YAML/JSON).")
+        Path | None,
+        typer.Option("--policy", help="A stricter policy than the node's (YAML/JSON)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -93,7 +144,7 @@ def query(
     if isinstance(data, dict) and isinstance(data.get("cohort"), str):
         data["cohort"] = load_definition(query_file.parent / data["cohort"])
     parsed = validate(DPQuery, data, str(query_file), "query", DefinitionError)
-    result = answer(store, parsed, load_policy(policy))
+    result = answer(store, parsed, node_policy.effective(store, policy))
     if as_json:
         emit_json(result.to_dict())
         return
@@ -114,12 +165,13 @@ def export(
     store: StoreArg,
     out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
     policy: Annotated[
-        Path | None, typer.Option("--policy", help="The node's release policy (YAML/JSON).")
+        Path | None,
+        typer.Option("--policy", help="A stricter policy than the node's (YAML/JSON)."),
     ] = None,
 ) -> None:
     """Export the person table with generalized quasi-identifiers, if the policy allows it
     and every (age band, sex, ZIP area) group holds at least the minimum cell count."""
-    result = export_persons(store, out, load_policy(policy))
+    result = export_persons(store, out, node_policy.effective(store, policy))
     stdout.print(
         f"wrote {out}: {result.groups} groups of (age band, sex, ZIP area), "
         f"each with at least {result.k} persons",

@@ -80,6 +80,23 @@ class _Reader:
         value = self.obj.pop(key, None)
         return default if value is None else value
 
+    def take_list(self, key: str) -> list[Any]:
+        """The list under ``key`` (empty when absent)."""
+        value = self.take(key, [])
+        if not isinstance(value, list):
+            raise DefinitionError(
+                f"{self.at(key)}: expected a list, not {type(value).__name__} {value!r:.40}"
+            )
+        return value
+
+    def take_choice(self, key: str, choices: dict[Any, Any], default: Any) -> Any:
+        """The translation of the value under ``key`` among ``choices``."""
+        value = self.take(key, default)
+        if isinstance(value, bool) or not isinstance(value, str | int) or value not in choices:
+            known = ", ".join(repr(c) for c in choices)
+            raise DefinitionError(f"{self.at(key)}: {value!r:.40} is not one of {known}")
+        return choices[value]
+
     def at(self, key: str) -> str:
         return f"{self.path}.{key}"
 
@@ -214,7 +231,7 @@ def _group(obj: Any, path: str) -> dict[str, Any]:
     if (count := r.take("Count")) is not None:
         group["count"] = count
     criteria = []
-    for i, item in enumerate(r.take("CriteriaList", [])):
+    for i, item in enumerate(r.take_list("CriteriaList")):
         cpath = f"{r.at('CriteriaList')}[{i}]"
         c = _Reader(item, cpath)
         entry: dict[str, Any] = {"criterion": _criterion(c.take("Criteria"), c.at("Criteria"))}
@@ -225,23 +242,21 @@ def _group(obj: Any, path: str) -> dict[str, Any]:
         entry["restrict_visit"] = bool(c.take("RestrictVisit"))
         entry["ignore_observation_period"] = bool(c.take("IgnoreObservationPeriod"))
         o = _Reader(c.take("Occurrence", {}), c.at("Occurrence"))
-        kind = o.take("Type", 2)
-        if kind not in _OCCURRENCE:
-            raise DefinitionError(f"{o.path}.Type: unknown occurrence type {kind!r}")
-        occurrence: dict[str, Any] = {"type": _OCCURRENCE[kind], "count": o.take("Count", 1)}
-        distinct = o.take("IsDistinct")
-        column = o.take("CountColumn")
-        if distinct:
-            occurrence["distinct"] = _COUNT_COLUMNS.get(column or "DOMAIN_CONCEPT")
-            if occurrence["distinct"] is None:
-                raise DefinitionError(f"{o.path}.CountColumn: {column!r} is not supported")
+        occurrence: dict[str, Any] = {
+            "type": o.take_choice("Type", _OCCURRENCE, 2),
+            "count": o.take("Count", 1),
+        }
+        if o.take("IsDistinct"):
+            occurrence["distinct"] = o.take_choice("CountColumn", _COUNT_COLUMNS, "DOMAIN_CONCEPT")
+        else:
+            o.take("CountColumn")
         o.done("an occurrence")
         entry["occurrence"] = occurrence
         c.done("a correlated criterion")
         criteria.append(entry)
     group["criteria"] = criteria
     demographics = []
-    for i, item in enumerate(r.take("DemographicCriteriaList", [])):
+    for i, item in enumerate(r.take_list("DemographicCriteriaList")):
         d = _Reader(item, f"{r.at('DemographicCriteriaList')}[{i}]")
         demo: dict[str, Any] = {}
         for key, field in (
@@ -258,7 +273,7 @@ def _group(obj: Any, path: str) -> dict[str, Any]:
         demographics.append(demo)
     group["demographics"] = demographics
     group["groups"] = [
-        _group(g, f"{r.at('Groups')}[{i}]") for i, g in enumerate(r.take("Groups", []))
+        _group(g, f"{r.at('Groups')}[{i}]") for i, g in enumerate(r.take_list("Groups"))
     ]
     r.done("a criteria group")
     return group
@@ -268,20 +283,20 @@ def _limit(obj: Any, path: str, default: str) -> str:
     if _empty(obj):
         return default
     r = _Reader(obj, path)
-    kind = r.take("Type", "All")
+    kind = r.take_choice("Type", _LIMITS, "All")
     r.done("a limit")
-    if kind not in _LIMITS:
-        raise DefinitionError(f"{path}.Type: unknown limit {kind!r}")
-    return _LIMITS[kind]
+    return str(kind)
 
 
 def _concept_sets(sets: Any, path: str) -> list[dict[str, Any]]:
     result = []
+    if not isinstance(sets, list | None):
+        raise DefinitionError(f"{path}: expected a list of concept sets")
     for i, cs in enumerate(sets or []):
         r = _Reader(cs, f"{path}[{i}]")
         expression = _Reader(r.take("expression", {}), r.at("expression"))
         items = []
-        for j, item in enumerate(expression.take("items", [])):
+        for j, item in enumerate(expression.take_list("items")):
             it = _Reader(item, f"{expression.at('items')}[{j}]")
             concept = _Reader(it.take("concept"), it.at("concept"))
             concept_id = concept.take("CONCEPT_ID")
@@ -316,7 +331,7 @@ def from_circe(data: Any, source: str = "circe") -> CohortDefinition:
     out["primary"] = {
         "criteria": [
             _criterion(c, f"{p.at('CriteriaList')}[{i}]")
-            for i, c in enumerate(p.take("CriteriaList", []))
+            for i, c in enumerate(p.take_list("CriteriaList"))
         ],
         "prior_days": window.take("PriorDays", 0),
         "post_days": window.take("PostDays", 0),
@@ -331,7 +346,7 @@ def from_circe(data: Any, source: str = "circe") -> CohortDefinition:
     out["qualified_limit"] = _limit(r.take("QualifiedLimit"), "$.QualifiedLimit", "all")
     out["expression_limit"] = _limit(r.take("ExpressionLimit"), "$.ExpressionLimit", "all")
     rules = []
-    for i, rule in enumerate(r.take("InclusionRules", [])):
+    for i, rule in enumerate(r.take_list("InclusionRules")):
         rr = _Reader(rule, f"$.InclusionRules[{i}]")
         rules.append(
             {
@@ -369,12 +384,10 @@ def from_circe(data: Any, source: str = "circe") -> CohortDefinition:
         e.done("the end strategy")
     out["censoring"] = [
         _criterion(c, f"$.CensoringCriteria[{i}]")
-        for i, c in enumerate(r.take("CensoringCriteria", []))
+        for i, c in enumerate(r.take_list("CensoringCriteria"))
     ]
     collapse = _Reader(r.take("CollapseSettings", {}), "$.CollapseSettings")
-    kind = collapse.take("CollapseType", "ERA")
-    if kind != "ERA":
-        raise DefinitionError(f"$.CollapseSettings.CollapseType: {kind!r} is not supported")
+    collapse.take_choice("CollapseType", {"ERA": "ERA"}, "ERA")
     out["era_pad_days"] = collapse.take("EraPad", 0)
     collapse.done("the collapse settings")
     cw = _Reader(r.take("CensorWindow", {}), "$.CensorWindow")

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medlab.cohorts.domains import DOMAINS
 from medlab.errors import DefinitionError
+from medlab.fields import ConceptId, Count, Days, NonNegativeDays, Real
+from medlab.inputs import read_document
 
 Domain = Literal[
     "condition_occurrence",
@@ -56,8 +58,8 @@ class _Range(_Model):
 class NumericRange(_Range):
     """A comparison on a number."""
 
-    value: float
-    extent: float | None = None
+    value: Real
+    extent: Real | None = None
 
 
 class DateRange(_Range):
@@ -70,7 +72,7 @@ class DateRange(_Range):
 class ConceptSetItem(_Model):
     """One concept of a concept set, optionally with its descendants and mapped source codes."""
 
-    concept_id: int
+    concept_id: ConceptId
     include_descendants: bool = False
     include_mapped: bool = False
     is_excluded: bool = False
@@ -79,7 +81,7 @@ class ConceptSetItem(_Model):
 class ConceptSet(_Model):
     """Included concepts minus excluded ones (each expanded as its item says)."""
 
-    id: int
+    id: Count
     name: str = ""
     items: list[ConceptSetItem] = Field(default_factory=list)
 
@@ -112,30 +114,30 @@ class Criterion(_Model):
     """Events of one domain: rows whose concept is in a concept set, narrowed by attributes."""
 
     domain: Domain
-    codeset_id: int | None = None
+    codeset_id: Count | None = None
     first_occurrence: bool = False
     age: NumericRange | None = None
-    gender: list[int] | None = None
+    gender: list[ConceptId] | None = None
     start_date: DateRange | None = None
     end_date: DateRange | None = None
-    visit_type: list[int] | None = None
-    type_concepts: list[int] | None = None
+    visit_type: list[ConceptId] | None = None
+    type_concepts: list[ConceptId] | None = None
     type_exclude: bool = False
     days_supply: NumericRange | None = None
     value_as_number: NumericRange | None = None
-    unit: list[int] | None = None
-    value_as_concept: list[int] | None = None
+    unit: list[ConceptId] | None = None
+    value_as_concept: list[ConceptId] | None = None
     refills: NumericRange | None = None
     quantity: NumericRange | None = None
     duration: NumericRange | None = None  # days from start to end (era, visit, period length)
     occurrence_count: NumericRange | None = None  # exposures or occurrences in an era
-    source_codeset_id: int | None = None  # concept set matched on the source concept column
+    source_codeset_id: Count | None = None  # concept set matched on the source concept column
     age_at_end: NumericRange | None = None
-    operator: list[int] | None = None
+    operator: list[ConceptId] | None = None
     range_low: NumericRange | None = None
     range_high: NumericRange | None = None
-    condition_status: list[int] | None = None
-    route: list[int] | None = None
+    condition_status: list[ConceptId] | None = None
+    route: list[ConceptId] | None = None
     correlated: Group | None = None
 
     @model_validator(mode="after")
@@ -151,7 +153,7 @@ class Criterion(_Model):
 class Endpoint(_Model):
     """One end of a window: ``days`` before (coeff -1) or after (coeff 1); None is unbounded."""
 
-    days: int | None = None
+    days: NonNegativeDays | None = None
     coeff: Literal[-1, 1] = 1
 
 
@@ -168,7 +170,7 @@ class Occurrence(_Model):
     """How many matching events a criterion needs: exactly / at least / at most ``count``."""
 
     type: Literal["exactly", "at_least", "at_most"] = "at_least"
-    count: Annotated[int, Field(ge=0)] = 1
+    count: Count = 1
     distinct: Literal["concept", "start_date", "visit"] | None = None
 
 
@@ -187,9 +189,9 @@ class Demographic(_Model):
     """A condition on the person or the index event itself."""
 
     age: NumericRange | None = None
-    gender: list[int] | None = None
-    race: list[int] | None = None
-    ethnicity: list[int] | None = None
+    gender: list[ConceptId] | None = None
+    race: list[ConceptId] | None = None
+    ethnicity: list[ConceptId] | None = None
     start_date: DateRange | None = None
     end_date: DateRange | None = None
 
@@ -198,7 +200,7 @@ class Group(_Model):
     """ALL / ANY / AT_LEAST n / AT_MOST n of its criteria, demographics and subgroups."""
 
     type: Literal["ALL", "ANY", "AT_LEAST", "AT_MOST"] = "ALL"
-    count: Annotated[int, Field(ge=0)] | None = None
+    count: Count | None = None
     criteria: list[CorrelatedCriterion] = Field(default_factory=list)
     demographics: list[Demographic] = Field(default_factory=list)
     groups: list[Group] = Field(default_factory=list)
@@ -219,8 +221,8 @@ class PrimaryCriteria(_Model):
     """Entry events: any of the criteria, inside observation, limited per person."""
 
     criteria: Annotated[list[Criterion], Field(min_length=1)]
-    prior_days: Annotated[int, Field(ge=0)] = 0
-    post_days: Annotated[int, Field(ge=0)] = 0
+    prior_days: NonNegativeDays = 0
+    post_days: NonNegativeDays = 0
     limit: Limit = "all"
 
 
@@ -243,17 +245,17 @@ class DateOffset(_Model):
 
     type: Literal["date_offset"] = "date_offset"
     field: Literal["start", "end"] = "start"
-    offset: int = 0
+    offset: Days = 0
 
 
 class DrugEra(_Model):
     """The entry ends with continuous exposure to a drug concept set (gaps up to gap_days)."""
 
     type: Literal["drug_era"] = "drug_era"
-    codeset_id: int
-    gap_days: Annotated[int, Field(ge=0)] = 0
-    offset: int = 0
-    days_supply_override: Annotated[int, Field(ge=1)] | None = None
+    codeset_id: Count
+    gap_days: NonNegativeDays = 0
+    offset: Days = 0
+    days_supply_override: Annotated[NonNegativeDays, Field(ge=1)] | None = None
 
 
 EndStrategy = Annotated[ObservationPeriodEnd | DateOffset | DrugEra, Field(discriminator="type")]
@@ -279,11 +281,12 @@ class CohortDefinition(_Model):
     expression_limit: Limit = "all"
     end_strategy: EndStrategy = ObservationPeriodEnd()
     censoring: list[Criterion] = Field(default_factory=list)
-    era_pad_days: Annotated[int, Field(ge=0)] = 0
+    era_pad_days: NonNegativeDays = 0
     censor_window: CensorWindow = CensorWindow()
 
     @model_validator(mode="after")
     def _codesets_exist(self) -> CohortDefinition:
+        _within_limits(self)
         known = {c.id for c in self.concept_sets}
         if len(known) != len(self.concept_sets):
             raise ValueError("concept set ids must be unique")
@@ -306,6 +309,52 @@ class CohortDefinition(_Model):
     def to_yaml(self) -> str:
         """The definition as YAML."""
         return yaml.safe_dump(self.to_data(), sort_keys=False)
+
+
+# What one definition may hold: generous for real ATLAS definitions (tens of rules, codelists
+# of thousands of concepts), small enough that compiling and running it stays bounded.
+MAX_INCLUSION_RULES = 200
+MAX_CONCEPT_ITEMS = 20_000
+MAX_CRITERIA = 1_000
+
+
+def _within_limits(definition: CohortDefinition) -> None:
+    rules = len(definition.inclusion_rules)
+    if rules > MAX_INCLUSION_RULES:
+        raise ValueError(
+            f"{rules:,} inclusion rules; a definition may have at most {MAX_INCLUSION_RULES}"
+        )
+    items = sum(len(c.items) for c in definition.concept_sets)
+    if items > MAX_CONCEPT_ITEMS:
+        raise ValueError(
+            f"{items:,} concept set items; a definition may have at most {MAX_CONCEPT_ITEMS:,}"
+        )
+    criteria = len(_codeset_references(definition)) + sum(1 for _ in _all_criteria(definition))
+    if criteria > MAX_CRITERIA:
+        raise ValueError(
+            f"{criteria:,} criteria and references; a definition may have at most {MAX_CRITERIA:,}"
+        )
+
+
+def _all_criteria(definition: CohortDefinition) -> list[Criterion | Demographic]:
+    found: list[Criterion | Demographic] = []
+    groups: list[Group] = []
+    criteria = [*definition.primary.criteria, *definition.censoring]
+    if definition.additional is not None:
+        groups.append(definition.additional)
+    groups += [r.expression for r in definition.inclusion_rules]
+    while criteria or groups:
+        if criteria:
+            c = criteria.pop()
+            found.append(c)
+            if c.correlated is not None:
+                groups.append(c.correlated)
+            continue
+        g = groups.pop()
+        criteria += [cc.criterion for cc in g.criteria]
+        found += g.demographics
+        groups += g.groups
+    return found
 
 
 def _codeset_references(definition: CohortDefinition) -> list[tuple[str, int]]:
@@ -364,16 +413,7 @@ def load_definition(path: Path) -> CohortDefinition:
     """Read a definition file: medlab JSON or YAML, or an ATLAS/Circe JSON export."""
     from medlab.cohorts.circe import from_circe, is_circe
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DefinitionError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = (
-            yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-        )
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError(f"{path}: not valid JSON/YAML ({exc})") from None
+    data = read_document(path, "cohort definition", DefinitionError)
     definition = (
         from_circe(data, source=str(path))
         if is_circe(data)

@@ -4,27 +4,24 @@ Budgets live in the node store's ``medlab`` schema (outside the CDM, so they nev
 snapshot fingerprint): ``privacy_budget`` holds, per project, the granted and spent epsilon
 (pure differential privacy, Laplace) and rho (zero-concentrated DP, Gaussian); and
 ``privacy_spend`` logs every spend. A spend is one conditional ``UPDATE`` inside the caller's
-transaction, under a per-store lock: it succeeds only while the spent amount stays within the
+transaction, under the store's lock: it succeeds only while the spent amount stays within the
 grant, so concurrent requests can never overspend, and a refused or failed request leaves the
-budget exactly as it was. Amounts must be finite and positive.
+budget exactly as it was. Amounts must be finite and positive. Grants and spends are logged in
+the node's transparency log through the store's outbox, so a committed change is always logged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from medlab.cdm import outbox
 from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, transaction
 from medlab.errors import BudgetError
-from medlab.ledger import parties
-
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
 
 TABLES = (
     f"""CREATE TABLE IF NOT EXISTS {META_SCHEMA}.privacy_budget (
@@ -43,13 +40,6 @@ TABLES = (
         query_key VARCHAR NOT NULL,
         purpose VARCHAR NOT NULL)""",
 )
-
-
-def store_lock(store: Path) -> threading.Lock:
-    """The lock that serializes privacy bookkeeping on one store within this process."""
-    key = str(store.resolve())
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -110,7 +100,7 @@ def grant(
         raise BudgetError("name the project the budget is for")
     epsilon = check_amount("epsilon", epsilon, allow_zero=True)
     rho = check_amount("rho", rho, allow_zero=True)
-    with store_lock(store), open_store(store) as con, transaction(con):
+    with open_store(store) as con, transaction(con):
         ensure_tables(con)
         current = read(con, project)
         if current and (current.epsilon_spent > epsilon or current.rho_spent > rho):
@@ -126,8 +116,9 @@ def grant(
             [project, epsilon, rho, by, dt.datetime.now(dt.UTC).replace(tzinfo=None)],
         )
         budget = read(con, project)
+        outbox.stage(con, "budget_granted", project=project, epsilon=epsilon, rho=rho, by=by)
     assert budget is not None
-    parties.node(store).log("budget_granted", project=project, epsilon=epsilon, rho=rho, by=by)
+    outbox.flush_store(store)
     return budget
 
 
@@ -150,8 +141,9 @@ def spend(
     query_key: str,
     purpose: str,
 ) -> Budget:
-    """Spend from the project's budget inside the caller's transaction (hold :func:`store_lock`);
-    raises :class:`BudgetError` and changes nothing when the budget does not cover it."""
+    """Spend from the project's budget inside the caller's transaction (holding the store's
+    lock); raises :class:`BudgetError` and changes nothing when the budget does not cover it.
+    The spend's log entry is staged in the same transaction (see :mod:`medlab.cdm.outbox`)."""
     epsilon = check_amount("epsilon", epsilon, allow_zero=True)
     rho = check_amount("rho", rho, allow_zero=True)
     if epsilon == 0 and rho == 0:
@@ -177,6 +169,9 @@ def spend(
         f"INSERT INTO {META_SCHEMA}.privacy_spend VALUES (?, ?, ?, ?, ?, ?)",
         [project, dt.datetime.now(dt.UTC).replace(tzinfo=None), epsilon, rho, query_key, purpose],
     )
+    outbox.stage(
+        con, "budget_spent", project=project, epsilon=epsilon, rho=rho, query_key=query_key
+    )
     return Budget(project, *(float(v) for v in row))
 
 
@@ -190,15 +185,8 @@ def charge(
     purpose: str,
 ) -> Budget:
     """Spend from the project's budget in a transaction of its own (see :func:`spend`)."""
-    with store_lock(store), open_store(store) as con, transaction(con):
+    with open_store(store) as con, transaction(con):
         ensure_tables(con)
         left = spend(con, project, epsilon=epsilon, rho=rho, query_key=query_key, purpose=purpose)
-    log_spend(store, project, epsilon, rho, query_key)
+    outbox.flush_store(store)
     return left
-
-
-def log_spend(store: Path, project: str, epsilon: float, rho: float, query_key: str) -> None:
-    """Record a committed spend in the node's transparency log."""
-    parties.node(store).log(
-        "budget_spent", project=project, epsilon=epsilon, rho=rho, query_key=query_key
-    )

@@ -24,9 +24,16 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from medlab import inputs
 from medlab.errors import MedlabError, PolicyError
 
 AnalysisType = Literal["incidence", "characterization", "comparative", "feasibility", "utilization"]
@@ -37,29 +44,41 @@ ALL_ANALYSES: tuple[AnalysisType, ...] = (
     "feasibility",
     "utilization",
 )
+Rounding = Literal["none", "nearest5", "midpoint6"]
+CountProtection = Literal["rounding", "cell_key", "differential_privacy"]
+_ROUNDING_ORDER: tuple[Rounding, ...] = ("none", "nearest5", "midpoint6")
 
 
-class Dominance(BaseModel):
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dominance(_Settings):
     """Dominance rules for sums: suppressed when the largest ``n`` contributions exceed ``k``
     of the total, or when the total less the two largest is within ``p`` of the largest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n: Annotated[int, Field(ge=1)] = 2
+    n: Annotated[int, Field(ge=1, le=100)] = 2
     k: Annotated[float, Field(gt=0, le=1)] = 0.9
     p: Annotated[float, Field(ge=0, le=1)] = 0.1
 
 
-class DifferentialPrivacy(BaseModel):
-    """Noise for released counts and sums, spent from the project's budget."""
+# The privacy loss of one release: below 1e-4 the noise swamps any count; above 100 it is
+# no protection at all.
+Loss = Annotated[float, Field(ge=1e-4, le=100)]
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class DifferentialPrivacy(_Settings):
+    """Noise for released counts and sums, spent from the project's budget: for DP queries
+    when ``enabled``, and for study releases when ``count_protection`` is
+    ``differential_privacy``. Models (hazard ratios, curves) are released from study runs
+    under DP only with ``exact_models``, and then exactly as the other rules allow."""
 
     enabled: bool = False
     mechanism: Literal["laplace", "gaussian"] = "laplace"
-    epsilon_per_release: Annotated[float, Field(gt=0)] = 1.0
-    rho_per_release: Annotated[float, Field(gt=0)] = 0.05
+    epsilon_per_release: Loss = 1.0
+    rho_per_release: Loss = 0.05
     delta: Annotated[float, Field(ge=0, lt=1)] = 1e-7
+    exact_models: bool = False
 
     @field_validator("epsilon_per_release", "rho_per_release", "delta")
     @classmethod
@@ -69,22 +88,60 @@ class DifferentialPrivacy(BaseModel):
         return value
 
 
-class ReleasePolicy(BaseModel):
+class CellKey(_Settings):
+    """The cell-key method (the Australian Bureau of Statistics' TableBuilder): a released
+    count moves by at most ``max_perturbation``, with a perturbation of this variance, chosen
+    by the sum of its persons' secret record keys."""
+
+    max_perturbation: Annotated[int, Field(ge=1, le=10)] = 3
+    variance: Annotated[float, Field(gt=0, le=25)] = 1.5
+
+
+Digits = Annotated[int, Field(ge=1, le=15)]
+
+
+class Precision(_Settings):
+    """Significant digits per kind of released statistic (``precision: none`` in a policy
+    keeps full precision). A proportion of ``n`` persons is never shown finer than ``1/n``
+    for the smallest ``n`` its released count allows, and a sum of whole numbers never finer
+    than 1, so that no statistic pins the count it was computed from."""
+
+    ratio: Digits = 3  # hazard ratios and their confidence limits
+    p_value: Digits = 2
+    proportion: Digits = 2  # equipoise, survival, shares
+    smd: Digits = 2  # standardized mean differences (balance)
+    mean: Digits = 3  # means and standard deviations
+    sum: Digits = 3  # sums of a continuous value (ages, scores)
+
+
+class ReleasePolicy(_Settings):
     """Everything the release gate applies; see the module docstring for the defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str = "medlab-default-1"
-    min_cell_count: Annotated[int, Field(ge=1)] = 10
+    version: Annotated[str, Field(min_length=1, max_length=100)] = "medlab-default-1"
+    min_cell_count: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     allow_zeros: bool = False
-    rounding: Literal["none", "nearest5", "midpoint6"] = "midpoint6"
+    count_protection: CountProtection = "rounding"
+    rounding: Rounding = "midpoint6"
+    cell_key: CellKey = Field(default_factory=CellKey)
+    precision: Precision | Literal["none"] = Field(default_factory=Precision)
     dominance: Dominance = Field(default_factory=Dominance)
-    min_degrees_of_freedom: Annotated[int, Field(ge=0)] = 10
-    min_events_per_parameter: Annotated[int, Field(ge=0)] = 10
-    min_group_size: Annotated[int, Field(ge=1)] = 10
+    min_degrees_of_freedom: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    min_events_per_parameter: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    min_group_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy)
     allowed_analyses: list[AnalysisType] = Field(default_factory=lambda: list(ALL_ANALYSES))
     record_level_export: bool = False
+
+    @model_validator(mode="after")
+    def _dp_for_studies_needs_dp(self) -> ReleasePolicy:
+        if (
+            self.count_protection == "differential_privacy"
+            and not self.differential_privacy.enabled
+        ):
+            raise ValueError(
+                "count_protection differential_privacy needs differential_privacy.enabled: true"
+            )
+        return self
 
     def digest(self) -> str:
         """``sha256:`` over the canonical JSON of every setting, defaults included."""
@@ -92,12 +149,24 @@ class ReleasePolicy(BaseModel):
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def round_count(self, n: int) -> int:
-        """The count as released before suppression (``n`` itself when rounding is off)."""
-        if n <= 0 or self.rounding == "none":
+        """The count as released before suppression (``n`` itself when rounding is off or
+        counts are protected otherwise)."""
+        if n <= 0 or self.rounding == "none" or self.count_protection != "rounding":
             return n
         if self.rounding == "nearest5":
             return 5 * math.floor(n / 5 + 0.5)
         return 6 * math.ceil(n / 6) - 3
+
+    def count_band(self, shown: int) -> tuple[int, int]:
+        """The true counts a released (rounded or perturbed) count ``shown`` may stand for."""
+        if self.count_protection == "cell_key":
+            d = self.cell_key.max_perturbation
+            return max(shown - d, self.min_cell_count), shown + d
+        if self.count_protection != "rounding" or self.rounding == "none":
+            return shown, shown
+        if self.rounding == "nearest5":
+            return max(shown - 2, 1), shown + 2
+        return shown - 2, shown + 3
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -123,12 +192,8 @@ def validate(
 
 
 def read_document(path: Path, what: str) -> Any:
-    """The parsed YAML (``.yaml``/``.yml``) or JSON in ``path``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise PolicyError(f"{path}: cannot read the {what} ({exc})") from None
+    """The parsed YAML (``.yaml``/``.yml``) or JSON in ``path`` (see :mod:`medlab.inputs`)."""
+    return inputs.read_document(path, what, PolicyError)
 
 
 def parse_policy(data: Any, source: str = "policy") -> ReleasePolicy:
@@ -141,3 +206,98 @@ def load_policy(path: Path | None) -> ReleasePolicy:
     if path is None:
         return ReleasePolicy()
     return parse_policy(read_document(path, "release policy"), str(path))
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
+    """Every setting in which ``asked`` lets out more than ``node``, by JSON path."""
+    problems: list[str] = []
+
+    def at_least(path: str, mine: float, theirs: float) -> None:
+        if theirs < mine:
+            problems.append(f"$.{path} {theirs:g} is below the node's {mine:g}")
+
+    def at_most(path: str, mine: float, theirs: float) -> None:
+        if theirs > mine:
+            problems.append(f"$.{path} {theirs:g} is above the node's {mine:g}")
+
+    def not_on(path: str, mine: bool, theirs: bool) -> None:
+        if theirs and not mine:
+            problems.append(f"$.{path} is true, the node's is false")
+
+    at_least("min_cell_count", node.min_cell_count, asked.min_cell_count)
+    not_on("allow_zeros", node.allow_zeros, asked.allow_zeros)
+    # Differential privacy is the strongest protection; otherwise the node's method stands.
+    if asked.count_protection not in (node.count_protection, "differential_privacy"):
+        problems.append(
+            f"$.count_protection {asked.count_protection} is not the node's "
+            f"{node.count_protection} (only differential_privacy may replace it)"
+        )
+    if asked.count_protection == node.count_protection == "rounding" and _ROUNDING_ORDER.index(
+        asked.rounding
+    ) < _ROUNDING_ORDER.index(node.rounding):
+        problems.append(f"$.rounding {asked.rounding} is finer than the node's {node.rounding}")
+    if asked.count_protection == node.count_protection == "cell_key":
+        at_least(
+            "cell_key.max_perturbation",
+            node.cell_key.max_perturbation,
+            asked.cell_key.max_perturbation,
+        )
+        at_least("cell_key.variance", node.cell_key.variance, asked.cell_key.variance)
+    if asked.precision == "none" and node.precision != "none":
+        problems.append("$.precision none keeps full precision; the node rounds statistics")
+    elif isinstance(asked.precision, Precision) and isinstance(node.precision, Precision):
+        for kind in Precision.model_fields:
+            at_most(
+                f"precision.{kind}", getattr(node.precision, kind), getattr(asked.precision, kind)
+            )
+    at_least("dominance.n", node.dominance.n, asked.dominance.n)
+    at_most("dominance.k", node.dominance.k, asked.dominance.k)
+    at_least("dominance.p", node.dominance.p, asked.dominance.p)
+    for name in ("min_degrees_of_freedom", "min_events_per_parameter", "min_group_size"):
+        at_least(name, getattr(node, name), getattr(asked, name))
+    mine, theirs = node.differential_privacy, asked.differential_privacy
+    not_on("differential_privacy.enabled", mine.enabled, theirs.enabled)
+    if theirs.enabled and theirs.mechanism != mine.mechanism:
+        problems.append(
+            f"$.differential_privacy.mechanism {theirs.mechanism} is not the node's "
+            f"{mine.mechanism}"
+        )
+    for name in ("epsilon_per_release", "rho_per_release", "delta"):
+        at_most(f"differential_privacy.{name}", getattr(mine, name), getattr(theirs, name))
+    not_on("differential_privacy.exact_models", mine.exact_models, theirs.exact_models)
+    extra = sorted(set(asked.allowed_analyses) - set(node.allowed_analyses))
+    if extra:
+        problems.append(
+            f"$.allowed_analyses adds {', '.join(extra)}, which the node does not allow"
+        )
+    not_on("record_level_export", node.record_level_export, asked.record_level_export)
+    return problems
+
+
+def tighten(node: ReleasePolicy, overrides: Any, source: str) -> ReleasePolicy:
+    """The node's policy with ``overrides`` (a parsed policy document, possibly partial)
+    applied, when every change is at least as strict; otherwise a :class:`PolicyError`
+    naming each field that would loosen it."""
+    if overrides is None:
+        return node
+    if not isinstance(overrides, dict):
+        raise PolicyError(f"{source}: a release policy is a mapping of settings")
+    asked = parse_policy(_merge(node.model_dump(mode="json"), overrides), source)
+    problems = _looser(node, asked)
+    if problems:
+        raise PolicyError(
+            f"{source}: a policy given with the request may only tighten the node's policy "
+            f"({node.version}): " + "; ".join(problems),
+            hint="the node's steward sets its policy with: medlab node policy set STORE FILE",
+        )
+    return asked

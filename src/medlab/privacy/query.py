@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,15 +30,26 @@ from typing import Annotated, Any, Literal
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medlab.cdm import outbox
 from medlab.cdm.store import META_SCHEMA, open_store, transaction
 from medlab.cohorts.engine import select_rows
 from medlab.cohorts.model import CohortDefinition
 from medlab.errors import PolicyError
+from medlab.fields import Real
 from medlab.privacy import budget as budgets
 from medlab.privacy import dp
 from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.secret import keyed_int, node_secret
 
+MAX_BINS = 1000
+MAX_BOUND = 1e9  # clamping bounds: far beyond any age, year or day count
+
+
+Bound = Annotated[Real, Field(ge=-MAX_BOUND, le=MAX_BOUND)]
+# The privacy loss of one answer: below 1e-4 the noise swamps any count; above 100 it is
+# no protection at all.
+Loss = Annotated[Real, Field(ge=1e-4, le=100)]
+Category = Annotated[str, Field(max_length=200)]
 QueryField = Literal["age", "sex", "index_year", "prior_observation_days"]
 NUMERIC: tuple[QueryField, ...] = ("age", "index_year", "prior_observation_days")
 SEXES = {8507: "male", 8532: "female"}
@@ -56,16 +68,16 @@ class DPQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    project: Annotated[str, Field(min_length=1)]
+    project: Annotated[str, Field(min_length=1, max_length=200)]
     cohort: CohortDefinition
     statistic: Literal["count", "histogram", "sum", "mean"]
     field: QueryField | None = None
     by: QueryField | None = None
-    bounds: tuple[float, float] | None = None
-    bin_width: Annotated[float, Field(gt=0)] | None = None
-    categories: list[str] | None = None
-    epsilon: float | None = None
-    rho: float | None = None
+    bounds: tuple[Bound, Bound] | None = None
+    bin_width: Annotated[Real, Field(gt=0)] | None = None
+    categories: Annotated[list[Category], Field(max_length=MAX_BINS)] | None = None
+    epsilon: Loss | None = None
+    rho: Loss | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> DPQuery:
@@ -76,6 +88,14 @@ class DPQuery(BaseModel):
                 raise ValueError(f"a {self.statistic} needs a numeric field: {', '.join(NUMERIC)}")
             if self.bounds is None or not self.bounds[0] < self.bounds[1]:
                 raise ValueError("give bounds [lower, upper] with lower < upper")
+        if self.bounds is not None and self.bin_width is not None:
+            if not self.bounds[0] < self.bounds[1]:
+                raise ValueError("give bounds [lower, upper] with lower < upper")
+            bins = math.ceil((self.bounds[1] - self.bounds[0]) / self.bin_width)
+            if bins > MAX_BINS:
+                raise ValueError(
+                    f"bounds and bin_width make {bins:,} bins; a histogram has at most {MAX_BINS:,}"
+                )
         if self.by is not None and self.statistic != "histogram":
             raise ValueError("'by' makes a contingency table; use it with a histogram")
         return self
@@ -151,11 +171,9 @@ def _labels(query: DPQuery, field: QueryField) -> tuple[list[str], Any]:
         raise PolicyError(f"a histogram of {field} needs bounds and bin_width (fixed bins)")
     lower, upper = query.bounds
     width = query.bin_width
-    edges = []
-    x = lower
-    while x < upper:
-        edges.append(x)
-        x += width
+    # Edges by index, never by repeated addition (which stalls when width is below the
+    # spacing of floats at the bounds); the validator bounds their number.
+    edges = [lower + i * width for i in range(math.ceil((upper - lower) / width))]
     labels = [f"{e:g}-{min(e + width, upper):g}" for e in edges]
 
     def label(v: float) -> str:
@@ -231,7 +249,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
             "rho", query.rho if query.rho is not None else settings.rho_per_release
         )
     secret = node_secret(store)
-    with budgets.store_lock(store), open_store(store) as con, transaction(con):
+    with open_store(store) as con, transaction(con):
         for statement in (*budgets.TABLES, *AUDIT_TABLES):
             con.execute(statement)
         # The cache key: the question asked (cohort definition and statistic, not the
@@ -280,7 +298,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
                 hashed,
             ],
         )
-    budgets.log_spend(store, query.project, release.epsilon, release.rho, key)
+    outbox.flush_store(store)
     return Answer(release, False, remaining)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medlab.analyses.characterization import CharacterizationSettings
@@ -15,6 +14,8 @@ from medlab.analyses.comparative import ComparativeSettings
 from medlab.analyses.incidence import IncidenceSettings
 from medlab.cohorts.model import CohortDefinition, load_definition
 from medlab.errors import DefinitionError
+from medlab.fields import CohortId, ConceptId
+from medlab.inputs import read_document
 
 
 class _Model(BaseModel):
@@ -29,7 +30,7 @@ AnalysisName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 class StudyCohort(_Model):
     """A cohort of the study: an inline definition, or a file (medlab or Circe JSON/YAML)."""
 
-    id: Annotated[int, Field(ge=1)]
+    id: CohortId
     name: str
     definition: CohortDefinition | None = None
     file: str | None = None
@@ -46,8 +47,8 @@ class IncidenceAnalysis(_Model):
 
     type: Literal["incidence"] = "incidence"
     name: AnalysisName
-    target: int
-    outcome: int
+    target: CohortId
+    outcome: CohortId
     settings: IncidenceSettings = IncidenceSettings()
 
 
@@ -56,7 +57,7 @@ class CharacterizationAnalysis(_Model):
 
     type: Literal["characterization"] = "characterization"
     name: AnalysisName
-    cohorts: Annotated[list[int], Field(min_length=1, max_length=2)]
+    cohorts: Annotated[list[CohortId], Field(min_length=1, max_length=2)]
     settings: CharacterizationSettings = CharacterizationSettings()
 
 
@@ -65,9 +66,9 @@ class ComparativeAnalysis(_Model):
 
     type: Literal["comparative"] = "comparative"
     name: AnalysisName
-    target: int
-    comparator: int
-    outcome: int
+    target: CohortId
+    comparator: CohortId
+    outcome: CohortId
     settings: ComparativeSettings = ComparativeSettings()
 
 
@@ -76,7 +77,7 @@ class FeasibilityAnalysis(_Model):
 
     type: Literal["feasibility"] = "feasibility"
     name: AnalysisName
-    cohort: int
+    cohort: CohortId
 
 
 class UtilizationAnalysis(_Model):
@@ -84,9 +85,9 @@ class UtilizationAnalysis(_Model):
 
     type: Literal["utilization"] = "utilization"
     name: AnalysisName
-    cohort: int
-    drugs: Annotated[list[int], Field(min_length=1)]
-    max_lines: Annotated[int, Field(ge=1)] = 3
+    cohort: CohortId
+    drugs: Annotated[list[ConceptId], Field(min_length=1, max_length=50)]
+    max_lines: Annotated[int, Field(ge=1, le=5)] = 3
 
 
 Analysis = Annotated[
@@ -155,11 +156,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def load_spec(path: Path) -> StudySpec:
     """Read and validate a study spec; cohort files resolve relative to the spec."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError(f"{path}: cannot read the study spec ({exc})") from None
+    data = read_document(path, "study spec", DefinitionError)
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
