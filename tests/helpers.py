@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from medlab.analyses.scope import Scope
 from medlab.cdm import schema
 from medlab.cdm.store import open_store
 from medlab.privacy import gate
@@ -35,11 +36,16 @@ OPEN_POLICY = ReleasePolicy(
     min_cell_count=1,
     allow_zeros=True,
     rounding="none",
+    precision="none",
     min_group_size=1,
     min_degrees_of_freedom=0,
     min_events_per_parameter=0,
     dominance=Dominance(n=1, k=1.0, p=0.0),
 )
+
+
+# Populations keyed for tests: cohort i's definition is "definition-i" on one snapshot.
+SCOPE = Scope("sha256:tests", {i: f"sha256:definition-{i}" for i in range(1, 100)})
 
 
 def released(release: Release, policy: ReleasePolicy = OPEN_POLICY) -> Released:

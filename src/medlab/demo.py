@@ -22,10 +22,11 @@ from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, open_store, row_counts
 from medlab.cli.output import progress_bar, stdout
 from medlab.cohorts.engine import generate
-from medlab.cohorts.model import example, load_definition, parse_definition
+from medlab.cohorts.model import example, load_definition
 from medlab.errors import PolicyError
 from medlab.ledger.evidence import export_bundle, verify_bundle
 from medlab.privacy import budget as budgets
+from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
 from medlab.privacy.query import DPQuery, answer
 from medlab.studies.run import run_study
@@ -139,13 +140,15 @@ def _study(nodes: list[Path], out: Path) -> None:
     stdout.print(table)
     disclosure = results["disclosure"]
     report = Table(
-        title=f"disclosure report: policy {disclosure['policy_version']} "
-        f"(minimum cell {disclosure['min_cell_count']}, rounding {disclosure['rounding']})"
+        title="disclosure report: what each node's release gate let out (the reasons stay "
+        "with each node's steward)"
     )
-    report.add_column("rule")
-    report.add_column("decisions", justify="right")
-    for rule, n in disclosure["summary"].items():
-        report.add_row(rule, str(n))
+    for col in ("analysis", "node", "policy", "values shown", "withheld"):
+        report.add_column(col, justify="right" if col in ("values shown", "withheld") else "left")
+    for r in disclosure["releases"]:
+        report.add_row(
+            r["analysis"], r["site"], r["policy_version"], str(r["shown"]), str(r["withheld"])
+        )
     stdout.print(report)
     stdout.print(f"study report: {out / 'report.html'} (disclosure: {out / 'disclosure.json'})")
     bundle = out.parent / "evidence.zip"
@@ -165,18 +168,14 @@ def _dp_query(store: Path) -> None:
     policy = ReleasePolicy(
         version="demo-dp", differential_privacy=DifferentialPrivacy(enabled=True)
     )
+    # The steward turns DP queries on in the node's own policy, and grants a budget.
+    set_policy(store, policy, by="demo steward")
     budgets.grant(store, "demo-project", epsilon=3.0, by="demo steward")
-    query = DPQuery(
-        project="demo-project",
-        cohort=parse_definition(
-            {
-                "concept_sets": [{"id": 0, "items": [{"concept_id": 1118084}]}],
-                "primary": {"criteria": [{"domain": "drug_era", "codeset_id": 0}]},
-            }
-        ),
-        statistic="histogram",
-        field="sex",
-    )
+    # The study's celecoxib cohort: the same definition on the same data is the same
+    # population, so the differencing audit lets it through.
+    celecoxib = next(c for c in load_spec(STUDY).cohorts if c.id == 1).definition
+    assert celecoxib is not None
+    query = DPQuery(project="demo-project", cohort=celecoxib, statistic="histogram", field="sex")
     try:
         first = answer(store, query, policy)
     except PolicyError as exc:

@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from tests.helpers import released
 
 from medlab.analyses import comparative
 from medlab.analyses.comparative import ComparativeSettings
@@ -22,6 +21,8 @@ from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
 from medlab.privacy.policy import ReleasePolicy
+from medlab.studies.spec import ComparativeAnalysis
+from tests.helpers import SCOPE, released
 
 
 def _new_users(ingredient: int) -> dict[str, object]:
@@ -75,7 +76,8 @@ def _run(synth_study: Path, tmp: Path, effect: dict) -> tuple[list, dict]:
             warnings.simplefilter("ignore")
             sites.append(comparative.local(con, site["name"], 1, 2, 3, settings))
     # Through the release gate under the default (strict) policy, as a study run does.
-    parts = [released(comparative.to_release(s, []), ReleasePolicy()) for s in sites]
+    analysis = ComparativeAnalysis(name="c", target=1, comparator=2, outcome=3, settings=settings)
+    parts = [released(comparative.to_release(s, SCOPE, analysis), ReleasePolicy()) for s in sites]
     return sites, comparative.combine(parts)
 
 

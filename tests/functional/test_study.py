@@ -94,7 +94,8 @@ def test_eunomia_study_runs_end_to_end(
     funnel = [step["persons"] for step in feasible["funnel"]]
     assert funnel == sorted(funnel, reverse=True) and funnel[-1] == feasible["eligible"] > 0
     used = next(a for a in results["analyses"] if a["type"] == "utilization")
-    assert used["pathways"] and all(0 <= row["share"] <= 1 for row in used["by_year"])
+    shares = [row["share"] for row in used["by_year"] if row["share"] is not None]
+    assert used["pathways"] and shares and all(0 <= share <= 1 for share in shares)
     first = used["pathways"][0]
     assert len(first["names"]) == len(first["path"]) and "celecoxib" in str(used["pathways"])
     assert "charlson_index" in {
@@ -224,8 +225,9 @@ def _assert_released_by_default(results: dict, out: Path) -> None:
     """The gate's marks on a default-policy run: a disclosure report, no small count in the
     JSON or in any CSV file."""
     disclosure = results["disclosure"]
-    assert disclosure["min_cell_count"] == 10 and disclosure["rounding"] == "midpoint6"
-    assert disclosure["summary"]["count below 10"] > 0  # Eunomia has small strata
+    (policy,) = disclosure["policies"].values()
+    assert policy["min_cell_count"] == 10 and policy["rounding"] == "midpoint6"
+    assert disclosure["withheld"] > 0 and disclosure["shown"] > 0  # Eunomia has small strata
     assert {r["analysis"] for r in disclosure["releases"]} == {
         "comparative",
         "incidence",
@@ -233,7 +235,7 @@ def _assert_released_by_default(results: dict, out: Path) -> None:
         "feasibility",
         "utilization",
     }
-    assert results["policy"]["digest"] == disclosure["policy_digest"]
+    assert results["nodes"][0]["policy"]["digest"] == policy["digest"]
     assert _small_counts(results, "$", 10) == []
     # The CSV files carry no small count either: every count column, every row.
     for csv_file in out.glob("*.csv"):
@@ -255,17 +257,27 @@ def test_study_run_takes_the_stewards_policy(
     code, _, err = run(capsys, *args, "--policy", str(bad))
     assert code == 7 and "$.min_cell_count" in err and "$.rounding" in err
     assert not (tmp_path / "o").exists()  # refused before anything ran
+    # The run may tighten the node's policy, never loosen it (nearest-5 is finer than
+    # midpoint-6): the steward sets the node's own.
+    looser = tmp_path / "looser.yaml"
+    looser.write_text("rounding: nearest5\n")
+    code, _, err = run(capsys, *args, "--policy", str(looser))
+    assert code == 7 and "$.rounding" in err and not (tmp_path / "o").exists()
+    steward = tmp_path / "steward.yaml"
+    steward.write_text("version: steward-2\nrounding: nearest5\n")
+    assert run(capsys, "node", "policy", "set", str(store), str(steward))[0] == 0
     policy = tmp_path / "policy.yaml"
     policy.write_text(
-        "version: steward-2\nmin_cell_count: 20\nrounding: nearest5\n"
+        "version: steward-2-strict\nmin_cell_count: 20\n"
         "allowed_analyses: [comparative, characterization]\n"
     )
     code, printed, _ = run(capsys, *args, "--policy", str(policy), "--json")
     assert code == 0
     results = json.loads(printed)
-    assert results["disclosure"]["policy_version"] == "steward-2"
+    (used,) = results["disclosure"]["policies"].values()
+    assert used["version"] == "steward-2-strict" and used["min_cell_count"] == 20
     assert _small_counts(results, "$", 20) == []
     refused = {a["type"] for a in results["analyses"] if a.get("refused")}
     assert refused == {"incidence", "feasibility", "utilization"}
     counts = [e["target_persons"] for e in results["analyses"][0]["estimates"]]
-    assert all(c % 5 == 0 for c in counts)  # nearest-5 rounding
+    assert all(c % 5 == 0 for c in counts)  # the node's nearest-5 rounding

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from tests.helpers import released, split_store
+from tests.helpers import SCOPE, released, split_store
 
 from medlab.analyses import characterization as ch
 from medlab.cdm.store import open_store
@@ -43,7 +43,8 @@ SETTINGS = ch.CharacterizationSettings(
 
 
 def _combine(con: duckdb.DuckDBPyConnection, cohort: int) -> tuple[int, list[ch.Covariate]]:
-    return ch.combine([released(ch.to_release(ch.local(con, cohort, SETTINGS), "c", cohort))])
+    local = ch.local(con, cohort, SETTINGS)
+    return ch.combine([released(ch.to_release(local, "c", cohort, SCOPE))])
 
 
 def test_age_mean_and_sd_match_numpy_on_the_rows(users: Path) -> None:
@@ -75,7 +76,7 @@ def test_node_sums_equal_the_union(users: Path, tmp_path: Path) -> None:
         with open_store(copy) as con:
             local = ch.local(con, 3, SETTINGS)
         assert local.entries
-        parts.append(released(ch.to_release(local, copy.stem, 3)))
+        parts.append(released(ch.to_release(local, copy.stem, 3, SCOPE)))
     pooled = ch.combine(parts)
     assert pooled[0] == whole[0]
     for a, b in zip(pooled[1], whole[1], strict=True):

@@ -13,7 +13,7 @@ from medlab.errors import PolicyError
 from medlab.privacy import budget as budgets
 from medlab.privacy import dp as mech
 from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
-from medlab.privacy.query import DPQuery, answer
+from medlab.privacy.query import AUDIT_SHARE, DPQuery, answer
 
 LAPLACE = ReleasePolicy(differential_privacy=DifferentialPrivacy(enabled=True))
 GAUSSIAN = ReleasePolicy(
@@ -42,12 +42,17 @@ def test_budget_spent_equals_opendp_composition_of_the_answers(store: Path) -> N
         answer(store, _q(statistic="histogram", field="sex", epsilon=0.3), LAPLACE),
         answer(store, _q(statistic="mean", field="age", bounds=(0, 120), epsilon=0.5), LAPLACE),
     ]
-    # Each answer's measurements, as OpenDP states their loss ...
+    # Each answer's measurements, as OpenDP states their loss: a quarter of each query's
+    # epsilon pays for the noisy differencing test (a count), the rest for the answer ...
+    share = AUDIT_SHARE
     measurements = [
-        (mech.count_measurement("laplace", 0.2)[0], 0.2),
-        (mech.vector_measurement("laplace", 0.3)[0], 0.3),
-        (mech.sum_measurement("laplace", 0.25, (0.0, 120.0))[0], 0.25),
-        (mech.count_measurement("laplace", 0.25)[0], 0.25),
+        (mech.count_measurement("laplace", 0.2 * share)[0], 0.2 * share),
+        (mech.count_measurement("laplace", 0.2 * (1 - share))[0], 0.2 * (1 - share)),
+        (mech.count_measurement("laplace", 0.3 * share)[0], 0.3 * share),
+        (mech.vector_measurement("laplace", 0.3 * (1 - share))[0], 0.3 * (1 - share)),
+        (mech.count_measurement("laplace", 0.5 * share)[0], 0.5 * share),
+        (mech.sum_measurement("laplace", 0.25 * (1 - share), (0.0, 120.0))[0], 0.25 * (1 - share)),
+        (mech.count_measurement("laplace", 0.25 * (1 - share))[0], 0.25 * (1 - share)),
     ]
     assert all(m.map(1) <= e * (1 + 1e-6) for m, e in measurements)
     # ... composed by OpenDP (basic composition needs one input domain: count stand-ins with
@@ -59,14 +64,15 @@ def test_budget_spent_equals_opendp_composition_of_the_answers(store: Path) -> N
     assert answers[-1].budget.epsilon_remaining == pytest.approx(1.0)
     histogram = answers[1].release.values
     assert set(histogram) == {"male", "female", "other"}
-    # 200 persons: 133 male, 67 female; Laplace(1/0.3) noise stays well inside 40.
+    # 200 persons: 133 male, 67 female; Laplace(1/0.225) noise stays well inside 40.
     assert abs(histogram["male"] - 133) < 40 and abs(histogram["female"] - 67) < 40
 
 
 def test_gaussian_answers_spend_rho(store: Path) -> None:
     result = answer(store, _q(statistic="count", rho=0.125), GAUSSIAN)
     assert result.release.mechanism == "gaussian" and result.release.rho == 0.125
-    assert result.release.scale == pytest.approx(2.0, rel=1e-3)  # sigma = 1 / sqrt(2 rho)
+    # The answer has three quarters of the rho: sigma = 1 / sqrt(2 * 0.75 * rho).
+    assert result.release.scale == pytest.approx(1 / (2 * 0.75 * 0.125) ** 0.5, rel=1e-3)
     assert budgets.status(store, "p").rho_spent == pytest.approx(0.125)
 
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import released, split_store
+from tests.helpers import SCOPE, released, split_store
 from tests.spec.world import World
 
 from medlab.analyses import incidence
@@ -63,13 +63,16 @@ def test_year_strata_split_time_at_risk_across_calendar_years(tmp_path: Path) ->
     settings = IncidenceSettings(first_occurrence_only=False, clean_window=30)
     with open_store(store, read_only=True) as con:
         counts = incidence.local(con, 1, 2, settings)
-    by_year = {c.year: (c.person_days, c.outcomes) for c in counts if c.grouping == "year"}
+    years = [c for c in counts if c.grouping == "year"]
+    by_year = {c.year: (c.person_days, c.outcomes) for c in years if c.persons}
     # 2004-07-01..12-31: 184 days. 2005: 365 less the clean window 01-02..01-31 (30 days).
     # 2006-01-01..03-31: 90 days less 02-02..03-03 (30 days); outcomes 2005-01-01, 2006-02-01.
-    assert by_year == {2004: (184, 0), 2005: (335, 1), 2006: (60, 1)}
+    assert by_year == {"2004": (184, 0), "2005": (335, 1), "2006": (60, 1)}
     overall = next(c for c in counts if c.grouping == "overall")
     assert overall.person_days == 184 + 335 + 60 and overall.outcomes == 2
-    assert all(c.persons == 1 and c.entries == 1 for c in counts if c.grouping == "year")
+    assert all(c.persons == 1 and c.entries == 1 for c in years if c.person_days)
+    # Every calendar row is listed, with or without anyone in it: before, 1950..2030, after.
+    assert [c.year for c in years] == ["before", *map(str, range(1950, 2031)), "after"]
 
 
 def test_washout_and_offsets(tmp_path: Path) -> None:
@@ -81,10 +84,9 @@ def test_washout_and_offsets(tmp_path: Path) -> None:
     target = _every(102, end_strategy={"type": "date_offset", "field": "start", "offset": 365})
     generate(store, parse_definition(target), 1)
     generate(store, parse_definition(_every(100)), 2)
-    with open_store(store, read_only=True) as con:
-        assert incidence.local(con, 1, 2, IncidenceSettings()) == []  # prior outcome
-        strict = IncidenceSettings(first_occurrence_only=False, washout_days=30)
-        assert incidence.local(con, 1, 2, strict) == []
+    assert _overall(store, IncidenceSettings()).persons == 0  # prior outcome
+    strict = IncidenceSettings(first_occurrence_only=False, washout_days=30)
+    assert _overall(store, strict).persons == 0
     loose = _overall(store, IncidenceSettings(first_occurrence_only=False, washout_days=5))
     assert (loose.person_days, loose.outcomes) == (366, 0)
     shifted = _overall(
@@ -112,7 +114,9 @@ def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path
     truth = json.loads((synth_study / "truth.json").read_text())
     planted = next(e for e in truth["effects"] if e["id"] == "appendicitis_incidence")
     with open_store(synth_incidence, read_only=True) as con:
-        rates = incidence.combine([released(incidence.to_release(incidence.local(con, 1, 2), "b"))])
+        counts = incidence.local(con, 1, 2)
+        release = incidence.to_release(counts, "b", SCOPE, 1, 2, IncidenceSettings())
+        rates = incidence.combine([released(release)])
     overall = next(r for r in rates if r.grouping == "overall")
     assert overall.ci_low <= planted["rate_per_1000_person_years"] <= overall.ci_high
     assert overall.outcomes > 30
@@ -125,13 +129,14 @@ def test_planted_incidence_is_recovered(synth_study: Path, synth_incidence: Path
 def test_node_sums_equal_the_union(synth_incidence: Path, tmp_path: Path) -> None:
     settings = IncidenceSettings(first_occurrence_only=False, clean_window=14)
     with open_store(synth_incidence, read_only=True) as con:
+        counts = incidence.local(con, 1, 2, settings)
         whole = incidence.combine(
-            [released(incidence.to_release(incidence.local(con, 1, 2, settings), "all"))]
+            [released(incidence.to_release(counts, "all", SCOPE, 1, 2, settings))]
         )
     parts = []
     for copy in split_store(synth_incidence, 3, tmp_path):
         with open_store(copy, read_only=True) as con:
             counts = incidence.local(con, 1, 2, settings)
-        assert counts
-        parts.append(released(incidence.to_release(counts, copy.stem)))
+        assert any(c.persons for c in counts)
+        parts.append(released(incidence.to_release(counts, copy.stem, SCOPE, 1, 2, settings)))
     assert incidence.combine(parts) == whole

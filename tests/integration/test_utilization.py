@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.helpers import released, split_store
+from tests.helpers import SCOPE, released, split_store
 from tests.spec.world import World
 
 from medlab.analyses import utilization
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
+from medlab.studies.spec import UtilizationAnalysis
 
 HYPERTENSION = {
     "concept_sets": [{"id": 0, "items": [{"concept_id": 320128}]}],
@@ -44,9 +45,12 @@ def test_lines_and_yearly_shares_on_a_small_world(tmp_path: Path) -> None:
     )
     with open_store(store, read_only=True) as con:
         u = utilization.local(con, 1, [200, 210])
-    assert u.pathways == {(200, 210): 1, (210,): 1}
-    assert u.persons_by_year[2010] == 2
-    assert u.treated_by_year[(2011, 200)] == 1 and u.share(2010, 210) == 0.5
+    # Every pathway of up to three lines is listed, whoever follows it.
+    assert set(u.pathways) == {(200,), (210,), (200, 210), (210, 200)}
+    assert {p: n for p, n in u.pathways.items() if n} == {(200, 210): 1, (210,): 1}
+    assert u.persons_by_year["2010"] == 2
+    assert u.treated_by_year[("2011", 200)] == 1 and u.share("2010", 210) == 0.5
+    assert u.treated_by_year[("1990", 200)] == 0 and u.persons_by_year["after"] == 0
 
 
 def test_node_sums_equal_the_union(synth_study: Path, tmp_path: Path) -> None:
@@ -59,8 +63,12 @@ def test_node_sums_equal_the_union(synth_study: Path, tmp_path: Path) -> None:
     for copy in split_store(store, 3, tmp_path / "split"):
         with open_store(copy, read_only=True) as con:
             parts.append(utilization.local(con, 1, DRUGS))
+    analysis = UtilizationAnalysis(name="u", cohort=1, drugs=DRUGS)
     pooled = utilization.combine(
-        [released(utilization.to_release(p, f"part{i}")) for i, p in enumerate(parts)]
+        [
+            released(utilization.to_release(p, f"part{i}", SCOPE, analysis))
+            for i, p in enumerate(parts)
+        ]
     )
     assert pooled.persons_by_year == whole.persons_by_year
     assert pooled.treated_by_year == whole.treated_by_year
@@ -68,6 +76,6 @@ def test_node_sums_equal_the_union(synth_study: Path, tmp_path: Path) -> None:
     # Most hypertensive patients start lisinopril or hydrochlorothiazide first (as planted).
     first_lines = {path[0] for path, n in pooled.pathways.items() if n >= 10}
     assert first_lines <= {1308216, 974166, 1332418}
-    assert pooled.share(2015, 1308216) == pytest.approx(
-        pooled.treated_by_year[(2015, 1308216)] / pooled.persons_by_year[2015]
+    assert pooled.share("2015", 1308216) == pytest.approx(
+        pooled.treated_by_year[("2015", 1308216)] / pooled.persons_by_year["2015"]
     )

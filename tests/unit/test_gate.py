@@ -14,6 +14,7 @@ from medlab.errors import PolicyError
 from medlab.privacy import gate
 from medlab.privacy.policy import Dominance, ReleasePolicy, load_policy
 from medlab.privacy.release import (
+    WITHHELD,
     Cells,
     Constraint,
     Curve,
@@ -26,11 +27,18 @@ from medlab.privacy.release import (
     require_released,
 )
 
-EXACT = ReleasePolicy(rounding="none")
+EXACT = ReleasePolicy(rounding="none", precision="none")
 
 
-def _apply(policy: ReleasePolicy, *elements: object) -> Released:
-    return gate.apply(policy, Release("incidence", "site", tuple(elements)))  # type: ignore[arg-type]
+def _apply(policy: ReleasePolicy, *elements: object, node: gate.NodeSide | None = None) -> Released:
+    return gate.apply(policy, Release("incidence", "site", tuple(elements)), node)  # type: ignore[arg-type]
+
+
+def _journal(policy: ReleasePolicy, *elements: object) -> list[str]:
+    """The rules the gate applied (node-internal: the steward's view)."""
+    node = gate.NodeSide()
+    _apply(policy, *elements, node=node)
+    return [d.rule for d in node.journal]
 
 
 def test_count_rule_and_rounding() -> None:
@@ -108,7 +116,7 @@ def test_a_complement_below_the_minimum_suppresses_the_row() -> None:
     released = _apply(EXACT, cells)
     assert released.values["covariates"]["male"]["n"] is None  # 4 are not male
     assert released.values["covariates"]["diabetes"]["n"] == 50
-    assert any(d.rule.startswith("complement") for d in released.decisions)
+    assert any(rule.startswith("complement") for rule in _journal(EXACT, cells))
 
 
 def test_nested_steps_hide_small_removals() -> None:
@@ -127,18 +135,18 @@ def test_nested_steps_hide_small_removals() -> None:
 
 def test_sums_need_a_group_and_no_dominant_contributor() -> None:
     big = Sums("age", 100, {"sum": 5000.0}, largest=(80.0, 79.0), magnitude=5000.0)
-    assert _apply(EXACT, big).values["age"]["sum"] == 5000.0
+    assert _apply(EXACT, big).values["age"]["mean"] == 50.0
     small = Sums("age", 5, {"sum": 250.0}, largest=(60.0, 55.0), magnitude=250.0)
-    assert _apply(EXACT, small).values["age"]["sum"] is None
+    assert _apply(EXACT, small).values["age"]["mean"] is None
     dominated = Sums("cost", 50, {"sum": 1e6}, largest=(9.5e5, 1e4), magnitude=1e6)
     released = _apply(EXACT, dominated)
-    assert released.values["cost"]["sum"] is None
-    assert "dominance" in released.decisions[0].rule
+    assert released.values["cost"]["mean"] is None
+    assert "dominance" in _journal(EXACT, dominated)[0]
     # With the defaults (n = 2, k = 90%, p = 10%) the p% rule implies the (n, k) rule; a
     # steward who relaxes (n, k) still has it.
     lax = ReleasePolicy(rounding="none", dominance=Dominance(n=1, k=0.9, p=0.5))
     p_rule = Sums("cost", 50, {"sum": 1000.0}, largest=(500.0, 300.0), magnitude=1000.0)
-    assert "p% rule" in _apply(lax, p_rule).decisions[0].rule
+    assert "p% rule" in _journal(lax, p_rule)[0]
 
 
 def _model(events: tuple[int, int], persons: tuple[int, int] = (400, 400)) -> Model:
@@ -162,38 +170,45 @@ def test_models_refused_with_too_few_events() -> None:
     ok = _apply(EXACT, _model((30, 40))).values["cox"]
     assert ok["refused"] is None and ok["hr"] == 0.8 and ok["target_events"] == 30
     few = _apply(EXACT, _model((4, 4))).values["cox"]
-    assert few["hr"] is None and "events per parameter" in few["refused"]
+    assert few["hr"] is None and few["refused"] == WITHHELD  # one text for every reason
+    assert "events per parameter" in _journal(EXACT, _model((4, 4)))[-1]  # the steward's
     one_arm = _apply(EXACT, _model((30, 4))).values["cox"]
     assert one_arm["hr"] is None and one_arm["comparator_events"] is None
     wide = Model("cox", 3, 12, 40, {"hr": 1.0}, {})
-    assert "degrees of freedom" in _apply(EXACT, wide).values["cox"]["refused"]
+    assert _apply(EXACT, wide).values["cox"]["refused"] == WITHHELD
+    assert "degrees of freedom" in _journal(EXACT, wide)[-1]
 
 
 def test_curves_stop_where_few_remain_and_group_steps() -> None:
     points = tuple((float(t), 100.0 - 3 * t, 3.0, 1 - 0.03 * t) for t in range(40))
     released = _apply(EXACT, Curve("km", {"target": points})).values["km"]["target"]
-    assert released[0]["time"] == 0
-    assert all(p["at_risk"] >= 10 for p in released)
-    times = [p["time"] for p in released]
-    # A step shows only after 10 events: every 4th time point (3 events each).
-    assert all(b - a >= 3 for a, b in itertools.pairwise(times))
-    assert max(times) <= 30  # at t = 31, 7 remain at risk
+    assert [p["time"] for p in released] == [float(t) for t in range(40)]  # the whole grid
+    shown = [p for p in released if p["at_risk"] is not None]
+    assert all(p["at_risk"] >= 10 for p in shown)
+    assert max(p["time"] for p in shown) <= 30  # at t = 31, 7 remain at risk
+    # A new step shows only after 10 events (every 4th point, 3 events each); points in
+    # between repeat the last shown value.
+    changes = [b["time"] for a, b in itertools.pairwise(shown) if a["value"] != b["value"]]
+    assert all(b - a >= 3 for a, b in itertools.pairwise(changes))
 
 
 def test_statistics_need_a_group() -> None:
-    released = _apply(EXACT, Statistic("equipoise", 0.5, 9), Statistic("smd", 0.05, 100))
+    released = _apply(EXACT, Statistic("equipoise", 0.5, 9), Statistic("smd", 0.05, 100, "smd"))
     assert released.values == {"equipoise": None, "smd": 0.05}
+    # A proportion whose numerator (or complement) is a small count is withheld too.
+    small = _apply(EXACT, Statistic("equipoise", 5 / 100, 100, numerator=5))
+    assert small.values["equipoise"] is None
 
 
 def test_analysis_types_outside_the_policy_release_nothing() -> None:
     policy = ReleasePolicy(allowed_analyses=["characterization"])
     released = _apply(policy, Statistic("x", 1.0, 100))
-    assert released.values == {} and released.decisions[0].action == "refused"
+    assert released.values == {"refused": "analysis type not allowed by the node's policy"}
 
 
 def test_only_the_gate_makes_released_payloads() -> None:
     with pytest.raises(TypeError):
-        Released("incidence", "s", "v", "d", {}, {}, ())
+        Released("incidence", "s", "v", "d", {}, {}, {})
     with pytest.raises(TypeError, match="only released"):
         require_released([Release("incidence", "s", ())])  # type: ignore[list-item]
     released = _apply(EXACT, Statistic("x", 1.0, 100))

@@ -7,9 +7,13 @@ equal those computed on the union of the nodes because only sums cross the bound
 cohorts, the standardized mean difference per covariate.
 
 Covariates: sex, age group and index year at cohort start; age and the Charlson comorbidity
-index (continuous; see :mod:`medlab.analyses.charlson`); and, for each
-domain and window (days relative to cohort start, both ends included), whether the entry has
-a record of each concept in that window.
+index (continuous; see :mod:`medlab.analyses.charlson`); and, for each domain and window (days
+relative to cohort start, both ends included), whether the entry has a record of each concept
+in that window. The covariates are enumerated before any patient data is read: every sex,
+every age group up to ``100+``, every year of the study's calendar (with ``before`` and
+``after``), and every standard concept of the domain in the node's vocabulary (or the
+concepts the settings name); a covariate nobody has is released as a zero, which the gate
+withholds like any small count.
 """
 
 from __future__ import annotations
@@ -22,8 +26,24 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses import charlson
-from medlab.fields import Days
-from medlab.privacy.release import Cells, Constraint, Release, Released, Sums, require_released
+from medlab.analyses.scope import (
+    SEX_LABELS,
+    Calendar,
+    Scope,
+    age_group,
+    age_groups,
+    sex_label,
+)
+from medlab.errors import DefinitionError
+from medlab.fields import ConceptId, Days
+from medlab.privacy.release import (
+    Cells,
+    Constraint,
+    Release,
+    Released,
+    Sums,
+    require_released,
+)
 
 Domain = Literal[
     "condition_occurrence",
@@ -68,22 +88,39 @@ class Window(BaseModel):
         return f"{self.start}..{self.end}"
 
 
+# Which vocabulary domain (and concept class) each covariate domain's concepts come from.
+_VOCABULARY: dict[str, tuple[str, str | None]] = {
+    "condition_occurrence": ("Condition", None),
+    "condition_era": ("Condition", None),
+    "drug_exposure": ("Drug", None),
+    "drug_era": ("Drug", "Ingredient"),  # OMOP builds drug eras on ingredients
+    "procedure_occurrence": ("Procedure", None),
+    "measurement": ("Measurement", None),
+    "observation": ("Observation", None),
+}
+MAX_COVARIATES = 50_000
+_DEMOGRAPHIC = ("gender:", "age_group:", "index_year:")
+
+
 class CharacterizationSettings(BaseModel):
-    """Which covariates to build."""
+    """Which covariates to build: per domain and window, every standard concept of the
+    domain in the node's vocabulary, or only ``concepts`` when given."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     domains: list[Domain] = Field(default_factory=lambda: list(DEFAULT_DOMAINS))
-    windows: list[Window] = Field(
+    windows: Annotated[list[Window], Field(max_length=10)] = Field(
         default_factory=lambda: [Window(start=-365, end=-1), Window(start=-30, end=-1)]
     )
     age_group_years: Annotated[int, Field(ge=1, le=50)] = 5
     charlson: bool = True
+    concepts: Annotated[list[ConceptId], Field(max_length=MAX_COVARIATES)] | None = None
 
 
 @dataclass(frozen=True)
 class CovariateSum:
-    """One covariate's node-local sums (``total`` is a count for binary covariates)."""
+    """One covariate's node-local sums (``total`` is a count for binary covariates) and the
+    persons behind it (node-internal)."""
 
     covariate_id: str
     name: str
@@ -91,14 +128,18 @@ class CovariateSum:
     total: int
     total_squares: int
     largest: tuple[int, ...] = ()  # the two largest values (continuous), for dominance
+    persons: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
 class LocalCharacterization:
-    """What leaves a node: the entry count and covariate sums."""
+    """What the local step computed: the entry count and covariate sums, every covariate
+    the settings and the vocabulary enumerate present (zero when nobody has it)."""
 
     entries: int
     covariates: list[CovariateSum]
+    persons: frozenset[int] = frozenset()
+    age_group_years: int = 5
 
 
 @dataclass(frozen=True)
@@ -114,13 +155,81 @@ class Covariate:
     suppressed_sites: int = 0
 
 
+def enumerate_concepts(
+    con: duckdb.DuckDBPyConnection, settings: CharacterizationSettings
+) -> dict[str, list[tuple[int, str]]]:
+    """Per domain, the concepts whose covariates the release lists (from the vocabulary, not
+    from patient data): standard concepts of the domain, or ``settings.concepts``."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    total = 0
+    for domain in settings.domains:
+        vocabulary_domain, concept_class = _VOCABULARY[domain]
+        sql = (
+            "SELECT concept_id, concept_name FROM concept WHERE domain_id = ? "
+            "AND standard_concept = 'S' AND concept_id <> 0"
+        )
+        params: list[object] = [vocabulary_domain]
+        if concept_class:
+            sql += " AND concept_class_id = ?"
+            params.append(concept_class)
+        if settings.concepts is not None:
+            sql += " AND list_contains(?, concept_id)"
+            params.append(list(settings.concepts))
+        rows = con.execute(sql + " ORDER BY concept_id", params).fetchall()
+        out[domain] = [(int(c), str(n)) for c, n in rows]
+        total += len(rows) * len(settings.windows)
+    if total > MAX_COVARIATES:
+        raise DefinitionError(
+            f"characterization: {total:,} concept covariates from the vocabulary; a release "
+            f"lists at most {MAX_COVARIATES:,}",
+            hint="name the concepts to characterize in the analysis settings ('concepts')",
+        )
+    return out
+
+
+def _demographics(
+    con: duckdb.DuckDBPyConnection, settings: CharacterizationSettings, calendar: Calendar
+) -> list[CovariateSum]:
+    width = settings.age_group_years
+    rows = con.execute(
+        "SELECT person_id, age, gender_concept_id, year(index_date) FROM temp.medlab_entries"
+    ).fetchall()
+    names = dict(
+        con.execute(
+            "SELECT concept_id, concept_name FROM concept WHERE concept_id IN (8507, 8532)"
+        ).fetchall()
+    )
+    found: dict[str, list[int]] = {}
+    for person, age, gender, year in rows:
+        for key in (
+            f"gender:{sex_label(gender)}",
+            f"age_group:{age_group(int(age), width)}",
+            f"index_year:{calendar.label(int(year))}",
+        ):
+            found.setdefault(key, []).append(int(person))
+    out = []
+    sexes = {"male": names.get(8507, "MALE"), "female": names.get(8532, "FEMALE")}
+    labels = [(f"gender:{s}", f"gender = {sexes.get(s, 'other or unknown')}") for s in SEX_LABELS]
+    labels += [(f"age_group:{g}", f"age group {g}") for g in age_groups(width)]
+    labels += [(f"index_year:{y}", f"index year {y}") for y in calendar.labels]
+    for key, name in labels:
+        entries = found.get(key, [])  # one person id per entry
+        n = len(entries)
+        out.append(CovariateSum(key, name, "binary", n, n, (), frozenset(entries)))
+    return out
+
+
 def local(
     con: duckdb.DuckDBPyConnection,
     cohort_id: int,
     settings: CharacterizationSettings | None = None,
+    calendar: Calendar | None = None,
 ) -> LocalCharacterization:
-    """Covariate sums of one cohort's entries on one node."""
+    """Covariate sums of one cohort's entries on one node, for every covariate the settings
+    and the vocabulary enumerate."""
     settings = settings or CharacterizationSettings()
+    calendar = calendar or Calendar()
+    concepts = enumerate_concepts(con, settings)
     con.execute(
         """CREATE OR REPLACE TEMP TABLE medlab_entries AS
            SELECT ROW_NUMBER() OVER (ORDER BY c.subject_id, c.cohort_start_date) AS entry_id,
@@ -131,7 +240,10 @@ def local(
         [cohort_id],
     )
     try:
-        (entries,) = con.execute("SELECT count(*) FROM temp.medlab_entries").fetchall()[0]
+        entries, persons = con.execute(
+            "SELECT count(*), list(DISTINCT person_id) FROM temp.medlab_entries"
+        ).fetchall()[0]
+        everyone = frozenset(int(p) for p in persons or [])
         covariates: list[CovariateSum] = []
         age_sum, age_squares, age_top = con.execute(
             """SELECT coalesce(sum(age), 0), coalesce(sum(age * age), 0), max(age, 2)
@@ -145,6 +257,7 @@ def local(
                 int(age_sum),
                 int(age_squares),
                 tuple(int(v) for v in age_top or ()),
+                everyone,
             )
         )
         if settings.charlson:
@@ -161,56 +274,44 @@ def local(
                     int(score_sum),
                     int(score_squares),
                     tuple(int(v) for v in score_top or ()),
+                    everyone,
                 )
             )
-        g = settings.age_group_years
-        demographic_sql = f"""
-            SELECT 'gender:' || e.gender_concept_id, 'gender = ' || coalesce(c.concept_name,
-                   CAST(e.gender_concept_id AS VARCHAR)), count(*)
-            FROM temp.medlab_entries e LEFT JOIN concept c ON c.concept_id = e.gender_concept_id
-            GROUP BY ALL
-            UNION ALL
-            SELECT 'age_group:' || (age // {g}) * {g}, 'age group ' || (age // {g}) * {g} || '-'
-                   || ((age // {g}) * {g} + {g - 1}), count(*)
-            FROM temp.medlab_entries GROUP BY ALL
-            UNION ALL
-            SELECT 'index_year:' || year(index_date), 'index year ' || year(index_date),
-                   count(*)
-            FROM temp.medlab_entries GROUP BY ALL"""
-        for covariate_id, name, n in con.execute(demographic_sql).fetchall():
-            covariates.append(CovariateSum(covariate_id, name, "binary", int(n), int(n)))
+        covariates += _demographics(con, settings, calendar)
         for domain in settings.domains:
             concept, start = _COLUMNS[domain]
             for window in settings.windows:
                 rows = con.execute(
-                    f"""SELECT d.{concept}, any_value(c.concept_name),
-                               count(DISTINCT e.entry_id)
+                    f"""SELECT d.{concept}, count(DISTINCT e.entry_id), list(DISTINCT e.person_id)
                         FROM temp.medlab_entries e
                         JOIN {domain} d ON d.person_id = e.person_id
                          AND d.{start} BETWEEN e.index_date + CAST(? AS INTEGER)
                                            AND e.index_date + CAST(? AS INTEGER)
-                        LEFT JOIN concept c ON c.concept_id = d.{concept}
                         WHERE d.{concept} <> 0
                         GROUP BY d.{concept}""",
                     [window.start, window.end],
                 ).fetchall()
-                for concept_id, name, n in rows:
+                found = {int(c): (int(n), frozenset(int(p) for p in ps)) for c, n, ps in rows}
+                for concept_id, name in concepts[domain]:
+                    n, who = found.get(concept_id, (0, frozenset()))
                     covariates.append(
                         CovariateSum(
                             f"{domain}:{window.label}:{concept_id}",
-                            f"{domain} {window.label}: {name or concept_id}",
+                            f"{domain} {window.label}: {name}",
                             "binary",
-                            int(n),
-                            int(n),
+                            n,
+                            n,
+                            (),
+                            who,
                         )
                     )
     finally:
         con.execute("DROP TABLE IF EXISTS temp.medlab_entries")
     covariates.sort(key=lambda c: c.covariate_id)
-    return LocalCharacterization(int(entries), covariates)
+    return LocalCharacterization(int(entries), covariates, everyone, settings.age_group_years)
 
 
-def to_release(local: LocalCharacterization, site: str, cohort_id: int) -> Release:
+def to_release(local: LocalCharacterization, site: str, cohort_id: int, scope: Scope) -> Release:
     """The entry count and binary covariates as one table (sex, age group and index year add up
     to the entries; each covariate's complement must be safe too), and one sum per continuous
     covariate."""
@@ -219,9 +320,28 @@ def to_release(local: LocalCharacterization, site: str, cohort_id: int) -> Relea
     counts.update({c.covariate_id: {"n": c.total} for c in binary})
     margins = tuple(
         Constraint("entries", parts, ("n",))
-        for prefix in ("gender:", "age_group:", "index_year:")
+        for prefix in _DEMOGRAPHIC
         if (parts := tuple(c.covariate_id for c in binary if c.covariate_id.startswith(prefix)))
     )
+    cohort = scope.cohort(cohort_id, local.persons)
+    populations = {"entries": cohort}
+    populations.update(
+        {
+            c.covariate_id: scope.derived(
+                "characterization",
+                (cohort_id,),
+                local.age_group_years,
+                c.covariate_id,
+                persons=c.persons,
+            )
+            for c in binary
+        }
+    )
+    # For differential privacy: with one entry per person, a person is in the entries row,
+    # one row of each demographic and at most every concept row; ages are at most 150 and
+    # Charlson scores at most 33 (every category's weight).
+    one_each = scope.entries_per_person.get(cohort_id) == 1
+    top = {"age": 150.0, "charlson_index": float(sum(c.weight for c in charlson.CATEGORIES))}
     sums = tuple(
         Sums(
             f"sum:{c.covariate_id}",
@@ -229,15 +349,25 @@ def to_release(local: LocalCharacterization, site: str, cohort_id: int) -> Relea
             {"sum": float(c.total), "sum_squares": float(c.total_squares)},
             largest=tuple(float(v) for v in c.largest),
             magnitude=float(c.total),  # ages and Charlson scores are not negative
+            population=cohort,
+            bounds=(
+                {"sum": top[c.covariate_id], "sum_squares": top[c.covariate_id] ** 2}
+                if one_each
+                else {}
+            ),
+            value_range=(0.0, top[c.covariate_id]),
         )
         for c in local.covariates
         if c.kind == "continuous"
     )
+    concept_rows = sum(1 for c in binary if not c.covariate_id.startswith(_DEMOGRAPHIC))
     cells = Cells(
         "covariates",
         counts,
         constraints=margins,
         complements={c.covariate_id: "entries" for c in binary},
+        populations=populations,
+        sensitivity={"n": 4.0 + concept_rows} if one_each else {},
     )
     labels = {
         "cohort": cohort_id,
@@ -271,9 +401,11 @@ def combine(parts: list[Released]) -> tuple[int, list[Covariate]]:
             if released["n"] is None:
                 cell_c[3] += 1
             else:
-                cell_c[0] += released["n"]
-                cell_c[1] += released["sum"]
-                cell_c[2] += released["sum_squares"]
+                # The node released the count, mean and SD; their sums follow from them.
+                n, mean, sd = released["n"], released["mean"], released["sd"]
+                cell_c[0] += n
+                cell_c[1] += n * mean
+                cell_c[2] += (n - 1) * sd * sd + n * mean * mean
     result = []
     for key, (count, suppressed) in binary.items():
         if suppressed == len(parts):

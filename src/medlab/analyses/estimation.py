@@ -290,17 +290,23 @@ def cox(
 
 
 def kaplan_meier(
-    population: pd.DataFrame, weights: np.ndarray | None = None, every: int | None = None
+    population: pd.DataFrame,
+    weights: np.ndarray | None = None,
+    step: int = 30,
+    horizon: int = 1800,
 ) -> list[dict[str, object]]:
-    """Survival per arm on a day grid (about 60 points by default), with the number at risk
-    and the (unweighted) events since the previous grid point."""
+    """Survival per arm at every point of the day grid ``0, step, …, horizon`` (fixed by the
+    settings, never by the data), with the number at risk and the (unweighted) events since
+    the previous grid point; an arm with nobody has survival 1 and nobody at risk."""
     rows = []
-    horizon = int(population["days"].max()) if len(population) else 0
-    step = every or max(1, horizon // 60)
     grid = np.arange(0, horizon + step, step)
     for arm, name in ((1, "target"), (0, "comparator")):
         part = population[population["treatment"] == arm]
         if part.empty:
+            rows += [
+                {"arm": name, "day": float(t), "survival": 1.0, "at_risk": 0.0, "events": 0.0}
+                for t in grid
+            ]
             continue
         w = None if weights is None else weights[population["treatment"].to_numpy() == arm]
         with warnings.catch_warnings():

@@ -9,7 +9,10 @@ Time at risk starts at the target entry's start (or end) plus an offset and ends
 (or end) plus an offset, clipped to the observation period of the entry. Person-time counts
 days, both ends included. Strata by age group and sex use the age at the start of time at
 risk; strata by calendar year split each entry's time at risk (and its outcomes) across the
-years it crosses, so the year strata add up to the overall person-time. With
+years it crosses, so the year strata add up to the overall person-time. Every stratum is
+released, whether anyone is in it or not: overall, each age group up to ``100+``, each sex
+(male, female, other), each row of the study's calendar (with ``before`` and ``after``), and
+each age group by sex. With
 ``first_occurrence_only`` an entry with an earlier outcome is left out and time at risk stops
 at the first outcome. Otherwise every outcome counts, except
 those within ``clean_window`` days of the last counted one, and those days are not at risk.
@@ -19,6 +22,7 @@ those within ``clean_window`` days of the last counted one, and those days are n
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -27,8 +31,15 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlab.analyses.poisson import rate_interval
+from medlab.analyses.scope import SEX_LABELS, Calendar, Scope, age_group, age_groups, sex_label
 from medlab.fields import Days, NonNegativeDays
-from medlab.privacy.release import Cells, Constraint, Release, Released, require_released
+from medlab.privacy.release import (
+    Cells,
+    Constraint,
+    Release,
+    Released,
+    require_released,
+)
 
 DAYS_PER_YEAR = 365.25
 GROUPINGS: tuple[tuple[str, ...], ...] = (
@@ -36,9 +47,8 @@ GROUPINGS: tuple[tuple[str, ...], ...] = (
     ("age_group",),
     ("sex",),
     ("year",),
-    ("age_group", "sex", "year"),
+    ("age_group", "sex"),
 )
-SEXES = {8507: "male", 8532: "female"}
 
 
 class IncidenceSettings(BaseModel):
@@ -63,11 +73,12 @@ class StratumCount:
     grouping: str
     age_group: str | None
     sex: str | None
-    year: int | None
+    year: str | None  # a calendar year, or ``before`` / ``after`` the study's calendar
     persons: int
     entries: int
     person_days: int
     outcomes: int
+    members: frozenset[int] = frozenset()  # the persons (node-internal)
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ class IncidenceRate:
     grouping: str
     age_group: str | None
     sex: str | None
-    year: int | None
+    year: str | None
     persons: int | None  # None from here on: every node's release gate suppressed the stratum
     entries: int | None
     person_years: float | None
@@ -159,14 +170,34 @@ def _by_year(intervals: list[Interval], events: list[dt.date]) -> dict[int, tupl
     return {year: (days, n) for year, (days, n) in out.items()}
 
 
+def strata(settings: IncidenceSettings, calendar: Calendar) -> list[tuple[str, dict[str, str]]]:
+    """Every stratum the release lists, in order: overall, each age group, sex and calendar
+    row, and each age group by sex (fixed by the settings and the calendar, never by data)."""
+    values = {
+        "age_group": age_groups(settings.age_group_years),
+        "sex": list(SEX_LABELS),
+        "year": calendar.labels,
+    }
+    out = []
+    for grouping in GROUPINGS:
+        for combination in itertools.product(*(values[g] for g in grouping)):
+            out.append(
+                (",".join(grouping) or "overall", dict(zip(grouping, combination, strict=True)))
+            )
+    return out
+
+
 def local(
     con: duckdb.DuckDBPyConnection,
     target_cohort_id: int,
     outcome_cohort_id: int,
     settings: IncidenceSettings | None = None,
+    calendar: Calendar | None = None,
 ) -> list[StratumCount]:
-    """Per-stratum counts of the target cohort's time at risk on one node."""
+    """Per-stratum counts of the target cohort's time at risk on one node, for every stratum
+    :func:`strata` enumerates."""
     settings = settings or IncidenceSettings()
+    calendar = calendar or Calendar()
     entries = con.execute(
         """SELECT c.subject_id, c.cohort_start_date, c.cohort_end_date, p.year_of_birth,
                   p.gender_concept_id, op.observation_period_end_date
@@ -186,7 +217,7 @@ def local(
         [outcome_cohort_id],
     ).fetchall():
         outcomes[person].append(start)
-    cells: dict[tuple[str, tuple[object, ...]], _Cell] = {}
+    cells: dict[tuple[str, tuple[str, ...]], _Cell] = {}
     for person, start, end, year_of_birth, gender, op_end in entries:
         anchor_start = start if settings.tar_start_anchor == "start" else end
         anchor_end = start if settings.tar_end_anchor == "start" else end
@@ -201,44 +232,43 @@ def local(
             continue
         intervals, events = counted
         days = sum((last - first).days + 1 for first, last in intervals)
-        low = (tar_start.year - year_of_birth) // settings.age_group_years
-        low *= settings.age_group_years
-        values: dict[str, object] = {
-            "age_group": f"{low}-{low + settings.age_group_years - 1}",
-            "sex": SEXES.get(gender, "other"),
+        values: dict[str, str] = {
+            "age_group": age_group(tar_start.year - year_of_birth, settings.age_group_years),
+            "sex": sex_label(gender),
         }
-        years = _by_year(intervals, events)
+        by_row: dict[str, list[int]] = {}
+        for year, (year_days, year_events) in _by_year(intervals, events).items():
+            row = by_row.setdefault(calendar.label(year), [0, 0])
+            row[0] += year_days
+            row[1] += year_events
         for grouping in GROUPINGS:
             if "year" not in grouping:
-                cell_key = (",".join(grouping), tuple(values[g] for g in grouping))
+                cell_key = (",".join(grouping) or "overall", tuple(values[g] for g in grouping))
                 cells.setdefault(cell_key, _Cell()).add(person, days, len(events))
                 continue
-            for calendar_year, (year_days, year_events) in years.items():
-                key = tuple(calendar_year if g == "year" else values[g] for g in grouping)
-                cells.setdefault((",".join(grouping), key), _Cell()).add(
-                    person, year_days, year_events
-                )
+            for label, (year_days, year_events) in by_row.items():
+                cells.setdefault(("year", (label,)), _Cell()).add(person, year_days, year_events)
     result = []
-    for (names, key), cell in sorted(cells.items(), key=str):
-        named = dict(zip(names.split(","), key, strict=False)) if names else {}
-        age, sex, year = named.get("age_group"), named.get("sex"), named.get("year")
+    for stratum, named in strata(settings, calendar):
+        cell = cells.get((stratum, tuple(named.values())), _Cell())
         result.append(
             StratumCount(
-                names or "overall",
-                None if age is None else str(age),
-                None if sex is None else str(sex),
-                None if year is None else int(str(year)),
+                stratum,
+                named.get("age_group"),
+                named.get("sex"),
+                named.get("year"),
                 len(cell.persons),
                 cell.entries,
                 cell.days,
                 cell.events,
+                frozenset(cell.persons),
             )
         )
     return result
 
 
-def _key(grouping: str, age: str | None, sex: str | None, year: int | None) -> str:
-    return f"{grouping}|{age or ''}|{sex or ''}|{'' if year is None else year}"
+def _key(grouping: str, age: str | None, sex: str | None, year: str | None) -> str:
+    return f"{grouping}|{age or ''}|{sex or ''}|{year or ''}"
 
 
 # Which columns add up over each kind of margin: persons and entries do not add up over
@@ -251,7 +281,14 @@ _ADDITIVE = {
 }
 
 
-def to_release(counts: list[StratumCount], site: str) -> Release:
+def to_release(
+    counts: list[StratumCount],
+    site: str,
+    scope: Scope,
+    target: int,
+    outcome: int,
+    settings: IncidenceSettings,
+) -> Release:
     """The strata as one table for the release gate, with every margin a reader could use."""
     rows = {_key(c.grouping, c.age_group, c.sex, c.year): c for c in counts}
     constraints = []
@@ -260,16 +297,21 @@ def to_release(counts: list[StratumCount], site: str) -> Release:
         one_way = [k for k, c in rows.items() if c.grouping == dimension]
         if overall in rows and one_way:
             constraints.append(Constraint(overall, tuple(one_way), columns))
-        # Each one-way stratum is the sum of the three-way cells that share its value.
-        for key in one_way:
+    # Each age group is the sum of its age-by-sex cells (a person has one sex), and each sex
+    # the sum of its age-by-sex cells over the age groups.
+    for dimension, columns in (
+        ("age_group", ("persons", "entries", "outcomes", "person_days")),
+        ("sex", ("entries", "outcomes", "person_days")),
+    ):
+        for key in [k for k, c in rows.items() if c.grouping == dimension]:
             value = getattr(rows[key], dimension)
             parts = tuple(
                 k
                 for k, c in rows.items()
-                if c.grouping == "age_group,sex,year" and getattr(c, dimension) == value
+                if c.grouping == "age_group,sex" and getattr(c, dimension) == value
             )
-            if parts:  # three-way cells split time at risk by year too
-                constraints.append(Constraint(key, parts, _ADDITIVE["year"]))
+            constraints.append(Constraint(key, parts, columns))
+    settings_data = settings.model_dump(mode="json")
     cells = Cells(
         "strata",
         {
@@ -278,6 +320,11 @@ def to_release(counts: list[StratumCount], site: str) -> Release:
         },
         extras={k: {"person_days": float(c.person_days)} for k, c in rows.items()},
         constraints=tuple(constraints),
+        populations={
+            k: scope.derived("incidence", (target, outcome), settings_data, k, persons=c.members)
+            for k, c in rows.items()
+        },
+        sensitivity=_sensitivity(scope, target, settings, len(scope.calendar.labels)),
     )
     labels = {
         "strata": {
@@ -286,6 +333,22 @@ def to_release(counts: list[StratumCount], site: str) -> Release:
         }
     }
     return Release("incidence", site, (cells,), labels)
+
+
+def _sensitivity(
+    scope: Scope, target: int, settings: IncidenceSettings, years: int
+) -> dict[str, float]:
+    """How much one person moves each column over all strata, when the target cohort holds
+    at most one entry per person (else no bound: unbounded entries, withheld under DP): one
+    row of each of four groupings plus every calendar row her time at risk crosses; person-days
+    only when time at risk is bounded (anchored on the start at both ends)."""
+    if scope.entries_per_person.get(target) != 1:
+        return {}
+    out = {"persons": 4.0 + years, "entries": 4.0 + years, "outcomes": 5.0}
+    if settings.tar_start_anchor == settings.tar_end_anchor == "start":
+        tar = max(settings.tar_end_offset - settings.tar_start_offset + 1, 0)
+        out["person_days"] = 5.0 * tar
+    return out
 
 
 def combine(parts: list[Released]) -> list[IncidenceRate]:
@@ -306,14 +369,15 @@ def combine(parts: list[Released]) -> list[IncidenceRate]:
             cell[2] += int(row["person_days"])
             cell[3] += row["outcomes"]
     rates = []
-    for key, (persons, entries, days, events, suppressed) in sorted(totals.items()):
+    for key, (persons, entries, days, events, suppressed) in totals.items():  # release order
         label = labels[key]
         stratum = (label["grouping"], label["age_group"], label["sex"], label["year"])
         if suppressed == len(parts):
             rates.append(IncidenceRate(*stratum, *(None,) * 7, suppressed))
             continue
         years = days / DAYS_PER_YEAR
-        rate, low, high = rate_interval(events, years)
+        # No person-time, no rate (a stratum nobody is in is listed all the same).
+        rate, low, high = rate_interval(events, years) if days > 0 else (None, None, None)
         rates.append(
             IncidenceRate(*stratum, persons, entries, years, events, rate, low, high, suppressed)
         )

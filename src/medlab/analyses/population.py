@@ -44,16 +44,23 @@ class PopulationSettings(BaseModel):
 
 @dataclass(frozen=True)
 class AttritionStep:
-    """Persons per arm left after one step."""
+    """Persons per arm left after one step (and who they are, node-internal)."""
 
     step: str
     target_persons: int
     comparator_persons: int
+    target: frozenset[int] = frozenset()
+    comparator: frozenset[int] = frozenset()
+
+
+def arm_persons(frame: pd.DataFrame, arm: int) -> frozenset[int]:
+    """The distinct persons of one arm (1 target, 0 comparator) of a population frame."""
+    return frozenset(int(p) for p in frame.loc[frame["treatment"] == arm, "person_id"].unique())
 
 
 def _count(frame: pd.DataFrame, step: str) -> AttritionStep:
-    persons = frame.groupby("treatment")["person_id"].nunique()
-    return AttritionStep(step, int(persons.get(1, 0)), int(persons.get(0, 0)))
+    target, comparator = arm_persons(frame, 1), arm_persons(frame, 0)
+    return AttritionStep(step, len(target), len(comparator), target, comparator)
 
 
 def study_population(

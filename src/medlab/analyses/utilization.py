@@ -10,44 +10,78 @@ of what the release gate let out.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 
-from medlab.privacy.release import Cells, Release, Released, require_released
+from medlab.analyses.scope import Calendar, Scope
+from medlab.privacy.release import Cells, Population, Release, Released, require_released
 
 
 @dataclass(frozen=True)
 class Utilization:
-    """Aggregates of one node, or of several combined."""
+    """Aggregates of one node, or of several combined. Years are the rows of the study's
+    calendar (a year, ``before`` or ``after``); pathways are every order of up to
+    ``max_lines`` distinct drugs."""
 
-    persons_by_year: dict[int, int]
-    treated_by_year: dict[tuple[int, int], int]  # (year, drug concept) -> persons
-    pathways: dict[tuple[int, ...], int]  # drugs in order of first start -> persons
+    persons_by_year: dict[str, int | None]
+    treated_by_year: dict[tuple[str, int], int | None]  # (year, drug concept) -> persons
+    pathways: dict[tuple[int, ...], int | None]  # drugs in order of first start -> persons
     names: dict[int, str]  # drug concept -> concept name (vocabulary, not patient data)
+    members: dict[str, frozenset[int]] = field(default_factory=dict)  # node-internal
 
-    def share(self, year: int, drug: int) -> float:
+    def share(self, year: str, drug: int) -> float | None:
         """The share of the year's cohort persons who started the drug that year."""
-        persons = self.persons_by_year.get(year, 0)
-        return self.treated_by_year.get((year, drug), 0) / persons if persons else 0.0
+        persons = self.persons_by_year.get(year)
+        treated = self.treated_by_year.get((year, drug))
+        if not persons or treated is None:
+            return None
+        return treated / persons
+
+
+MAX_PATHWAYS = 20_000
+
+
+def all_pathways(drugs: list[int], max_lines: int) -> list[tuple[int, ...]]:
+    """Every pathway a release lists: each order of 1 to ``max_lines`` distinct drugs."""
+    paths: list[tuple[int, ...]] = []
+    for length in range(1, max_lines + 1):
+        paths += list(itertools.permutations(drugs, length))
+    return paths
+
+
+def pathway_count(drugs: int, max_lines: int) -> int:
+    """How many pathways :func:`all_pathways` lists, without listing them."""
+    total, term = 0, 1
+    for length in range(min(max_lines, drugs)):
+        term *= drugs - length
+        total += term
+    return total
 
 
 def local(
-    con: duckdb.DuckDBPyConnection, cohort_id: int, drugs: list[int], max_lines: int = 3
+    con: duckdb.DuckDBPyConnection,
+    cohort_id: int,
+    drugs: list[int],
+    max_lines: int = 3,
+    calendar: Calendar | None = None,
 ) -> Utilization:
-    """Utilization aggregates of cohort ``cohort_id`` for ``drugs`` on one node."""
+    """Utilization aggregates of cohort ``cohort_id`` for ``drugs`` on one node, with every
+    calendar row, drug and pathway present."""
     if not drugs:
         raise ValueError("name at least one drug concept")
+    calendar = calendar or Calendar()
     placeholders = ", ".join("?" for _ in drugs)
-    years = con.execute(
-        """SELECT y, count(DISTINCT subject_id) FROM (
-               SELECT subject_id, unnest(range(year(cohort_start_date),
-                                               year(cohort_end_date) + 1)) AS y
-               FROM results.cohort WHERE cohort_definition_id = ?)
-           GROUP BY y""",
+    years: dict[str, set[int]] = {label: set() for label in calendar.labels}
+    for person, year in con.execute(
+        """SELECT DISTINCT subject_id, unnest(range(year(cohort_start_date),
+                                                    year(cohort_end_date) + 1))
+           FROM results.cohort WHERE cohort_definition_id = ?""",
         [cohort_id],
-    ).fetchall()
+    ).fetchall():
+        years[calendar.label(int(year))].add(int(person))
     exposures = con.execute(
         f"""SELECT c.subject_id, a.ancestor_concept_id, d.drug_exposure_start_date
             FROM results.cohort c
@@ -65,20 +99,26 @@ def local(
             drugs,
         ).fetchall()
     )
-    treated: dict[tuple[int, int], set[int]] = {}
+    treated: dict[tuple[str, int], set[int]] = {
+        (label, drug): set() for label in calendar.labels for drug in drugs
+    }
     first_start: dict[int, dict[int, object]] = {}
     for person, drug, start in exposures:
-        treated.setdefault((start.year, drug), set()).add(person)
+        treated[(calendar.label(start.year), drug)].add(person)
         first_start.setdefault(person, {}).setdefault(drug, start)
-    pathways: Counter[tuple[int, ...]] = Counter()
-    for starts in first_start.values():
+    paths: dict[tuple[int, ...], set[int]] = {p: set() for p in all_pathways(drugs, max_lines)}
+    for person, starts in first_start.items():
         ordered = sorted(starts, key=lambda d: (starts[d], d))
-        pathways[tuple(ordered[:max_lines])] += 1
+        paths[tuple(ordered[:max_lines])].add(person)
+    members = {f"persons:{y}": frozenset(p) for y, p in years.items()}
+    members.update({f"treated:{y}:{d}": frozenset(p) for (y, d), p in treated.items()})
+    members.update({_path_key(path): frozenset(p) for path, p in paths.items()})
     return Utilization(
-        {int(y): int(n) for y, n in years},
-        {key: len(people) for key, people in treated.items()},
-        dict(pathways),
+        {y: len(p) for y, p in years.items()},
+        {key: len(p) for key, p in treated.items()},
+        {path: len(p) for path, p in paths.items()},
         {d: str(names.get(d, d)) for d in drugs},
+        members,
     )
 
 
@@ -86,47 +126,80 @@ def _path_key(path: tuple[int, ...]) -> str:
     return ">".join(str(d) for d in path)
 
 
-def to_release(local_result: Utilization, site: str) -> Release:
+def to_release(local_result: Utilization, site: str, scope: Scope, analysis: Any) -> Release:
     """Persons per year, treated persons per year and drug (whose complement, the untreated,
-    must be safe too) and persons per pathway."""
-    counts = {f"persons:{y}": {"n": n} for y, n in local_result.persons_by_year.items()}
+    must be safe too) and persons per pathway. ``analysis`` is the study's
+    :class:`~medlab.studies.spec.UtilizationAnalysis`."""
+
+    def population(row: str) -> Population:
+        return scope.derived(
+            "utilization",
+            (analysis.cohort,),
+            list(analysis.drugs),
+            analysis.max_lines,
+            row,
+            persons=local_result.members.get(row, frozenset()),
+        )
+
+    counts = {f"persons:{y}": {"n": int(n or 0)} for y, n in local_result.persons_by_year.items()}
     counts.update(
-        {f"treated:{y}:{d}": {"n": n} for (y, d), n in local_result.treated_by_year.items()}
+        {
+            f"treated:{y}:{d}": {"n": int(n or 0)}
+            for (y, d), n in local_result.treated_by_year.items()
+        }
     )
+    # A person is in every calendar row her cohort time crosses, for each drug she starts.
+    rows = len(scope.calendar.labels)
     yearly = Cells(
         "by_year",
         counts,
         complements={f"treated:{y}:{d}": f"persons:{y}" for y, d in local_result.treated_by_year},
+        populations={row: population(row) for row in counts},
+        sensitivity={"n": float(rows * (1 + len(analysis.drugs)))},
     )
-    pathways = Cells("pathways", {_path_key(p): {"n": n} for p, n in local_result.pathways.items()})
+    path_counts = {_path_key(p): {"n": int(n or 0)} for p, n in local_result.pathways.items()}
+    pathways = Cells(
+        "pathways",
+        path_counts,
+        populations={row: population(row) for row in path_counts},
+        sensitivity={"n": 1.0},  # a person follows one pathway
+    )
     labels = {"names": {str(d): name for d, name in local_result.names.items()}}
     return Release("utilization", site, (yearly, pathways), labels)
 
 
 def combine(parts: list[Released]) -> Utilization:
-    """Sum the released counts of the nodes (a person belongs to one node); suppressed cells
-    add nothing."""
+    """Sum the released counts of the nodes (a person belongs to one node); a count every
+    node withheld stays unknown (None)."""
     require_released(parts)
-    years: Counter[int] = Counter()
-    treated: Counter[tuple[int, int]] = Counter()
-    pathways: Counter[tuple[int, ...]] = Counter()
+    years: dict[str, list[int]] = {}
+    treated: dict[tuple[str, int], list[int]] = {}
+    pathways: dict[tuple[int, ...], list[int]] = {}
     names: dict[int, str] = {}
+
+    def add(table: dict[Any, list[int]], key: Any, n: int | None) -> None:
+        cell = table.setdefault(key, [])
+        if n is not None:
+            cell.append(n)
+
     for part in parts:
         names.update({int(d): n for d, n in part.labels["names"].items()})
         for key, row in part.values["by_year"].items():
-            if row["n"] is None:
-                continue
             kind, *rest = key.split(":")
             if kind == "persons":
-                years[int(rest[0])] += row["n"]
+                add(years, rest[0], row["n"])
             else:
-                treated[(int(rest[0]), int(rest[1]))] += row["n"]
+                add(treated, (rest[0], int(rest[1])), row["n"])
         for key, row in part.values["pathways"].items():
-            if row["n"] is not None:
-                pathways[tuple(int(d) for d in key.split(">"))] += row["n"]
+            add(pathways, tuple(int(d) for d in key.split(">")), row["n"])
+
+    def total(values: list[int]) -> int | None:
+        return sum(values) if values else None
+
+    ordered = sorted(pathways.items(), key=lambda kv: -(total(kv[1]) or 0))
     return Utilization(
-        dict(sorted(years.items())),
-        dict(sorted(treated.items())),
-        dict(pathways.most_common()),
+        {y: total(v) for y, v in years.items()},
+        {k: total(v) for k, v in treated.items()},
+        {p: total(v) for p, v in ordered},
         names,
     )

@@ -62,6 +62,24 @@ def table_digest(con: duckdb.DuckDBPyConnection, table: schema.Table) -> TableDi
     return TableDigest(table.name, rows, digest.hexdigest())
 
 
+SNAPSHOT_KEY = "snapshot_fingerprint"
+
+
+def record_snapshot(con: duckdb.DuckDBPyConnection, fingerprint: str) -> None:
+    """Keep the fingerprint of the store's data as it now is (inside a load's transaction:
+    CDM data change only by loads), so that requests need not recompute it."""
+    con.execute("DELETE FROM medlab.store_info WHERE key = ?", [SNAPSHOT_KEY])
+    con.execute("INSERT INTO medlab.store_info VALUES (?, ?)", [SNAPSHOT_KEY, fingerprint])
+
+
+def snapshot_id(con: duckdb.DuckDBPyConnection) -> str:
+    """The fingerprint of the store's data: the one its last load kept, else computed."""
+    row = con.execute(
+        "SELECT value FROM medlab.store_info WHERE key = ?", [SNAPSHOT_KEY]
+    ).fetchall()
+    return str(row[0][0]) if row else snapshot_fingerprint(con)[0]
+
+
 def snapshot_fingerprint(
     con: duckdb.DuckDBPyConnection,
     *,

@@ -19,7 +19,7 @@ from typing import TextIO
 import duckdb
 
 from medlab.cdm import outbox, schema
-from medlab.cdm.fingerprint import snapshot_fingerprint
+from medlab.cdm.fingerprint import record_snapshot, snapshot_fingerprint
 from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load, transaction
 from medlab.errors import LoadError
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
@@ -531,6 +531,8 @@ def load_omop_csv(
             [f"ingest_policy.load{load_id}", policy.model_dump_json()],
         )
         report = LoadReport(load_id, str(directory), version, reports, warnings)
+        fingerprint = snapshot_fingerprint(con)[0]
+        record_snapshot(con, fingerprint)
         if log_event:
             # Staged in the load's own transaction: logged exactly when the load commits.
             outbox.stage(
@@ -539,7 +541,7 @@ def load_omop_csv(
                 load_id=report.load_id,
                 files={f.file: f.sha256 for f in reports},
                 rows=sum(f.rows for f in reports),
-                fingerprint=snapshot_fingerprint(con)[0],
+                fingerprint=fingerprint,
                 ingest_policy=policy.model_dump(mode="json"),
             )
     if log_event:

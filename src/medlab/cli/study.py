@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medlab.cli.output import emit_json, progress_bar, stdout
 from medlab.errors import UsageError
-from medlab.privacy.policy import load_policy
+from medlab.privacy.policy import read_document
 from medlab.studies.run import run_study
 from medlab.studies.spec import load_spec
 
@@ -47,7 +47,10 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
     policy: Annotated[
         Path | None,
-        typer.Option("--policy", help="The steward's release policy (YAML/JSON); default: strict."),
+        typer.Option(
+            "--policy",
+            help="A policy stricter than the nodes' own (YAML/JSON); it may only tighten them.",
+        ),
     ] = None,
     hub: Annotated[
         Path | None,
@@ -64,14 +67,14 @@ def run(
     if not node:
         raise UsageError("give at least one --node STORE")
     parsed = load_spec(spec)
-    release_policy = load_policy(policy)
+    request = None if policy is None else read_document(policy, "release policy")
     with progress_bar("study") as update:
         results = run_study(
             parsed,
             node,
             out,
             progress=update,
-            policy=release_policy,
+            policy=request,
             hub_dir=hub,
             approved_by=approved_by,
         )
@@ -111,10 +114,12 @@ def run(
             )
         stdout.print(table)
     disclosure = results["disclosure"]
-    decisions = sum(disclosure["summary"].values())
+    policies = ", ".join(
+        f"{site} {p['version']} ({p['digest'][:19]}…)" for site, p in disclosure["policies"].items()
+    )
     stdout.print(
-        f"release policy {disclosure['policy_version']} ({disclosure['policy_digest'][:19]}…): "
-        f"{decisions} disclosure decisions across {len(disclosure['releases'])} releases; "
+        f"release policies: {policies}; {disclosure['shown']} values shown, "
+        f"{disclosure['withheld']} withheld across {len(disclosure['releases'])} releases; "
         f"see {out}/disclosure.json",
         highlight=False,
         soft_wrap=True,

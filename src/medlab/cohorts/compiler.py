@@ -38,6 +38,8 @@ class CompiledCohort:
     cohort_rows: exp.Expression
     attrition: exp.Expression
     rule_names: list[str]
+    flagged: str = ""  # the step holding each qualified event's rule flags
+    flags: tuple[str, ...] = ()
 
     def with_steps(self, query: exp.Expression, cdm_schema: str | None = None) -> exp.Expression:
         """``query`` preceded by every step as a CTE (and the codeset rows as VALUES)."""
@@ -589,4 +591,6 @@ def compile_cohort(definition: m.CohortDefinition, cohort_id: int = 1) -> Compil
         cohort_rows=c.cohort_rows(ends),
         attrition=c.attrition(flagged, flags),
         rule_names=[rule.name for rule in definition.inclusion_rules],
+        flagged=flagged,
+        flags=tuple(flags),
     )

@@ -44,6 +44,11 @@ class GenerationResult:
     entries: int
     attrition: list[AttritionRow] = field(default_factory=list)
     sql_ms: float = 0.0
+    # With ``with_persons`` (node-internal): the persons after each rule in order and passing
+    # each rule alone (index 0: every qualified event's person), and the cohort's persons.
+    rule_persons: list[frozenset[int]] = field(default_factory=list)
+    alone_persons: list[frozenset[int]] = field(default_factory=list)
+    members: frozenset[int] = frozenset()
 
     def to_dict(self) -> dict[str, object]:
         """``{"cohort_id", "persons", "entries", "attrition": [...], "sql_ms"}``."""
@@ -102,15 +107,38 @@ def select_rows(
     return [(int(r[0]), r[1], r[2]) for r in rows]
 
 
+def _rule_persons(
+    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort
+) -> tuple[list[frozenset[int]], list[frozenset[int]]]:
+    """Persons after each rule in order, and passing each rule alone."""
+    flags = compiled.flags
+    rows = con.execute(
+        f'SELECT person_id{"".join(f", {f}" for f in flags)} FROM temp."{compiled.flagged}"'
+    ).fetchall()
+    everyone = frozenset(int(r[0]) for r in rows)
+    cumulative = [everyone]
+    alone = [everyone]
+    for i in range(len(flags)):
+        cumulative.append(frozenset(int(r[0]) for r in rows if all(r[1 : i + 2])))
+        alone.append(frozenset(int(r[0]) for r in rows if r[i + 1]))
+    return cumulative, alone
+
+
 def run_compiled(
-    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort, cohort_id: int
+    con: duckdb.DuckDBPyConnection,
+    compiled: CompiledCohort,
+    cohort_id: int,
+    persons: list[list[frozenset[int]]] | None = None,
 ) -> list[AttritionRow]:
-    """Run the steps and write the cohort rows; the caller owns the transaction."""
+    """Run the steps and write the cohort rows; the caller owns the transaction. With
+    ``persons`` (a list), the persons per rule in order and alone are appended to it."""
     _create_steps(con, compiled)
     con.execute(f"DELETE FROM {RESULTS}.cohort WHERE cohort_definition_id = ?", [cohort_id])
     insert = exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort")
     con.execute(insert.sql(dialect="duckdb"))
     rows = con.execute(compiled.attrition.sql(dialect="duckdb")).fetchall()
+    if persons is not None:
+        persons.extend(_rule_persons(con, compiled))
     _drop_steps(con, compiled)
     names = ["qualifying events", *compiled.rule_names]
     return [
@@ -150,12 +178,15 @@ def _store_attrition(
     )
 
 
-def generate(store: Path, definition: CohortDefinition, cohort_id: int = 1) -> GenerationResult:
+def generate(
+    store: Path, definition: CohortDefinition, cohort_id: int = 1, *, with_persons: bool = False
+) -> GenerationResult:
     """Generate ``definition`` as cohort ``cohort_id`` in ``store`` (replacing earlier rows)."""
     compiled = compile_cohort(definition, cohort_id)
+    persons: list[list[frozenset[int]]] | None = [] if with_persons else None
     with open_store(store) as con, transaction(con):
         started = time.perf_counter()
-        attrition = run_compiled(con, compiled, cohort_id)
+        attrition = run_compiled(con, compiled, cohort_id, persons)
         sql_ms = (time.perf_counter() - started) * 1000
         _store_attrition(con, cohort_id, attrition)
         con.execute(
@@ -172,10 +203,20 @@ def generate(store: Path, definition: CohortDefinition, cohort_id: int = 1) -> G
                 dt.date.today(),
             ],
         )
-        persons, entries = fetch_one(
+        count, entries, members = fetch_one(
             con,
-            f"SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM {RESULTS}.cohort "
-            "WHERE cohort_definition_id = ?",
+            f"SELECT COUNT(DISTINCT subject_id), COUNT(*), list(DISTINCT subject_id) "
+            f"FROM {RESULTS}.cohort WHERE cohort_definition_id = ?",
             [cohort_id],
         )
-    return GenerationResult(cohort_id, int(persons), int(entries), attrition, sql_ms)
+    cumulative, alone = persons if persons else ([], [])
+    return GenerationResult(
+        cohort_id,
+        int(count),
+        int(entries),
+        attrition,
+        sql_ms,
+        cumulative,
+        alone,
+        frozenset(int(p) for p in members or []) if with_persons else frozenset(),
+    )

@@ -10,6 +10,7 @@ events, era collapse and a calendar censor window. ``docs`` for each field say w
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -301,6 +302,25 @@ class CohortDefinition(_Model):
         if "end_strategy" in data:
             data["end_strategy"] = {"type": self.end_strategy.type, **data["end_strategy"]}
         return data
+
+    @property
+    def max_entries_per_person(self) -> int | None:
+        """The most entries one person can have in the cohort, by the definition alone: 1
+        when a limit keeps one event per person (first or last), else None (no bound)."""
+        limits = (self.primary.limit, self.qualified_limit, self.expression_limit)
+        return 1 if any(limit != "all" for limit in limits) else None
+
+    def digest(self) -> str:
+        """``sha256:`` of what the definition selects: the canonical JSON without names and
+        descriptions, which do not change who is in the cohort."""
+        data = self.model_dump(mode="json", exclude={"name", "description"})
+        for concept_set in data["concept_sets"]:
+            concept_set.pop("name", None)
+        for rule in data["inclusion_rules"]:
+            rule.pop("name", None)
+            rule.pop("description", None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def to_json(self) -> str:
         """The definition as JSON."""

@@ -230,6 +230,9 @@ def verify_bundle(bundle: Path, trusted: set[str] | None = None) -> list[Check]:
         signed.get("spec_hash") == results.get("spec_hash") and signed.get("policy_hash") == policy,
     )
     fingerprints = {n["node"]: n["fingerprint"] for n in results.get("nodes", [])}
+    node_policies = {
+        n["node"]: (n.get("policy") or {}).get("digest") for n in results.get("nodes", [])
+    }
     statements = []
     for release in evidence["releases"]:
         payload, node_signed = release["payload"], release["signed"]
@@ -248,7 +251,7 @@ def verify_bundle(bundle: Path, trusted: set[str] | None = None) -> list[Check]:
             body.get("spec_hash") == results.get("spec_hash")
             and body.get("fingerprint") == fingerprints.get(site)
             and body.get("code_version") == results.get("medlab_version")
-            and body.get("policy_hash") == policy,
+            and body.get("policy_hash") == node_policies.get(site),
         )
         statements.append(digest(node_signed))
     check(

@@ -54,7 +54,7 @@ def _half_width(mechanism: Mechanism, scale: float) -> float:
     return scale * math.log(20) if mechanism == "laplace" else _Z95 * scale
 
 
-def _calibrate(make: Callable[[float], Any], d_in: float, loss: float) -> tuple[Any, float]:
+def _calibrate(make: Callable[[float], Any], d_in: Any, loss: float) -> tuple[Any, float]:
     scale = dp.binary_search_param(make, d_in=d_in, d_out=loss)
     return make(scale), float(scale)
 
@@ -86,6 +86,40 @@ def sum_measurement(
         return space >> dp.t.then_clamp(bounds) >> dp.t.then_sum() >> _noise(mechanism)(scale)
 
     return _calibrate(make, 1, loss)
+
+
+@dataclass(frozen=True)
+class NoisyVector:
+    """Noisy values, the noise scale and the half-width of each value's 95% noise interval."""
+
+    values: list[float]
+    scale: float
+    half_width: float
+
+
+def noisy_vector(
+    values: Sequence[float],
+    sensitivity: float,
+    mechanism: Mechanism,
+    loss: float,
+    *,
+    integer: bool = True,
+) -> NoisyVector:
+    """``values`` (a vector one person changes by at most ``sensitivity`` in L1; for the
+    Gaussian, that bound also bounds L2) with noise calibrated to ``loss``."""
+    if integer:
+        metric = dp.l1_distance(T=int) if mechanism == "laplace" else dp.l2_distance(T=int)
+        space = (dp.vector_domain(dp.atom_domain(T=int)), metric)
+        d_in: float = math.ceil(sensitivity)
+        data: list[Any] = [round(v) for v in values]
+    else:
+        metric = dp.l1_distance(T=float) if mechanism == "laplace" else dp.l2_distance(T=float)
+        space = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), metric)
+        d_in = float(sensitivity)
+        data = [float(v) for v in values]
+    meas, scale = _calibrate(lambda s: space >> _noise(mechanism)(s), d_in, loss)
+    noisy = [float(v) for v in meas(data)] if data else []
+    return NoisyVector(noisy, scale, _half_width(mechanism, scale))
 
 
 def _losses(mechanism: Mechanism, loss: float) -> tuple[float, float]:

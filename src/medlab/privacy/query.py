@@ -31,15 +31,19 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medlab.cdm import outbox
+from medlab.cdm.fingerprint import snapshot_id
 from medlab.cdm.store import META_SCHEMA, open_store, transaction
 from medlab.cohorts.engine import select_rows
 from medlab.cohorts.model import CohortDefinition
-from medlab.errors import PolicyError
+from medlab.errors import BudgetError, PolicyError
 from medlab.fields import Real
 from medlab.privacy import budget as budgets
 from medlab.privacy import dp
+from medlab.privacy.audit import Auditor
+from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import ReleasePolicy
-from medlab.privacy.secret import keyed_int, node_secret
+from medlab.privacy.release import Population, population_key
+from medlab.privacy.secret import node_secret
 
 MAX_BINS = 1000
 MAX_BOUND = 1e9  # clamping bounds: far beyond any age, year or day count
@@ -54,13 +58,8 @@ QueryField = Literal["age", "sex", "index_year", "prior_observation_days"]
 NUMERIC: tuple[QueryField, ...] = ("age", "index_year", "prior_observation_days")
 SEXES = {8507: "male", 8532: "female"}
 
-AUDIT_TABLES = (
-    f"""CREATE TABLE IF NOT EXISTS {META_SCHEMA}.privacy_audit (
-        release_key VARCHAR NOT NULL, cohort_key VARCHAR NOT NULL, project VARCHAR NOT NULL,
-        released_at TIMESTAMP NOT NULL, size INTEGER NOT NULL, persons BIGINT[] NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS {META_SCHEMA}.privacy_cache (
-        cache_key VARCHAR PRIMARY KEY, project VARCHAR NOT NULL, answer VARCHAR NOT NULL)""",
-)
+CACHE_TABLE = f"""CREATE TABLE IF NOT EXISTS {META_SCHEMA}.privacy_cache (
+    cache_key VARCHAR PRIMARY KEY, project VARCHAR NOT NULL, answer VARCHAR NOT NULL)"""
 
 
 class DPQuery(BaseModel):
@@ -98,6 +97,19 @@ class DPQuery(BaseModel):
                 )
         if self.by is not None and self.statistic != "histogram":
             raise ValueError("'by' makes a contingency table; use it with a histogram")
+        numeric_bins = [
+            f
+            for f in (self.field, self.by)
+            if f in NUMERIC and not (f == self.field and self.categories is not None)
+        ]
+        if (
+            self.statistic == "histogram"
+            and numeric_bins
+            and (self.bounds is None or self.bin_width is None)
+        ):
+            raise ValueError(
+                f"a histogram of {numeric_bins[0]} needs bounds and bin_width (fixed bins)"
+            )
         return self
 
 
@@ -207,31 +219,56 @@ def _compute(
     return dp.noisy_histogram(cells, counts, mechanism, loss)
 
 
-def _audit(
-    con: duckdb.DuckDBPyConnection, hashed: list[int], cohort_key: str, policy: ReleasePolicy
-) -> str | None:
-    """Why this population may not be released, given every earlier released population.
+# The share of a query's privacy loss spent on the noisy differencing test; the rest pays for
+# the answer. At epsilon 1 the test's Laplace scale is 4: a population within one person of
+# one released before is refused 95% of the time, one 50 persons away essentially never.
+AUDIT_SHARE = 0.25
+REFUSED = (
+    "query refused by the node's disclosure rules (its population is too close to one "
+    "released before); the budget for it was spent"
+)
 
-    Populations of other cohort definitions within fewer than the minimum cell count of this
-    one are refused, the identical population included: if only near-but-different ones were
-    refused, the refusal itself would tell A from A plus one person. Further statistics of the
-    same definition over the same persons are allowed.
-    """
-    k = policy.min_cell_count
-    if len(hashed) < k:
-        return f"the cohort has fewer than {k} persons"
-    mine = set(hashed)
-    for (persons,) in con.execute(
-        f"""SELECT persons FROM {META_SCHEMA}.privacy_audit
-            WHERE abs(size - ?) < ? AND cohort_key <> ?""",
-        [len(hashed), k, cohort_key],
-    ).fetchall():
-        if len(mine.symmetric_difference(persons)) < k:
-            return (
-                f"the cohort's persons are within {k - 1} of a population released "
-                "under another definition (a differencing or tracker query)"
-            )
-    return None
+
+def _loss(query: DPQuery, policy: ReleasePolicy) -> float:
+    settings = policy.differential_privacy
+    if settings.mechanism == "laplace":
+        asked = query.epsilon if query.epsilon is not None else settings.epsilon_per_release
+        return budgets.check_amount("epsilon", asked)
+    asked = query.rho if query.rho is not None else settings.rho_per_release
+    return budgets.check_amount("rho", asked)
+
+
+def _admit(con: duckdb.DuckDBPyConnection, project: str, mechanism: str, loss: float) -> None:
+    """Refuse, before any data is read, a project without a grant or with too little left;
+    these refusals depend on bookkeeping only."""
+    try:
+        budget = budgets.read(con, project)
+    except duckdb.CatalogException:  # no budget ever granted on this node
+        budget = None
+    if budget is None:
+        raise BudgetError(f"project {project}: no privacy budget granted on this node")
+    left = budget.epsilon_remaining if mechanism == "laplace" else budget.rho_remaining
+    if left + 1e-12 < loss:
+        name = "epsilon" if mechanism == "laplace" else "rho"
+        raise BudgetError(
+            f"project {project}: the request needs {name} {loss:g}; remaining epsilon "
+            f"{budget.epsilon_remaining:g}, rho {budget.rho_remaining:g}"
+        )
+
+
+def _noisy_audit(
+    auditor: Auditor, population: Population, mechanism: dp.Mechanism, loss: float, k: int
+) -> bool:
+    """Whether the query is refused as differencing: the distance (in persons) to the
+    nearest population released before under another definition, with noise paid from the
+    query's loss, below the minimum cell count. The distance moves by at most one when one
+    person is added or removed, so the test is differentially private like the answer."""
+    _, scale = dp.count_measurement(mechanism, loss)
+    # Beyond k + 40 noise scales the test refuses with probability below e^-40: no need to
+    # know the distance exactly there.
+    distance = auditor.nearest(population, k + int(40 * scale) + 1)
+    noisy = dp.noisy_count(distance, mechanism, loss).values["count"]
+    return noisy < k
 
 
 def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
@@ -240,66 +277,82 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
     if not settings.enabled:
         raise PolicyError("differential privacy is off in this node's release policy")
     mechanism: dp.Mechanism = settings.mechanism
-    if mechanism == "laplace":
-        loss = budgets.check_amount(
-            "epsilon", query.epsilon if query.epsilon is not None else settings.epsilon_per_release
-        )
-    else:
-        loss = budgets.check_amount(
-            "rho", query.rho if query.rho is not None else settings.rho_per_release
-        )
-    secret = node_secret(store)
-    with open_store(store) as con, transaction(con):
-        for statement in (*budgets.TABLES, *AUDIT_TABLES):
-            con.execute(statement)
+    loss = _loss(query, policy)
+    keys = PersonKeys(node_secret(store))
+    with open_store(store) as con:
+        snapshot = snapshot_id(con)
         # The cache key: the question asked (cohort definition and statistic, not the
-        # project or the loss) and the data it is asked of (CDM data change only by
-        # loads), so a repeated question gets the same noisy answer until the data change.
+        # project or the loss) and the data snapshot it is asked of, so a repeated question
+        # gets the same noisy answer (or the same refusal) until the data change.
         what = query.model_dump(mode="json", exclude={"project", "epsilon", "rho"})
-        cohort_key = _digest(query.cohort.model_dump(mode="json"))
-        data_version = con.execute(
-            f"SELECT count(*), max(load_id), max(loaded_at) FROM {META_SCHEMA}.load_log"
-        ).fetchall()
-        key = _digest([what, mechanism, str(data_version)])
-        cached = con.execute(
-            f"SELECT answer FROM {META_SCHEMA}.privacy_cache WHERE cache_key = ?", [key]
-        ).fetchall()
+        key = _digest([what, mechanism, snapshot])
+        try:
+            cached = con.execute(
+                f"SELECT answer FROM {META_SCHEMA}.privacy_cache WHERE cache_key = ?", [key]
+            ).fetchall()
+        except duckdb.CatalogException:  # nothing asked on this node yet
+            cached = []
         if cached:
+            stored = json.loads(cached[0][0])
+            if stored.get("refused"):
+                raise PolicyError(REFUSED)
             status = budgets.read(con, query.project) or budgets.Budget(
                 query.project, 0.0, 0.0, 0.0, 0.0
             )
-            return Answer(_release(json.loads(cached[0][0])), True, status)
-        rows = _persons(con, query.cohort)
-        hashed = sorted(keyed_int(secret, "audit", str(r[0])) for r in rows)
-        refusal = _audit(con, hashed, cohort_key, policy)
-        if refusal:
-            raise PolicyError(f"query refused: {refusal}; nothing was spent")
-        release = _compute(query, rows, mechanism, loss)
-        remaining = budgets.spend(
-            con,
-            query.project,
-            epsilon=release.epsilon,
-            rho=release.rho,
-            query_key=key,
-            purpose=f"{query.statistic} {query.field or ''}".strip(),
-        )
-        con.execute(
-            f"INSERT INTO {META_SCHEMA}.privacy_cache VALUES (?, ?, ?)",
-            [key, query.project, json.dumps(release.to_dict())],
-        )
-        con.execute(
-            f"INSERT INTO {META_SCHEMA}.privacy_audit VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                key,
-                cohort_key,
+            return Answer(_release(stored), True, status)
+        _admit(con, query.project, mechanism, loss)
+        with transaction(con):
+            con.execute(CACHE_TABLE)
+            rows = _persons(con, query.cohort)
+            population = Population(
+                population_key(snapshot, "cohort", query.cohort.digest()),
+                frozenset(r[0] for r in rows),
+                "cohort",
+                (query.cohort.digest(),),
+            )
+            auditor = Auditor(con, keys, policy.min_cell_count)
+            auditor.begin(key)
+            refused = _noisy_audit(
+                auditor, population, mechanism, loss * AUDIT_SHARE, policy.min_cell_count
+            )
+            release = _compute(query, rows, mechanism, loss * (1 - AUDIT_SHARE))
+            spent = _losses(mechanism, loss)
+            remaining = budgets.spend(
+                con,
                 query.project,
-                dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                len(hashed),
-                hashed,
-            ],
-        )
+                epsilon=spent[0],
+                rho=spent[1],
+                query_key=key,
+                purpose=f"{query.statistic} {query.field or ''}".strip(),
+            )
+            stored_answer = {"refused": True} if refused else release.to_dict()
+            con.execute(
+                f"INSERT INTO {META_SCHEMA}.privacy_cache VALUES (?, ?, ?)",
+                [key, query.project, json.dumps(stored_answer)],
+            )
+            auditor.save()
     outbox.flush_store(store)
-    return Answer(release, False, remaining)
+    if refused:
+        raise PolicyError(REFUSED)
+    return Answer(_with_loss(release, mechanism, loss), False, remaining)
+
+
+def _losses(mechanism: dp.Mechanism, loss: float) -> tuple[float, float]:
+    return (loss, 0.0) if mechanism == "laplace" else (0.0, loss)
+
+
+def _with_loss(release: dp.NoisyRelease, mechanism: dp.Mechanism, loss: float) -> dp.NoisyRelease:
+    """The answer as charged: the whole loss, the audit's share included."""
+    epsilon, rho = _losses(mechanism, loss)
+    return dp.NoisyRelease(
+        release.kind,
+        release.mechanism,
+        release.scale,
+        epsilon,
+        rho,
+        release.values,
+        release.intervals,
+    )
 
 
 def _digest(value: Any) -> str:

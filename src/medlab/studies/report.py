@@ -60,17 +60,19 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 <td>{{ x.second }}</td><td>{{ "%.3f"|format(x.smd) }}</td></tr>{% endfor %}</table>
 {% endif %}{% endif %}{% endfor %}
 <h2>Disclosure control</h2>
-<p>release policy {{ r.disclosure.policy_version }} ({{ r.disclosure.policy_digest }}):
-minimum cell count {{ r.disclosure.min_cell_count }}, rounding {{ r.disclosure.rounding }}.
-Every number above left its node through the release gate.</p>
-<table><tr><th>rule</th><th>decisions</th></tr>{% for rule, n in r.disclosure.summary.items() %}
-<tr><td>{{ rule }}</td><td>{{ n }}</td></tr>{% endfor %}</table>
-<table><tr><th>site</th><th>analysis</th><th>element</th><th>item</th><th>rule</th>
-<th>action</th></tr>{% for rel in r.disclosure.releases %}{% for d in rel.decisions[:50] %}
-<tr><td>{{ rel.site }}</td><td>{{ rel.analysis }}</td><td>{{ d.element }}</td>
-<td>{{ d.item }}</td><td>{{ d.rule }}</td><td>{{ d.action }}</td></tr>{% endfor %}
-{% if rel.decisions|length > 50 %}<tr><td colspan="6">… {{ rel.decisions|length - 50 }} more
-in disclosure.json</td></tr>{% endif %}{% endfor %}</table>
+<p>Every number above left its node through that node's release gate, under the node's own
+policy. {{ r.disclosure.shown }} values were shown and {{ r.disclosure.withheld }} withheld
+(a withheld value is a small count, one that would reveal one, a population too close to one
+released before, or a model with too few events; which of these, only the node's steward
+sees).</p>
+<table><tr><th>node</th><th>policy</th><th>minimum cell</th><th>counts protected by</th>
+</tr>{% for site, p in r.disclosure.policies.items() %}<tr><td>{{ site }}</td>
+<td>{{ p.version }} ({{ p.digest[:19] }}…)</td><td>{{ p.min_cell_count }}</td>
+<td>{{ p.count_protection }}{% if p.count_protection == "rounding" %} ({{ p.rounding }})
+{% endif %}</td></tr>{% endfor %}</table>
+<table><tr><th>site</th><th>analysis</th><th>values shown</th><th>withheld</th></tr>
+{% for rel in r.disclosure.releases %}<tr><td>{{ rel.site }}</td><td>{{ rel.analysis }}</td>
+<td>{{ rel.shown }}</td><td>{{ rel.withheld }}</td></tr>{% endfor %}</table>
 </body></html>
 """
 
@@ -113,7 +115,9 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
             ax.axvspan(0.3, 0.7, alpha=0.1)
             ax.set_xlabel("preference score")
             ax.set_ylabel("share of the arm")
-            ax.set_title(f"{site['site']}: preference score (equipoise {site['equipoise']:.0%})")
+            equipoise = site["equipoise"]
+            shown_equipoise = "withheld" if equipoise is None else f"{equipoise:.0%}"
+            ax.set_title(f"{site['site']}: preference score (equipoise {shown_equipoise})")
             ax.legend()
             name = f"{analysis['name']}_{site['site']}_preference.png"
             _save(fig, out, name, images)
@@ -145,9 +149,13 @@ def _at_risk_rows(ax: Any, rows: list[dict[str, Any]]) -> None:
         ax.annotate(arm, (0, y), xycoords="axes fraction", ha="right", fontsize=7)
         for tick in ticks:
             before = [p["at_risk"] for p in points if p["day"] <= tick]
-            n = int(before[-1]) if before else 0
+            n = before[-1] if before else None
             ax.annotate(
-                str(n), (tick, y), xycoords=("data", "axes fraction"), ha="center", fontsize=7
+                "–" if n is None else str(int(n)),
+                (tick, y),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                fontsize=7,
             )
 
 
@@ -160,7 +168,7 @@ def _attrition_plot(name: str, site: dict[str, Any], out: Path) -> str:
         counts = [step[f"{arm}_persons"] for step in steps]
         bars = ax.barh([v + offset for v in y], [c or 0 for c in counts], height=0.4, label=arm)
         ax.bar_label(
-            bars, ["suppressed" if c is None else str(c) for c in counts], padding=2, fontsize=7
+            bars, ["withheld" if c is None else str(c) for c in counts], padding=2, fontsize=7
         )
     ax.set_yticks(y, [step["step"] for step in steps], fontsize=8)
     ax.set_xlim(0, ax.get_xlim()[1] * 1.15)

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medlab.analyses.characterization import CharacterizationSettings
 from medlab.analyses.comparative import ComparativeSettings
 from medlab.analyses.incidence import IncidenceSettings
+from medlab.analyses.scope import Calendar
+from medlab.analyses.utilization import MAX_PATHWAYS, pathway_count
 from medlab.cohorts.model import CohortDefinition, load_definition
 from medlab.errors import DefinitionError
 from medlab.fields import CohortId, ConceptId
@@ -89,6 +91,18 @@ class UtilizationAnalysis(_Model):
     drugs: Annotated[list[ConceptId], Field(min_length=1, max_length=50)]
     max_lines: Annotated[int, Field(ge=1, le=5)] = 3
 
+    @model_validator(mode="after")
+    def _pathways(self) -> UtilizationAnalysis:
+        if len(set(self.drugs)) != len(self.drugs):
+            raise ValueError("each drug once")
+        paths = pathway_count(len(self.drugs), self.max_lines)
+        if paths > MAX_PATHWAYS:
+            raise ValueError(
+                f"{len(self.drugs)} drugs over {self.max_lines} lines make {paths:,} pathways; "
+                f"a release lists at most {MAX_PATHWAYS:,} (fewer drugs or lines)"
+            )
+        return self
+
 
 Analysis = Annotated[
     IncidenceAnalysis
@@ -103,10 +117,12 @@ Analysis = Annotated[
 class StudySpec(_Model):
     """A whole study."""
 
-    name: str
-    description: str = ""
-    cohorts: Annotated[list[StudyCohort], Field(min_length=1)]
-    analyses: Annotated[list[Analysis], Field(min_length=1)]
+    name: Annotated[str, Field(max_length=200)]
+    description: Annotated[str, Field(max_length=10_000)] = ""
+    project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    calendar: Calendar = Calendar()
+    cohorts: Annotated[list[StudyCohort], Field(min_length=1, max_length=100)]
+    analyses: Annotated[list[Analysis], Field(min_length=1, max_length=100)]
 
     @model_validator(mode="after")
     def _references(self) -> StudySpec:

@@ -21,6 +21,7 @@ import numpy as np
 
 from medlab import __version__
 from medlab.cdm import schema
+from medlab.cdm.fingerprint import record_snapshot, snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, open_store, record_load
 from medlab.errors import UsageError
@@ -241,6 +242,7 @@ def synthesize_site(
                 rows=sum(rows.values()),
                 warnings=[],
             )
+            record_snapshot(con, snapshot_fingerprint(con)[0])
             con.execute("COMMIT")
     except BaseException:
         store.unlink(missing_ok=True)

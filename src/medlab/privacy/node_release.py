@@ -1,0 +1,157 @@
+"""The node's side of every release: admission, the gate, the audit, budgets and the journal.
+
+One :class:`NodeReleaser` serves one node for a sequence of releases (a study run, later a
+node agent's tasks). For each release it:
+
+1. **admits** it before any data is touched: the analysis type must be allowed by the node's
+   policy, and under differential privacy the project must hold a grant with enough budget
+   left; a refusal here depends on nothing but settings and bookkeeping;
+2. runs the **gate** (:func:`medlab.privacy.gate.apply`) with the node's differencing audit
+   and person keys;
+3. **records** it in one transaction: the populations the audit saw, the budget spent (under
+   differential privacy), the released payload for reuse (so re-running the same release on
+   the same data returns the same noisy values and spends nothing), and the gate's decisions
+   for the steward (``medlab.release_log``; never released: which rule withheld a value
+   would tell something about the data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from medlab.cdm import outbox
+from medlab.cdm.store import META_SCHEMA, open_store, transaction
+from medlab.privacy import budget as budgets
+from medlab.privacy import gate
+from medlab.privacy.audit import Auditor
+from medlab.privacy.persons import PersonKeys
+from medlab.privacy.policy import ReleasePolicy
+from medlab.privacy.release import Release, Released
+from medlab.privacy.secret import node_secret
+
+JOURNAL = f"{META_SCHEMA}.release_log"
+CACHE = f"{META_SCHEMA}.release_cache"
+_TABLES = (
+    f"""CREATE TABLE IF NOT EXISTS {JOURNAL} (
+        release_id VARCHAR NOT NULL, released_at TIMESTAMP NOT NULL, analysis VARCHAR NOT NULL,
+        site VARCHAR NOT NULL, policy_digest VARCHAR NOT NULL, context VARCHAR NOT NULL,
+        decisions VARCHAR NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {CACHE} (
+        release_id VARCHAR PRIMARY KEY, payload VARCHAR NOT NULL)""",
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a release may go ahead: ``refused`` names why not (bookkeeping only), and a
+    release already made under differential privacy comes back as ``cached``."""
+
+    refused: str | None = None
+    cached: Released | None = None
+
+
+class NodeReleaser:
+    """Releases at one node under its policy (see the module docstring)."""
+
+    def __init__(self, store: Path, policy: ReleasePolicy, project: str | None = None) -> None:
+        self.store = store
+        self.site = store.stem
+        self.policy = policy
+        self.project = project
+        self.keys = PersonKeys(node_secret(store))
+        self.auditor = Auditor(None, self.keys, policy.min_cell_count)
+
+    @property
+    def _dp(self) -> bool:
+        return self.policy.count_protection == "differential_privacy"
+
+    def _loss(self) -> tuple[float, float]:
+        settings = self.policy.differential_privacy
+        if settings.mechanism == "laplace":
+            return settings.epsilon_per_release, 0.0
+        return 0.0, settings.rho_per_release
+
+    def admit(self, analysis: str, release_id: str) -> Admission:
+        """Settle what can be settled before any data is read."""
+        if analysis not in self.policy.allowed_analyses:
+            return Admission(refused="analysis type not allowed by the node's policy")
+        if not self._dp:
+            return Admission()
+        with open_store(self.store, read_only=True) as con:
+            try:
+                found = con.execute(
+                    f"SELECT payload FROM {CACHE} WHERE release_id = ?", [release_id]
+                ).fetchall()
+            except duckdb.CatalogException:  # nothing released on this node yet
+                found = []
+            if found:
+                return Admission(cached=gate.restore(json.loads(found[0][0])))
+            if not self.project:
+                return Admission(
+                    refused="the node releases study results with differential privacy; "
+                    "name the study's project ($.project) so its budget can be charged"
+                )
+            try:
+                budget = budgets.read(con, self.project)
+            except duckdb.CatalogException:  # no budget ever granted on this node
+                budget = None
+        epsilon, rho = self._loss()
+        if budget is None:
+            return Admission(refused=f"project {self.project}: no privacy budget on this node")
+        if budget.epsilon_remaining + 1e-12 < epsilon or budget.rho_remaining + 1e-12 < rho:
+            return Admission(
+                refused=f"project {self.project}: the release needs epsilon {epsilon:g}, "
+                f"rho {rho:g}; remaining epsilon {budget.epsilon_remaining:g}, "
+                f"rho {budget.rho_remaining:g}"
+            )
+        return Admission()
+
+    def release(self, request: Release, release_id: str, context: dict[str, Any]) -> Released:
+        """``request`` through the gate; recorded (audit, budget, cache, journal) in one
+        transaction. ``context`` (spec hash, study, analysis name) goes to the journal."""
+        epsilon, rho = self._loss() if self._dp else (0.0, 0.0)
+        with open_store(self.store) as con:
+            for statement in (*_TABLES, *budgets.TABLES):
+                con.execute(statement)
+            self.auditor.bind(con)
+            self.auditor.begin(release_id)
+            side = gate.NodeSide(self.auditor, self.keys, epsilon or rho)
+            released = gate.apply(self.policy, request, side)
+            with transaction(con):
+                self.auditor.save()
+                if self._dp:
+                    assert self.project is not None
+                    budgets.spend(
+                        con,
+                        self.project,
+                        epsilon=epsilon,
+                        rho=rho,
+                        query_key=release_id,
+                        purpose=f"study release {request.analysis}",
+                    )
+                    con.execute(
+                        f"INSERT INTO {CACHE} VALUES (?, ?)",
+                        [release_id, json.dumps(gate.payload(released))],
+                    )
+                con.execute(
+                    f"INSERT INTO {JOURNAL} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        release_id,
+                        dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                        request.analysis,
+                        self.site,
+                        self.policy.digest(),
+                        json.dumps(context, default=str),
+                        json.dumps([d.to_dict() for d in side.journal]),
+                    ],
+                )
+            self.auditor.bind(None)
+        if self._dp:
+            outbox.flush_store(self.store)  # the budget spend's log entry
+        return released
