@@ -22,6 +22,7 @@ from medlab.cdm import outbox, schema
 from medlab.cdm.fingerprint import record_snapshot, snapshot_fingerprint
 from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load, transaction
 from medlab.errors import LoadError
+from medlab.inputs import check_utf8, regular_file
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -173,6 +174,7 @@ def discover(directory: Path) -> tuple[list[tuple[Path, schema.Table]], list[str
         name = path.name.lower()
         if not name.endswith(".csv"):
             continue
+        regular_file(path, "CSV file", LoadError)  # not a FIFO, a device or a link loop
         stem = name.removesuffix(".csv")
         if stem in known:
             twin = next((p for p, t in found if t.name == stem), None)
@@ -438,6 +440,7 @@ class _FileLoader:
 
     def load(self) -> FileReport:
         """Stage, check and insert; returns what the file contributed."""
+        check_utf8(self.path, "CSV file", LoadError)
         self.stage()
         self.check_columns()
         self.check_values()

@@ -90,6 +90,9 @@ def init_store(path: Path) -> None:
         path.unlink(missing_ok=True)
         raise
     con.close()
+    from medlab.privacy.secret import node_secret
+
+    node_secret(path)  # made with the store: a refused first load then changes nothing
 
 
 class _StoreLock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from medlab.cli.output import emit_json, stdout
 from medlab.errors import MedlabError, UsageError
+from medlab.inputs import read_document, regular_file
 from medlab.ledger import evidence, parties
 from medlab.ledger.log import verify_log
 
@@ -44,6 +44,7 @@ def verify(
 ) -> None:
     """Check an evidence bundle offline; prints each check with ✓/✗, fails on any ✗. Without
     --trust the bundle's own keys are taken at their word (their ids are printed)."""
+    regular_file(bundle, "evidence bundle", UsageError)
     checks = evidence.verify_bundle(bundle, set(trust or []) or None)
     failed = [c for c in checks if not c.ok]
     if as_json:
@@ -80,10 +81,7 @@ def log_verify(
         raise UsageError(f"{path}: no transparency log here or beside it")
     heads = None
     if against is not None:
-        try:
-            loaded = json.loads(against.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{against}: cannot read tree heads ({exc})") from None
+        loaded = read_document(against, "tree heads", UsageError)
         heads = loaded if isinstance(loaded, list) else [loaded]
     problems = verify_log(directory, heads)
     for problem in problems:

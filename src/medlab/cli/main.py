@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from medlab import __version__
 from medlab.cli import cohort, evidence, node, privacy, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE
 
 app = typer.Typer(
     help="medlab: OMOP CDM node stores, synthetic hospitals and data quality.",
@@ -41,13 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="medlab")
     except MedlabError as exc:
-        stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # Messages quote user input: never read it as markup.
+        stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            stderr.print(f"hint: {exc.hint}", highlight=False)
+            stderr.print(f"hint: {escape(exc.hint)}", highlight=False)
         return exc.exit_code
     except SystemExit as exc:
         # Typer exits here after --help, usage errors (2) and normal completion (0).
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]")
+        return 130
+    except Exception as exc:  # a bug in medlab, not the user's doing: one line, no traceback
+        if os.environ.get("MEDLAB_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:200]
+        name = type(exc).__name__
+        stderr.print(f"[bold red]internal error:[/] {name}: {escape(first)}", highlight=False)
+        stderr.print(
+            "hint: this is a bug in medlab; run again with MEDLAB_DEBUG=1 to see the "
+            "traceback, and report it",
+            highlight=False,
+        )
+        return INTERNAL_ERROR
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from medlab import inputs
 from medlab.cli.output import emit_json, stdout
 from medlab.cohorts.model import load_definition
 from medlab.errors import DefinitionError, UsageError
@@ -15,7 +16,7 @@ from medlab.privacy import budget as budgets
 from medlab.privacy import node_policy
 from medlab.privacy.dp import epsilon_of_rho
 from medlab.privacy.export import export_persons
-from medlab.privacy.policy import load_policy, read_document, validate
+from medlab.privacy.policy import load_policy, validate
 from medlab.privacy.query import DPQuery, answer
 
 budget_app = typer.Typer(help="Privacy budgets per project: grant, show.", no_args_is_help=True)
@@ -140,7 +141,7 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a differentially private query on this node, spending from the project budget."""
-    data = read_document(query_file, "query")
+    data = inputs.read_document(query_file, "query", DefinitionError)
     if isinstance(data, dict) and isinstance(data.get("cohort"), str):
         data["cohort"] = load_definition(query_file.parent / data["cohort"])
     parsed = validate(DPQuery, data, str(query_file), "query", DefinitionError)

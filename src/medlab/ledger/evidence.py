@@ -181,6 +181,9 @@ class Check:
     detail: str = ""
 
 
+MAX_MEMBER = 1 << 30  # a bundle's files are JSON: a gigabyte is already absurd
+
+
 def verify_bundle(bundle: Path, trusted: set[str] | None = None) -> list[Check]:
     """Every check of an evidence bundle, offline. ``trusted``: key ids the auditor knows
     (pinned); when given, the hub's and every node's key must be among them."""
@@ -192,8 +195,11 @@ def verify_bundle(bundle: Path, trusted: set[str] | None = None) -> list[Check]:
 
     try:
         with zipfile.ZipFile(bundle) as archive:
+            too_big = [i.filename for i in archive.infolist() if i.file_size > MAX_MEMBER]
+            if too_big or len(archive.infolist()) > 64:
+                return [Check("bundle readable", False, "not a medlab bundle (its size)")]
             files = {name: archive.read(name) for name in archive.namelist()}
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
         return [Check("bundle readable", False, str(exc))]
     try:
         manifest = json.loads(files["manifest.json"])

@@ -278,7 +278,6 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
         raise PolicyError("differential privacy is off in this node's release policy")
     mechanism: dp.Mechanism = settings.mechanism
     loss = _loss(query, policy)
-    keys = PersonKeys(node_secret(store))
     with open_store(store) as con:
         snapshot = snapshot_id(con)
         # The cache key: the question asked (cohort definition and statistic, not the
@@ -301,6 +300,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
             )
             return Answer(_release(stored), True, status)
         _admit(con, query.project, mechanism, loss)
+        keys = PersonKeys(node_secret(store))
         with transaction(con):
             con.execute(CACHE_TABLE)
             rows = _persons(con, query.cohort)

@@ -1,0 +1,81 @@
+"""Concurrent study runs on one store never read each other's cohorts.
+
+Both studies name their cohorts 1 and 2 with different definitions, so a run that read the
+other's rows in ``results.cohort`` would release (and sign) numbers about the wrong cohort.
+Each node is held for the whole of a run (a lock shared by threads and processes), so every
+concurrent run gives exactly what it gives alone.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.acceptance.attacks import worlds as w
+
+from medlab.studies.run import run_study
+
+
+def _spec(name: str, first: dict, second: dict) -> Any:
+    return w.study(
+        name,
+        {1: first, 2: second},
+        [
+            {"type": "characterization", "name": "ch", "cohorts": [1, 2]},
+            {"type": "feasibility", "name": "f", "cohort": 1},
+            {"type": "incidence", "name": "i", "target": 1, "outcome": 2},
+        ],
+    )
+
+
+A = _spec("A", w.cohort(w.DRUG_200), w.cohort(w.OUTCOME, qualified_limit="all"))
+B = _spec("B", w.cohort(w.DRUG_210), w.cohort(w.CONDITION))
+
+
+def _run(spec_json: str, store: str, out: str) -> None:
+    from medlab.studies.spec import StudySpec
+
+    spec = StudySpec.model_validate_json(spec_json)
+    run_study(spec, [Path(store)], Path(out), hub_dir=Path(out).parent / "hub")
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_twenty_concurrent_pairs_each_equal_their_solo_run(tmp_path: Path) -> None:
+    store = w.build(tmp_path, True)
+    solo = {}
+    for spec in (A, B):
+        _run(spec.model_dump_json(), str(store), str(tmp_path / f"solo-{spec.name}"))
+        solo[spec.name] = _results(tmp_path / f"solo-{spec.name}")
+    assert solo["A"]["analyses"] != solo["B"]["analyses"]
+    context = multiprocessing.get_context("fork")
+    for pair in range(12):  # separate processes, as two `medlab study run` commands
+        outs = {s.name: tmp_path / f"p{pair}-{s.name}" for s in (A, B)}
+        processes = [
+            context.Process(target=_run, args=(s.model_dump_json(), str(store), str(outs[s.name])))
+            for s in (A, B)
+        ]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(timeout=300)
+            assert p.exitcode == 0
+        for name, out in outs.items():
+            assert _results(out) == solo[name], (pair, name)
+    for pair in range(8):  # threads of one process (a node agent serving two tasks)
+        outs = {s.name: tmp_path / f"t{pair}-{s.name}" for s in (A, B)}
+        threads = [
+            threading.Thread(target=_run, args=(s.model_dump_json(), str(store), str(outs[s.name])))
+            for s in (A, B)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        for name, out in outs.items():
+            assert _results(out) == solo[name], (pair, name)
