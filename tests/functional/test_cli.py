@@ -116,7 +116,9 @@ def test_synth_writes_stores_and_truth(capsys: pytest.CaptureFixture[str], tmp_p
     assert code == 0 and "true HR 0.6" in out
     assert sorted(p.name for p in out_dir.iterdir() if not p.name.endswith(".lock")) == [
         "hospital_a.duckdb",
+        "hospital_a.secret",  # each store's secret, made with it (0600)
         "hospital_b.duckdb",
+        "hospital_b.secret",
         "truth.json",
     ]
     truth = json.loads((out_dir / "truth.json").read_text())

@@ -41,7 +41,12 @@ if point == "staged":  # inside the load's transaction, its log entry staged, no
         die()
     outbox.stage = stage_then_die
 elif point == "committed":  # the load committed, nothing appended to the log yet
-    loader.outbox.flush_store = lambda store: die()
+    flush = outbox.flush
+    def die_before_appending(con, store):
+        if outbox._pending(con):
+            die()
+        return flush(con, store)
+    outbox.flush = die_before_appending
 elif point == "appended":  # appended to the log, the staged entry not yet cleared
     log = parties.Party.log
     def log_then_die(self, *a, **k):

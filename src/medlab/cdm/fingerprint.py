@@ -72,12 +72,17 @@ def record_snapshot(con: duckdb.DuckDBPyConnection, fingerprint: str) -> None:
     con.execute("INSERT INTO medlab.store_info VALUES (?, ?)", [SNAPSHOT_KEY, fingerprint])
 
 
-def snapshot_id(con: duckdb.DuckDBPyConnection) -> str:
-    """The fingerprint of the store's data: the one its last load kept, else computed."""
+def recorded_snapshot(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The fingerprint the store's last load kept, if any."""
     row = con.execute(
         "SELECT value FROM medlab.store_info WHERE key = ?", [SNAPSHOT_KEY]
     ).fetchall()
-    return str(row[0][0]) if row else snapshot_fingerprint(con)[0]
+    return str(row[0][0]) if row else None
+
+
+def snapshot_id(con: duckdb.DuckDBPyConnection) -> str:
+    """The fingerprint of the store's data: the one its last load kept, else computed."""
+    return recorded_snapshot(con) or snapshot_fingerprint(con)[0]
 
 
 def snapshot_fingerprint(

@@ -20,7 +20,7 @@ import duckdb
 
 from medlab.cdm import outbox, schema
 from medlab.cdm.fingerprint import record_snapshot, snapshot_fingerprint
-from medlab.cdm.store import fetch_first, fetch_one, open_store, record_load, transaction
+from medlab.cdm.store import fetch_first, fetch_one, record_load
 from medlab.errors import LoadError
 from medlab.inputs import check_utf8, regular_file
 from medlab.privacy.ingest import IngestPolicy, Pseudonymizer
@@ -506,7 +506,7 @@ def load_omop_csv(
     then record the load (file hashes, snapshot fingerprint) in the node's transparency log."""
     files, warnings = discover(directory)
     policy = ingest or IngestPolicy()
-    with open_store(store) as con, transaction(con):
+    with outbox.logged_transaction(store) as con:
         pseudonymizer = Pseudonymizer(con, store, policy)
         reports: list[FileReport] = []
         for i, (path, table) in enumerate(files):
@@ -547,6 +547,4 @@ def load_omop_csv(
                 fingerprint=fingerprint,
                 ingest_policy=policy.model_dump(mode="json"),
             )
-    if log_event:
-        outbox.flush_store(store)
     return report

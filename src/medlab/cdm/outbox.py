@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +51,16 @@ def _pending(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     return [(str(i), str(e)) for i, e in rows]
 
 
-def flush_store(store: Path) -> None:
-    """Append what committed changes to ``store`` staged (every writable open does it)."""
-    from medlab.cdm.store import open_store
+@contextmanager
+def logged_transaction(store: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writable connection to ``store`` inside one transaction; once it commits, the log
+    entries it staged are appended (on the same connection)."""
+    from medlab.cdm.store import open_store, transaction
 
-    with open_store(store):
-        pass
+    with open_store(store) as con:
+        with transaction(con):
+            yield con
+        flush(con, store)
 
 
 def flush(con: duckdb.DuckDBPyConnection, store: Path) -> list[int]:

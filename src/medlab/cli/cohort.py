@@ -16,6 +16,7 @@ from medlab.cohorts.engine import RESULTS, generate
 from medlab.cohorts.model import load_definition
 from medlab.cohorts.sqltree import render
 from medlab.errors import DefinitionError
+from medlab.fields import INT32_MAX
 from medlab.inputs import parse_document, read_text
 
 app = typer.Typer(help="Cohorts: import, sql, generate.", no_args_is_help=True)
@@ -53,7 +54,10 @@ def show_sql(
     dialect: Annotated[
         Literal["duckdb", "postgres", "spark"], typer.Option("--dialect", help="SQL dialect.")
     ] = "duckdb",
-    cohort_id: Annotated[int, typer.Option("--id", help="cohort_definition_id.")] = 1,
+    cohort_id: Annotated[
+        int,
+        typer.Option("--id", help="cohort_definition_id (1 .. 2^31 - 1).", min=1, max=INT32_MAX),
+    ] = 1,
     cdm_schema: Annotated[
         str | None, typer.Option("--cdm-schema", help="Schema holding the CDM tables.")
     ] = None,
@@ -79,7 +83,10 @@ def generate_cohort(
     definition: Annotated[
         Path, typer.Option("--definition", help="medlab or ATLAS/Circe definition file.")
     ],
-    cohort_id: Annotated[int, typer.Option("--id", help="cohort_definition_id.")] = 1,
+    cohort_id: Annotated[
+        int,
+        typer.Option("--id", help="cohort_definition_id (1 .. 2^31 - 1).", min=1, max=INT32_MAX),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Generate a cohort into results.cohort, with its attrition (counts local to this node)."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from medlab.cdm.store import META_SCHEMA
 from medlab.privacy.persons import PersonKeys
@@ -207,28 +208,29 @@ class Auditor:
 
     def save(self) -> None:
         """Write the populations the current release added (inside the caller's
-        transaction)."""
-        if not any(not p.saved for p in self._pending):
+        transaction), in one bulk insert."""
+        rows = [p for p in self._pending if not p.saved]
+        if not rows:
             return
         self.con.execute(CREATE)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        self.con.executemany(
-            f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                [
-                    p.key,
-                    p.kind,
-                    p.family,
-                    self.release_id,
-                    now,
-                    p.size,
-                    p.buckets.tobytes(),
-                    p.persons.tobytes(),
-                    p.flagged,
-                ]
-                for p in self._pending
-                if not p.saved
-            ],
+        table = pa.table(
+            {
+                "population_key": [p.key for p in rows],
+                "kind": [p.kind for p in rows],
+                "family": [p.family for p in rows],
+                "release_id": [self.release_id] * len(rows),
+                "registered_at": pa.array([now] * len(rows), type=pa.timestamp("us")),
+                "size": pa.array([p.size for p in rows], type=pa.int64()),
+                "buckets": pa.array([p.buckets.tobytes() for p in rows], type=pa.binary()),
+                "persons": pa.array([p.persons.tobytes() for p in rows], type=pa.binary()),
+                "flagged": [p.flagged for p in rows],
+            }
         )
-        for p in self._pending:
+        self.con.register("medlab_audit_rows", table)
+        try:
+            self.con.execute(f"INSERT INTO {TABLE} SELECT * FROM medlab_audit_rows")
+        finally:
+            self.con.unregister("medlab_audit_rows")
+        for p in rows:
             p.saved = True

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from medlab.cdm import outbox
-from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, transaction
+from medlab.cdm.store import META_SCHEMA, fetch_first, open_store
 from medlab.errors import BudgetError
 
 TABLES = (
@@ -100,7 +100,7 @@ def grant(
         raise BudgetError("name the project the budget is for")
     epsilon = check_amount("epsilon", epsilon, allow_zero=True)
     rho = check_amount("rho", rho, allow_zero=True)
-    with open_store(store) as con, transaction(con):
+    with outbox.logged_transaction(store) as con:
         ensure_tables(con)
         current = read(con, project)
         if current and (current.epsilon_spent > epsilon or current.rho_spent > rho):
@@ -118,7 +118,6 @@ def grant(
         budget = read(con, project)
         outbox.stage(con, "budget_granted", project=project, epsilon=epsilon, rho=rho, by=by)
     assert budget is not None
-    outbox.flush_store(store)
     return budget
 
 
@@ -185,8 +184,7 @@ def charge(
     purpose: str,
 ) -> Budget:
     """Spend from the project's budget in a transaction of its own (see :func:`spend`)."""
-    with open_store(store) as con, transaction(con):
+    with outbox.logged_transaction(store) as con:
         ensure_tables(con)
         left = spend(con, project, epsilon=epsilon, rho=rho, query_key=query_key, purpose=purpose)
-    outbox.flush_store(store)
     return left

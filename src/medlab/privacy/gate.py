@@ -120,6 +120,10 @@ class _Gate:
         self.node = node
         self.protection: dict[str, Any] = {}
         self.dp_share = node.loss / _elements_noised(release) if node.loss else 0.0
+        # The count each person count's population was shown with, so that the same
+        # population counted again in the release (an attrition step, a model's arm, a
+        # curve's start) shows the same number, never a second rounding of it.
+        self.shown: dict[str, int | None] = {}
         # A cohort the release is about that the audit flags withholds every value in it.
         verdicts = [self._audited(root) for root in release.roots]
         self.withhold_all = any(verdicts)
@@ -312,31 +316,42 @@ class _Gate:
             populations = steps.populations[i] if i < len(steps.populations) else {}
             for column in row:
                 n = int(values[column][i])
-                reason = count_rule(self.policy, n)
-                if reason:
-                    shown[column] = None
-                    self.record(steps.name, f"{label}.{column}", reason, "withheld")
-                    continue
-                if column in anchor and 0 < anchor[column][0] - n < self.policy.min_cell_count:
-                    shown[column] = anchor[column][1]
-                    self.record(
-                        steps.name,
-                        f"{label}.{column}",
-                        f"fewer than {self.policy.min_cell_count} removed since the last shown",
-                        "shows the last shown count",
-                    )
-                    continue
-                if column in anchor and anchor[column][0] == n:
-                    shown[column] = anchor[column][1]  # nobody removed: the same population
-                    continue
-                if self.flagged(steps.name, f"{label}.{column}", populations.get(column)):
-                    shown[column] = None
-                    continue
-                protected = n if self.dp_on else self.protect(n, populations.get(column), column)
-                shown[column] = protected
-                anchor[column] = (n, protected)
+                population = populations.get(column)
+                shown[column] = self._step(steps.name, label, column, n, population, anchor)
+                if population is not None:
+                    self.shown.setdefault(population.key, shown[column])
             out.append(shown)
         return out
+
+    def _step(
+        self,
+        element: str,
+        label: str,
+        column: str,
+        n: int,
+        population: Population | None,
+        anchor: dict[str, tuple[int, int]],
+    ) -> int | None:
+        """One step's count as shown."""
+        reason = count_rule(self.policy, n)
+        if reason:
+            self.record(element, f"{label}.{column}", reason, "withheld")
+            return None
+        if column in anchor and 0 < anchor[column][0] - n < self.policy.min_cell_count:
+            self.record(
+                element,
+                f"{label}.{column}",
+                f"fewer than {self.policy.min_cell_count} removed since the last shown",
+                "shows the last shown count",
+            )
+            return anchor[column][1]
+        if column in anchor and anchor[column][0] == n:
+            return anchor[column][1]  # nobody removed: the same population
+        if self.flagged(element, f"{label}.{column}", population):
+            return None
+        protected = n if self.dp_on else self.protect(n, population, column)
+        anchor[column] = (n, protected)
+        return protected
 
     def sums(self, sums: Sums) -> dict[str, Any]:
         self.note(sums.name)
@@ -405,7 +420,13 @@ class _Gate:
                 self.record(model.name, name, reason, "withheld")
                 small_group = small_group or name in model.event_counts
             else:
-                counts[name] = self.protect(int(n), model.populations.get(name), name)
+                population = model.populations.get(name)
+                known = population is not None and population.key in self.shown
+                counts[name] = (
+                    self.shown[population.key]  # type: ignore[union-attr]
+                    if known
+                    else self.protect(int(n), population, name)
+                )
         refusal = None
         if self.dp_on and not policy.differential_privacy.exact_models:
             refusal = "models are not released under differential privacy by this policy"
@@ -453,7 +474,11 @@ class _Gate:
                     last = round_to(value, self.digits("proportion"), 1.0 / max(low, 1))
                     pending = 0.0
                 population = curve.populations.get(group)
-                at = self.protect(round(at_risk), population, f"at_risk@{time:g}")
+                whole = population is not None and round(at_risk) == len(population)
+                if whole and population.key in self.shown:  # type: ignore[union-attr]
+                    at = self.shown[population.key]  # type: ignore[union-attr]
+                else:
+                    at = self.protect(round(at_risk), population, f"at_risk@{time:g}")
                 shown.append({"time": time, "at_risk": at, "value": last})
             if ended:
                 self.record(

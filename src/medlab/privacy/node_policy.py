@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from medlab.cdm import outbox
-from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, transaction
+from medlab.cdm.store import META_SCHEMA, fetch_first, open_store
 from medlab.errors import UsageError
 from medlab.privacy.policy import ReleasePolicy, parse_policy, read_document, tighten
 
@@ -71,7 +71,7 @@ def set_policy(store: Path, policy: ReleasePolicy, by: str = "steward") -> Store
     """Make ``policy`` the node's policy (logged with its digest); returns it as stored."""
     if not by.strip():
         raise UsageError("say who sets the policy (--by)")
-    with open_store(store) as con, transaction(con):
+    with outbox.logged_transaction(store) as con:
         con.execute(_CREATE)
         before = current(con)
         number = before.version_no + 1
@@ -90,7 +90,6 @@ def set_policy(store: Path, policy: ReleasePolicy, by: str = "steward") -> Store
             by=by,
         )
         stored = current(con)
-    outbox.flush_store(store)
     return stored
 
 

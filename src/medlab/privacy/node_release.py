@@ -151,7 +151,6 @@ class NodeReleaser:
                         json.dumps([d.to_dict() for d in side.journal]),
                     ],
                 )
+            outbox.flush(con, self.store)  # the budget spend's log entry, once committed
             self.auditor.bind(None)
-        if self._dp:
-            outbox.flush_store(self.store)  # the budget spend's log entry
         return released

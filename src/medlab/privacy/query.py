@@ -331,7 +331,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
                 [key, query.project, json.dumps(stored_answer)],
             )
             auditor.save()
-    outbox.flush_store(store)
+        outbox.flush(con, store)
     if refused:
         raise PolicyError(REFUSED)
     return Answer(_with_loss(release, mechanism, loss), False, remaining)

@@ -22,7 +22,7 @@ from medlab import __version__
 from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
 from medlab.analyses.scope import Scope
 from medlab.cdm.dq import run_checks
-from medlab.cdm.fingerprint import record_snapshot, snapshot_fingerprint, snapshot_id
+from medlab.cdm.fingerprint import record_snapshot, recorded_snapshot, snapshot_fingerprint
 from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, store_lock
 from medlab.cohorts.engine import generate
 from medlab.ledger import evidence, parties
@@ -401,7 +401,7 @@ def _run(
             generate(store, cohort.definition, cohort.id)
         with open_store(store) as con:
             fingerprint = snapshot_fingerprint(con)[0]
-            if snapshot_id(con) != fingerprint:  # data changed behind medlab's back
+            if recorded_snapshot(con) != fingerprint:  # data changed behind medlab's back
                 record_snapshot(con, fingerprint)
             quality[store.stem] = _quality(con, fingerprint)
         scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
