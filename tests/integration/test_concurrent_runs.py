@@ -54,28 +54,19 @@ def test_twenty_concurrent_pairs_each_equal_their_solo_run(tmp_path: Path) -> No
         solo[spec.name] = _results(tmp_path / f"solo-{spec.name}")
     assert solo["A"]["analyses"] != solo["B"]["analyses"]
     context = multiprocessing.get_context("fork")
-    for pair in range(12):  # separate processes, as two `medlab study run` commands
-        outs = {s.name: tmp_path / f"p{pair}-{s.name}" for s in (A, B)}
-        processes = [
-            context.Process(target=_run, args=(s.model_dump_json(), str(store), str(outs[s.name])))
+    # 12 pairs as separate processes (two `medlab study run` commands), 8 as threads of one
+    # process (a node agent serving two tasks).
+    starters = [context.Process] * 12 + [threading.Thread] * 8
+    for pair, starter in enumerate(starters):
+        outs = {s.name: tmp_path / f"pair{pair}-{s.name}" for s in (A, B)}
+        runs = [
+            starter(target=_run, args=(s.model_dump_json(), str(store), str(outs[s.name])))
             for s in (A, B)
         ]
-        for p in processes:
-            p.start()
-        for p in processes:
-            p.join(timeout=300)
-            assert p.exitcode == 0
-        for name, out in outs.items():
-            assert _results(out) == solo[name], (pair, name)
-    for pair in range(8):  # threads of one process (a node agent serving two tasks)
-        outs = {s.name: tmp_path / f"t{pair}-{s.name}" for s in (A, B)}
-        threads = [
-            threading.Thread(target=_run, args=(s.model_dump_json(), str(store), str(outs[s.name])))
-            for s in (A, B)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join(timeout=300)
+            assert getattr(run, "exitcode", 0) == 0
         for name, out in outs.items():
             assert _results(out) == solo[name], (pair, name)

@@ -121,6 +121,25 @@ def grant(
     return budget
 
 
+def shortfall(
+    con: duckdb.DuckDBPyConnection, project: str, epsilon: float = 0.0, rho: float = 0.0
+) -> str | None:
+    """Why the project cannot spend ``epsilon`` and ``rho`` now (no grant, too little left),
+    or None when it can: bookkeeping only, asked before any data is read."""
+    try:
+        budget = read(con, project)
+    except duckdb.CatalogException:  # no budget ever granted on this node
+        budget = None
+    if budget is None:
+        return f"project {project}: no privacy budget granted on this node"
+    if budget.epsilon_remaining + 1e-12 < epsilon or budget.rho_remaining + 1e-12 < rho:
+        return (
+            f"project {project}: the request needs epsilon {epsilon:g}, rho {rho:g}; "
+            f"remaining epsilon {budget.epsilon_remaining:g}, rho {budget.rho_remaining:g}"
+        )
+    return None
+
+
 def status(store: Path, project: str) -> Budget:
     """The project's budget on this node (zero when never granted)."""
     with open_store(store, read_only=True) as con:

@@ -46,7 +46,7 @@ from medlab.privacy.audit import Auditor
 from medlab.privacy.margins import complementary
 from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import ReleasePolicy
-from medlab.privacy.precision import mean_and_sd, round_to
+from medlab.privacy.precision import mean_and_sd_steps, round_to
 from medlab.privacy.release import (
     _GATE,
     WITHHELD,
@@ -392,7 +392,7 @@ class _Gate:
             return {"n": n, "mean": mean, "sd": sd}
         n = self.protect(sums.n, sums.population, "n")
         band = self.policy.count_band(n) if sums.integer else (sums.n, sums.n)
-        shown = mean_and_sd(
+        shown = mean_and_sd_steps(
             sums.n,
             total,
             squares,

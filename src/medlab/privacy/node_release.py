@@ -97,20 +97,8 @@ class NodeReleaser:
                     refused="the node releases study results with differential privacy; "
                     "name the study's project ($.project) so its budget can be charged"
                 )
-            try:
-                budget = budgets.read(con, self.project)
-            except duckdb.CatalogException:  # no budget ever granted on this node
-                budget = None
-        epsilon, rho = self._loss()
-        if budget is None:
-            return Admission(refused=f"project {self.project}: no privacy budget on this node")
-        if budget.epsilon_remaining + 1e-12 < epsilon or budget.rho_remaining + 1e-12 < rho:
-            return Admission(
-                refused=f"project {self.project}: the release needs epsilon {epsilon:g}, "
-                f"rho {rho:g}; remaining epsilon {budget.epsilon_remaining:g}, "
-                f"rho {budget.rho_remaining:g}"
-            )
-        return Admission()
+            refusal = budgets.shortfall(con, self.project, *self._loss())
+        return Admission(refused=refusal)
 
     def release(self, request: Release, release_id: str, context: dict[str, Any]) -> Released:
         """``request`` through the gate; recorded (audit, budget, cache, journal) in one

@@ -84,19 +84,6 @@ def _step(value: float, digits: int | None, floor: float) -> float:
     return max(step, nice_step(floor) if floor else 0.0)
 
 
-def mean_and_sd(
-    n: int,
-    total: float,
-    squares: float,
-    band: tuple[int, int],
-    digits: int | None,
-    value_range: tuple[float, float] | None,
-) -> tuple[float, float] | None:
-    """See :func:`mean_and_sd_steps`; only the values."""
-    shown = mean_and_sd_steps(n, total, squares, band, digits, value_range)
-    return None if shown is None else (shown[0], shown[1])
-
-
 def mean_and_sd_steps(
     n: int,
     total: float,

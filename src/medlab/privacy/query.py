@@ -238,24 +238,6 @@ def _loss(query: DPQuery, policy: ReleasePolicy) -> float:
     return budgets.check_amount("rho", asked)
 
 
-def _admit(con: duckdb.DuckDBPyConnection, project: str, mechanism: str, loss: float) -> None:
-    """Refuse, before any data is read, a project without a grant or with too little left;
-    these refusals depend on bookkeeping only."""
-    try:
-        budget = budgets.read(con, project)
-    except duckdb.CatalogException:  # no budget ever granted on this node
-        budget = None
-    if budget is None:
-        raise BudgetError(f"project {project}: no privacy budget granted on this node")
-    left = budget.epsilon_remaining if mechanism == "laplace" else budget.rho_remaining
-    if left + 1e-12 < loss:
-        name = "epsilon" if mechanism == "laplace" else "rho"
-        raise BudgetError(
-            f"project {project}: the request needs {name} {loss:g}; remaining epsilon "
-            f"{budget.epsilon_remaining:g}, rho {budget.rho_remaining:g}"
-        )
-
-
 def _noisy_audit(
     auditor: Auditor, population: Population, mechanism: dp.Mechanism, loss: float, k: int
 ) -> bool:
@@ -299,7 +281,10 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
                 query.project, 0.0, 0.0, 0.0, 0.0
             )
             return Answer(_release(stored), True, status)
-        _admit(con, query.project, mechanism, loss)
+        # A missing or spent budget is refused before any data is read.
+        refusal = budgets.shortfall(con, query.project, *_losses(mechanism, loss))
+        if refusal:
+            raise BudgetError(refusal)
         keys = PersonKeys(node_secret(store))
         with transaction(con):
             con.execute(CACHE_TABLE)
