@@ -433,14 +433,6 @@ def test_limits_on_definitions(capsys, scratch) -> None:  # type: ignore[no-unty
         assert code == 6 and limit in err
 
 
-def test_the_fuzz_report() -> None:
-    """Cases run and tracebacks per input kind (read by the README's figures)."""
-    total = sum(c for c, _ in FUZZ_REPORT.values())
-    tracebacks = sum(t for _, t in FUZZ_REPORT.values())
-    print(f"fuzz: {total} cases, {tracebacks} tracebacks: {FUZZ_REPORT}")
-    assert tracebacks == 0
-
-
 def _circe_with(path: tuple[Any, ...], value: Any) -> Any:
     return _replace(_circe(), path, value)
 
@@ -556,3 +548,11 @@ def test_dp_bounds_epsilons_and_bins_the_issue_names(capsys, scratch, store: Pat
         _check("named query", ["node", "query", str(copy), str(path)], capsys, [copy])
         assert main(["node", "query", str(copy), str(path)]) == 6
         capsys.readouterr()
+
+
+def test_the_fuzz_report() -> None:
+    """Cases run and tracebacks per input kind (read by the README's figures)."""
+    total = sum(c for c, _ in FUZZ_REPORT.values())
+    tracebacks = sum(t for _, t in FUZZ_REPORT.values())
+    print(f"fuzz: {total} cases, {tracebacks} tracebacks: {FUZZ_REPORT}")
+    assert tracebacks == 0

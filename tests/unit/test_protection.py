@@ -211,6 +211,23 @@ def test_near_and_identical_populations_of_other_definitions_are_flagged(
     assert not later.flagged(_pop("A", range(100), "a"))
 
 
+def test_the_same_definition_on_a_later_snapshot(tmp_path: Path) -> None:
+    """A load that changes a released cohort by a few persons must not let its next release
+    give them away; a load that leaves it as it was changes nothing."""
+
+    def cohort(persons: set[int] | range, snapshot: str) -> Population:
+        return Population(f"pop:A@{snapshot}", frozenset(persons), "cohort", ("a",), snapshot)
+
+    audit = _auditor(tmp_path)
+    audit.begin("r1")
+    assert not audit.flagged(cohort(range(100), "s1"))
+    audit.save()
+    audit.begin("r2")
+    assert not audit.flagged(cohort(range(100), "s2"))  # unchanged by the load
+    assert audit.flagged(cohort([*range(100), 500], "s3"))  # one person more
+    assert not audit.flagged(cohort([*range(100), *range(500, 520)], "s4"))
+
+
 def test_populations_of_one_family_are_not_compared(tmp_path: Path) -> None:
     audit = _auditor(tmp_path)
     audit.begin("r1")

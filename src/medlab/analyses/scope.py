@@ -88,7 +88,11 @@ class Scope:
         population whichever study or analysis names it, and whatever id it has there."""
         digest = self.cohorts[cohort_id]
         return Population(
-            population_key(self.snapshot, "cohort", digest), persons, "cohort", (digest,)
+            population_key(self.snapshot, "cohort", digest),
+            persons,
+            "cohort",
+            (digest,),
+            self.snapshot,
         )
 
     def derived(
@@ -98,7 +102,7 @@ class Scope:
         (settings, stratum, arm) say how."""
         family = tuple(sorted({self.cohorts[c] for c in roots}))
         key = population_key(self.snapshot, kind, family, *parts)
-        return Population(key, persons, kind, family)
+        return Population(key, persons, kind, family, self.snapshot)
 
     def definition(self, cohort_id: int) -> str:
         """The digest of a cohort's definition."""

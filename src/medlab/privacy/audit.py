@@ -47,6 +47,11 @@ CREATE = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
 BUCKETS = 256
 
 
+def _family(population: Population) -> str:
+    """The snapshot and the definitions a population derives from, as stored."""
+    return f"{population.snapshot}#{'|'.join(population.family)}"
+
+
 def _buckets(ids: np.ndarray) -> np.ndarray:
     return np.bincount(ids & (BUCKETS - 1), minlength=BUCKETS).astype(np.int32)
 
@@ -146,7 +151,8 @@ class Auditor:
         best = cap = self.k if cap is None else cap
         if not self._pkeys:
             return best
-        family = "|".join(population.family)
+        family = _family(population)
+        definitions = family.split("#", 1)[1]
         close = np.abs(self._sizes - len(ids)) < cap
         candidates = [
             int(i)
@@ -163,7 +169,10 @@ class Auditor:
                 continue
             persons = self._persons_of(index)
             shared = len(np.intersect1d(ids, persons, assume_unique=True))
-            best = min(best, len(ids) + len(persons) - 2 * shared)
+            difference = len(ids) + len(persons) - 2 * shared
+            if difference == 0 and self._families[index].split("#", 1)[1] == definitions:
+                continue  # the same definition on an earlier snapshot, and nobody changed
+            best = min(best, difference)
         return best
 
     def _remember(self, population: Population, ids: np.ndarray, flagged: bool) -> None:
@@ -173,7 +182,7 @@ class Auditor:
             _Pending(
                 population.key,
                 population.kind,
-                "|".join(population.family),
+                _family(population),
                 len(ids),
                 _buckets(ids),
                 ids,

@@ -18,9 +18,9 @@ something about the data). Per element type:
   it.
 - nested steps: a step that removes fewer persons than the minimum cell count from the step
   before shows the earlier step's released count (the change itself would be a small cell).
-- sums: released when at least ``min_group_size`` contribute and neither dominance rule fires;
-  the count is protected like any count and each total rounded to its precision (never finer
-  than 1 for whole numbers), so means and SDs computed from them pin nothing.
+- sums: released when at least ``min_group_size`` contribute and neither dominance rule fires,
+  as the protected count, the mean and the SD, rounded until every count the released count
+  allows admits whole numbers with that mean and SD (:mod:`medlab.privacy.precision`).
 - models: refused with fewer than ``min_events_per_parameter`` events per parameter, fewer
   than ``min_degrees_of_freedom`` residual degrees of freedom, any event count of a group below
   the minimum cell count, or a group the audit flags; estimates at their kinds' precision.
@@ -178,7 +178,7 @@ class _Gate:
             return n + cellkey.perturbation(n, key, ck.max_perturbation, ck.variance, floor)
         return self.policy.round_count(n)
 
-    def note(self, element: str, sensitivity: float | None = None) -> None:
+    def note(self, element: str) -> None:
         """Say how ``element``'s counts were protected (public: it depends on the policy)."""
         policy = self.policy
         info: dict[str, Any] = {"min_cell_count": policy.min_cell_count}

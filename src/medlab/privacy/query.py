@@ -294,6 +294,7 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
                 frozenset(r[0] for r in rows),
                 "cohort",
                 (query.cohort.digest(),),
+                snapshot,
             )
             auditor = Auditor(con, keys, policy.min_cell_count)
             auditor.begin(key)

@@ -34,13 +34,15 @@ class Population:
     chosen: the definitions and settings they derive from and the data snapshot, so that the
     same definition on the same data is the same population wherever it is used. ``kind`` is
     ``cohort`` for a cohort's own persons, else the analysis type that derived it; ``family``
-    the digests of the cohort definitions it derives from (the differencing audit compares
-    populations of one kind across families)."""
+    the digests of the cohort definitions it derives from and ``snapshot`` the data they were
+    applied to (the differencing audit compares populations of one kind across families and
+    snapshots)."""
 
     key: str
     persons: frozenset[int]
     kind: str = "cohort"
     family: tuple[str, ...] = ()
+    snapshot: str = ""
 
     def __len__(self) -> int:
         return len(self.persons)

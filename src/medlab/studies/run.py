@@ -358,7 +358,6 @@ def _run(
     hub.log("study_approved", spec_hash=spec_hash, approved_by=approved_by)
     cohort_digests = {c.id: c.definition.digest() for c in spec.cohorts if c.definition}
     entries = {c.id: c.definition.max_entries_per_person for c in spec.cohorts if c.definition}
-    journal: dict[str, list[str]] = {}
 
     def release(node: _Node, analysis: Any, local: Callable[[], ReleaseRequest]) -> Released:
         item = analysis[0] if isinstance(analysis, tuple) else analysis
@@ -374,9 +373,13 @@ def _run(
                 request_ = local()
             cohorts = _cohorts_of(item, analysis[1] if isinstance(analysis, tuple) else None)
             request_ = replace(request_, roots=tuple(node.roots[c] for c in cohorts))
-            # Warnings speak of the data; they stay with the node's steward.
-            journal.setdefault(node.site, []).extend(str(w.message) for w in caught)
-            context = {"study": spec.name, "spec_hash": spec_hash, "analysis": item.name}
+            # Warnings speak of the data; they go to the node's journal, for its steward.
+            context = {
+                "study": spec.name,
+                "spec_hash": spec_hash,
+                "analysis": item.name,
+                "warnings": [str(w.message) for w in caught],
+            }
             payload = node.releaser.release(request_, release_id, context)
         released.append(payload)
         statement = {
