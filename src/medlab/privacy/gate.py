@@ -569,6 +569,18 @@ def apply(policy: ReleasePolicy, release: Release, node: NodeSide | None = None)
             policy, release.analysis, release.site, "analysis type not allowed by the node's policy"
         )
     values = {element.name: gate.element(element) for element in release.elements}
+    # The audit's verdict on the release's cohorts, always present: it names the rule, and
+    # since the identical population counts as near, it tells nothing about anyone.
+    if gate.dp_on:
+        gate.protection["audit"] = "left to the noise and the budget (differential privacy)"
+    elif gate.withhold_all:
+        gate.protection["audit"] = (
+            f"every value withheld: a cohort of this release lies within "
+            f"{policy.min_cell_count - 1} persons of one released before under another "
+            "definition (the identical population included)"
+        )
+    else:
+        gate.protection["audit"] = "the release's cohorts are no closer than the minimum"
     return Released(
         release.analysis,
         release.site,

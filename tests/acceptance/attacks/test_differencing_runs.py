@@ -88,6 +88,8 @@ def test_a_comparator_less_one_person_shows_nothing(tmp_path: Path) -> None:
         second = w.run(_comparative(less), store, tmp_path / str(secret) / "2")
         again = second["results"]["analyses"][0]
         assert _values(second) == []
+        (payload,) = second["payloads"]  # the refusal names the rule, never the persons
+        assert "within 9 persons of one released before" in payload["protection"]["audit"]
         assert all(e["hr"] is None for e in again["estimates"])
         site = again["per_site"][0]
         assert site["equipoise"] is None
