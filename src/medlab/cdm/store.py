@@ -54,6 +54,17 @@ def fetch_first(
     return tuple(rows[0]) if rows else None
 
 
+def rows_if_recorded(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[Row]:
+    """The rows of a query over one of medlab's bookkeeping tables, or none when the table
+    was never made (nothing was recorded yet: reading must not create it)."""
+    try:
+        return [tuple(r) for r in con.execute(sql, params or []).fetchall()]
+    except duckdb.CatalogException:
+        return []
+
+
 def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Row:
     """The first row of a query that always returns one (an aggregate, say)."""
     row = fetch_first(con, sql, params)

@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from medlab.cdm import outbox
-from medlab.cdm.store import META_SCHEMA, fetch_first, open_store
+from medlab.cdm.store import META_SCHEMA, open_store, rows_if_recorded
 from medlab.errors import UsageError
 from medlab.privacy.policy import ReleasePolicy, parse_policy, read_document, tighten
 
@@ -42,14 +42,11 @@ class StoredPolicy:
 
 def current(con: duckdb.DuckDBPyConnection) -> StoredPolicy:
     """The policy in force on the node the connection is open on."""
-    try:
-        row = fetch_first(
-            con,
-            f"SELECT version_no, set_at, set_by, policy FROM {TABLE} "
-            "ORDER BY version_no DESC LIMIT 1",
-        )
-    except duckdb.CatalogException:
-        row = None
+    rows = rows_if_recorded(
+        con,
+        f"SELECT version_no, set_at, set_by, policy FROM {TABLE} ORDER BY version_no DESC LIMIT 1",
+    )
+    row = rows[0] if rows else None
     if row is None:
         return StoredPolicy(ReleasePolicy(), 0, None, None)
     number, set_at, set_by, text = row
@@ -131,7 +128,7 @@ def describe(policy: ReleasePolicy) -> list[str]:
         p = policy.precision
         lines.append(
             f"statistics at significant digits: ratios {p.ratio}, p-values {p.p_value}, "
-            f"proportions {p.proportion}, SMDs {p.smd}, means {p.mean}, sums {p.sum}"
+            f"proportions {p.proportion}, SMDs {p.smd}, means and SDs {p.mean}"
         )
     d = policy.dominance
     lines.append(

@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from medlab.cdm import outbox
-from medlab.cdm.store import META_SCHEMA, open_store, transaction
+from medlab.cdm.store import META_SCHEMA, open_store, rows_if_recorded, transaction
 from medlab.privacy import budget as budgets
 from medlab.privacy import gate
 from medlab.privacy.audit import Auditor
@@ -84,12 +82,9 @@ class NodeReleaser:
         if not self._dp:
             return Admission()
         with open_store(self.store, read_only=True) as con:
-            try:
-                found = con.execute(
-                    f"SELECT payload FROM {CACHE} WHERE release_id = ?", [release_id]
-                ).fetchall()
-            except duckdb.CatalogException:  # nothing released on this node yet
-                found = []
+            found = rows_if_recorded(
+                con, f"SELECT payload FROM {CACHE} WHERE release_id = ?", [release_id]
+            )
             if found:
                 return Admission(cached=gate.restore(json.loads(found[0][0])))
             if not self.project:

@@ -13,6 +13,9 @@ know:
   the p% rule with p = 10% (ACRO's ``p_ratio``);
 - models: at least 10 residual degrees of freedom (ACRO's ``safe_dof_threshold``) and 10
   outcome events per parameter; means, variances and quantiles need a group of 10;
+- statistics at a few significant digits (:class:`Precision`), never fine enough to pin a
+  protected count;
+- counts protected by rounding; the cell-key method or differential privacy on request;
 - differential privacy off unless the steward turns it on; record-level export off.
 """
 
@@ -103,15 +106,15 @@ Digits = Annotated[int, Field(ge=1, le=15)]
 class Precision(_Settings):
     """Significant digits per kind of released statistic (``precision: none`` in a policy
     keeps full precision). A proportion of ``n`` persons is never shown finer than ``1/n``
-    for the smallest ``n`` its released count allows, and a sum of whole numbers never finer
-    than 1, so that no statistic pins the count it was computed from."""
+    for the smallest ``n`` its released count allows, and a mean and SD of whole numbers are
+    coarsened until every count the released count allows fits them, so that no statistic
+    pins the count it was computed from (:mod:`medlab.privacy.precision`)."""
 
     ratio: Digits = 3  # hazard ratios and their confidence limits
     p_value: Digits = 2
     proportion: Digits = 2  # equipoise, survival, shares
     smd: Digits = 2  # standardized mean differences (balance)
-    mean: Digits = 3  # means and standard deviations
-    sum: Digits = 3  # sums of a continuous value (ages, scores)
+    mean: Digits = 3  # means and standard deviations of a value (ages, scores)
 
 
 class ReleasePolicy(_Settings):

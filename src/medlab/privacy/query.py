@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medlab.cdm import outbox
 from medlab.cdm.fingerprint import snapshot_id
-from medlab.cdm.store import META_SCHEMA, open_store, transaction
+from medlab.cdm.store import META_SCHEMA, open_store, rows_if_recorded, transaction
 from medlab.cohorts.engine import select_rows
 from medlab.cohorts.model import CohortDefinition
 from medlab.errors import BudgetError, PolicyError
@@ -267,12 +267,9 @@ def answer(store: Path, query: DPQuery, policy: ReleasePolicy) -> Answer:
         # gets the same noisy answer (or the same refusal) until the data change.
         what = query.model_dump(mode="json", exclude={"project", "epsilon", "rho"})
         key = _digest([what, mechanism, snapshot])
-        try:
-            cached = con.execute(
-                f"SELECT answer FROM {META_SCHEMA}.privacy_cache WHERE cache_key = ?", [key]
-            ).fetchall()
-        except duckdb.CatalogException:  # nothing asked on this node yet
-            cached = []
+        cached = rows_if_recorded(
+            con, f"SELECT answer FROM {META_SCHEMA}.privacy_cache WHERE cache_key = ?", [key]
+        )
         if cached:
             stored = json.loads(cached[0][0])
             if stored.get("refused"):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # The precision kinds of :class:`medlab.privacy.policy.Precision`.
-Kind = Literal["ratio", "p_value", "proportion", "smd", "mean", "sum"]
+Kind = Literal["ratio", "p_value", "proportion", "smd", "mean"]
 
 
 @dataclass(frozen=True)
