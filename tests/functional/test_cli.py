@@ -128,3 +128,22 @@ def test_synth_writes_stores_and_truth(capsys: pytest.CaptureFixture[str], tmp_p
     shutil.rmtree(out_dir)
     code, out, _ = run(capsys, "synth", str(out_dir), "--sites", "1", "--patients", "50", "--json")
     assert code == 0 and json.loads(out)["sites"][0]["persons"] == 50
+
+
+def test_an_unforeseen_error_is_one_line_and_exit_70(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medlab.cli.node as node_cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("something medlab did not foresee\nsecond line")
+
+    monkeypatch.setattr(node_cli, "open_store", broken)  # a bug deep inside a command
+    code = main(["node", "info", "x.duckdb"])
+    err = capsys.readouterr().err
+    assert code == 70 and "Traceback" not in err
+    assert "internal error: RuntimeError: something medlab did not foresee" in err
+    assert "second line" not in err and "MEDLAB_DEBUG" in err
+    monkeypatch.setenv("MEDLAB_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["node", "info", "x.duckdb"])

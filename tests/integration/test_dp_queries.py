@@ -55,6 +55,9 @@ def test_budget_spent_equals_opendp_composition_of_the_answers(store: Path) -> N
         (mech.count_measurement("laplace", 0.25 * (1 - share))[0], 0.25 * (1 - share)),
     ]
     assert all(m.map(1) <= e * (1 + 1e-6) for m, e in measurements)
+    # At epsilon 1 the differencing test's share (0.25) gives Laplace scale 4, as the README
+    # says: a population one person from an earlier one is refused about 95% of the time.
+    assert mech.count_measurement("laplace", 0.25)[1] == pytest.approx(4.0, rel=1e-3)
     # ... composed by OpenDP (basic composition needs one input domain: count stand-ins with
     # the same losses).
     stand_ins = [mech.count_measurement("laplace", e)[0] for _, e in measurements]

@@ -103,7 +103,3 @@ class Scope:
         family = tuple(sorted({self.cohorts[c] for c in roots}))
         key = population_key(self.snapshot, kind, family, *parts)
         return Population(key, persons, kind, family, self.snapshot)
-
-    def definition(self, cohort_id: int) -> str:
-        """The digest of a cohort's definition."""
-        return self.cohorts[cohort_id]

@@ -5,18 +5,21 @@ subtraction: a cohort with and without one patient, a comparator arm less one pe
 tracker padding a small set. So the node keeps, for every population behind every released
 count (each cohort, analysis population, stratum, arm, covariate row, DP query), its key (how
 it was defined, on which data snapshot) and its persons as keyed audit ids
-(:mod:`medlab.privacy.persons`) in ``medlab.release_audit``. A new population is **flagged**
-when an earlier one defined differently lies within fewer than the minimum cell count of
-persons of it, the identical population included: were only near-but-different populations
-flagged, the flag itself would tell A from A plus one person. A flagged population's numbers
-are withheld (suppressed rows, refused models).
+(:mod:`medlab.privacy.persons`) in ``medlab.release_audit``, with its kind (a cohort, or the
+analysis type that derived it) and its family (the cohort definitions it derives from, and the
+snapshot). A new population is **flagged** when an earlier one of its kind from another family
+lies within fewer than the minimum cell count of persons of it, the identical population
+included: were only near-but-different populations flagged, the flag itself would tell A
+from A plus one person. A flagged population's numbers are withheld (suppressed rows, refused
+models).
 
 - The same definition on the same snapshot is the same population: it is looked up by key and
   gets the decision it got the first time, so it may feed any number of analyses and studies,
-  and re-running a study on unchanged data reproduces its releases exactly.
-- Populations of one release (one analysis at one node) are not compared with each other:
-  nested steps, strata and rows of one table are the gate's business (steps, complements and
-  margins).
+  and re-running a study on unchanged data reproduces its releases exactly. The same
+  definition on a later snapshot is compared with the earlier one, except when nobody changed.
+- Populations of one family, and those of one release (one analysis at one node), are not
+  compared with each other: nested steps, strata and rows of one table are the gate's
+  business (steps, complements and margins).
 - Populations too small to be shown are remembered too, so that padding a suppressed small
   set up to the threshold is caught.
 

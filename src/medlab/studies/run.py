@@ -407,8 +407,7 @@ def _run(
             if recorded_snapshot(con) != fingerprint:  # data changed behind medlab's back
                 record_snapshot(con, fingerprint)
             quality[store.stem] = _quality(con, fingerprint)
-        scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
-        with open_store(store, read_only=True) as con:
+            scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
             roots = {c.id: scope.cohort(c.id, _members(con, c.id)) for c in spec.cohorts}
         node_policy_ = policies[store.stem]
         node_runs.append(
