@@ -1,8 +1,11 @@
 """The comparative study on one synthetic site of 100k and 1M patients: time per stage.
 
 Apixaban vs warfarin new users, GI bleeding; the stages are cohort generation, the study
-population, covariates, the propensity score, and each adjustment with its Cox model. The
-first line of each size is generating the data, for scale.
+population, covariates, the propensity model (Laplace prior, fixed variance and
+cross-validated), and each adjustment with its Cox model. Matching is timed twice: the
+CohortMethod matcher medlab now uses, and the earlier matcher (targets walked in score order,
+kept here as the peer) on the same scores, with the ratio. The first line of each size is
+generating the data, for scale.
 
     python benchmarks/study_bench.py              # 100k and 1M patients
     python benchmarks/study_bench.py 20000        # chosen sizes
@@ -19,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from medlab.analyses import estimation as est
+from medlab.analyses.matching import match_on_ps
 from medlab.analyses.population import PopulationSettings, covariates, study_population
+from medlab.analyses.propensity import propensity_model
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
@@ -43,6 +48,42 @@ OUTCOME = {
     "qualified_limit": "all",
     "end_strategy": {"type": "date_offset", "offset": 1},
 }
+
+
+def previous_match(
+    ps: np.ndarray, treatment: np.ndarray, max_ratio: int, caliper: float
+) -> np.ndarray:
+    """medlab's matcher before CohortMethod's: targets in score order, each taking its
+    nearest unused comparator (the peer this benchmark compares against)."""
+    score = est.logit(ps)
+    width = caliper * float(np.std(score)) if caliper > 0 else float("inf")
+    targets = np.flatnonzero(treatment == 1)
+    comparators = np.flatnonzero(treatment == 0)
+    order = comparators[np.argsort(score[comparators], kind="stable")]
+    values = score[order]
+    used = np.zeros(len(order), dtype=bool)
+    stratum = np.full(len(ps), -1, dtype=np.int64)
+    matched = np.zeros(len(ps), dtype=np.int64)
+    for round_index in range(max_ratio):
+        for t in targets[np.argsort(score[targets], kind="stable")]:
+            if matched[t] != round_index:
+                continue
+            i = int(np.searchsorted(values, score[t]))
+            best, best_gap = -1, width
+            lo, hi = i - 1, i
+            while lo >= 0 and used[lo]:
+                lo -= 1
+            while hi < len(order) and used[hi]:
+                hi += 1
+            for j in (lo, hi):
+                if 0 <= j < len(order) and abs(values[j] - score[t]) <= best_gap:
+                    best, best_gap = j, abs(values[j] - score[t])
+            if best >= 0:
+                used[best] = True
+                stratum[order[best]] = t
+                stratum[t] = t
+                matched[t] += 1
+    return stratum
 
 
 def main(sizes: list[int]) -> None:
@@ -73,14 +114,26 @@ def main(sizes: list[int]) -> None:
                 x = covariates(con, population, [43013024, 1310149]).matrix
                 t = timed(f"covariates ({x.shape[1]:,})", t)
             treatment = population["treatment"].to_numpy()
-            ps = est.propensity_scores(x, treatment)
-            t = timed("propensity score (L2)", t)
+            ps = propensity_model(x, treatment, "laplace", 0.01).scores
+            t = timed("propensity model (Laplace, v=0.01)", t)
+            propensity_model(x, treatment, "laplace", None)
+            t = timed("propensity model (Laplace, 10-fold CV)", t)
             est.cox(population, "none")
             t = timed("Cox, unadjusted", t)
-            stratum = est.match(ps, treatment, 1, 0.2)
+            for ratio in (1, 100):
+                t = time.perf_counter()
+                previous_match(ps, treatment, ratio, 0.2)
+                before = time.perf_counter() - t
+                t = time.perf_counter()
+                stratum = match_on_ps(ps, treatment, ratio, 0.2)
+                now = time.perf_counter() - t
+                timings.append((f"previous matcher, max ratio {ratio}", before))
+                timings.append((f"CohortMethod matcher, max ratio {ratio}", now))
+                timings.append(("  ratio now / previous", now / before))
+            t = time.perf_counter()
             keep = stratum >= 0
             est.cox(population[keep].reset_index(drop=True), "matching", stratum[keep])
-            t = timed("1:1 matching + stratified Cox", t)
+            t = timed("stratified Cox on the matched sets", t)
             est.cox(population, "stratification", est.stratify(ps))
             t = timed("quintiles + stratified Cox", t)
             est.cox(population, "iptw", weights=est.iptw(ps, treatment))
@@ -94,7 +147,8 @@ def main(sizes: list[int]) -> None:
             flush=True,
         )
         for name, seconds in timings:
-            print(f"  {name:<34} {seconds:8.2f} s", flush=True)
+            unit = "" if name.strip().startswith("ratio") else " s"
+            print(f"  {name:<40} {seconds:8.2f}{unit}", flush=True)
 
 
 if __name__ == "__main__":

@@ -312,3 +312,44 @@ def test_measurement_operator_and_range_status_route_and_age_at_era_end(run) -> 
             condition_era_end_date=w_date(end),
         )
     assert [r[0] for r in run(w, DEFINITIONS["era_age_at_end"])[0]] == [1]
+
+
+def test_observation_period_not_required_keeps_entries_outside_observation(run) -> None:
+    # Eunomia's createCohorts: every drug era, in an observation period or not, ending by
+    # the end strategy alone (here 30 days after the start, past the period's end).
+    w = World()
+    w.drug(w.person(1, end="2010-01-10"), 201, "2010-01-01")  # runs past the period end
+    w.drug(w.person(2, start="2011-01-01"), 201, "2010-06-01")  # before observation
+    definition = {
+        "concept_sets": [{"id": 0, "items": [{"concept_id": 201}]}],
+        "primary": {"criteria": [{"domain": "drug_exposure", "codeset_id": 0}]},
+        "end_strategy": {"type": "date_offset", "field": "start", "offset": 30},
+    }
+    required, _ = run(w, definition)
+    assert required == [(1, "2010-01-01", "2010-01-10")]
+    free, _ = run(w, {**definition, "observation_period": "not_required"})
+    assert free == [(1, "2010-01-01", "2010-01-31"), (2, "2010-06-01", "2010-07-01")]
+
+
+def test_observation_period_not_required_refuses_observation_based_settings() -> None:
+    import pytest
+
+    from medlab.cohorts.model import parse_definition
+    from medlab.errors import DefinitionError
+
+    base = {
+        "concept_sets": [{"id": 0, "items": [{"concept_id": 201}]}],
+        "primary": {"criteria": [{"domain": "drug_exposure", "codeset_id": 0}], "prior_days": 30},
+        "end_strategy": {"type": "date_offset", "field": "start", "offset": 30},
+        "observation_period": "not_required",
+    }
+    with pytest.raises(DefinitionError, match="prior_days"):
+        parse_definition(base)
+    with pytest.raises(DefinitionError, match="end strategy"):
+        parse_definition(
+            {
+                **base,
+                "primary": {**base["primary"], "prior_days": 0},
+                "end_strategy": {"type": "observation_period_end"},
+            }
+        )

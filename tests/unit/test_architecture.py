@@ -29,7 +29,7 @@ def test_modules_stay_small() -> None:
         assert len(path.read_text().splitlines()) < 600, path
 
 
-ANALYSES = ("characterization", "comparative", "feasibility", "incidence", "utilization")
+ANALYSES = ("characterization", "comparative_release", "feasibility", "incidence", "utilization")
 
 
 def test_every_combine_step_takes_released_payloads_only() -> None:

@@ -8,47 +8,60 @@ step: per-site estimates and their fixed- and random-effects meta-analysis per a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import duckdb
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import sparse
 
 from medlab.analyses import estimation as est
-from medlab.analyses import meta
+from medlab.analyses.cox import Interval, Ties
+from medlab.analyses.matching import CaliperScale, match_on_ps
 from medlab.analyses.population import (
     AttritionStep,
     PopulationSettings,
     arm_persons,
     covariates,
-    study_population,
+    exposures,
+    outcome_days,
+    outcome_population,
 )
-from medlab.analyses.scope import Scope
-from medlab.fields import MAX_DAYS, ConceptId, PositiveReal
-from medlab.privacy.release import (
-    Cells,
-    Constraint,
-    Curve,
-    Element,
-    Kind,
-    Model,
-    Population,
-    Release,
-    Released,
-    Statistic,
-    Steps,
-    require_released,
-)
+from medlab.analyses.propensity import Prior, propensity_model
+from medlab.fields import MAX_DAYS, CohortId, ConceptId, PositiveReal
 
 ADJUSTMENTS: tuple[est.Adjustment, ...] = ("none", "matching", "stratification", "iptw")
 
 
+class ConceptControl(BaseModel):
+    """A negative-control outcome given as a concept: the study synthesizes the cohort
+    "first occurrence of the concept, descendants included" in ``domain``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concept_id: ConceptId
+    domain: Literal["condition_occurrence", "procedure_occurrence", "observation"] = (
+        "condition_occurrence"
+    )
+
+
+class PositiveControl(BaseModel):
+    """An outcome cohort with a known true hazard ratio (fits the systematic error model)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cohort: CohortId
+    true_hr: Annotated[PositiveReal, Field(le=1000)]
+
+
 class ComparativeSettings(BaseModel):
-    """Population, propensity score and adjustment settings, and the Kaplan-Meier grid."""
+    """Population, propensity model, adjustment, outcome model and control settings, and the
+    Kaplan-Meier grid. Defaults are CohortMethod's (see the README for each equivalent)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,22 +69,68 @@ class ComparativeSettings(BaseModel):
     exclude_ingredients: Annotated[list[ConceptId], Field(max_length=1000)] = Field(
         default_factory=list
     )
-    ps_penalty: Literal["l1", "l2"] = "l2"
-    ps_strength: Annotated[PositiveReal, Field(le=1e6)] = 1.0
+    ps_prior: Prior = "laplace"
+    ps_variance: Annotated[PositiveReal, Field(le=1e6)] | None = None
+    ps_cv_folds: Annotated[int, Field(ge=2, le=20)] = 10
+    ps_cv_seed: int = 1
     adjustments: list[est.Adjustment] = Field(default_factory=lambda: list(ADJUSTMENTS))
     max_ratio: Annotated[int, Field(ge=1, le=1000)] = 1
     caliper: Annotated[float, Field(ge=0, le=100)] = 0.2
+    caliper_scale: CaliperScale = "standardized_logit"
     strata: Annotated[int, Field(ge=2, le=100)] = 5
-    iptw_estimand: Literal["ate", "att"] = "att"
+    iptw_estimand: est.Estimand = "att"
     max_weight: Annotated[PositiveReal, Field(le=1e6)] = 10.0
+    iptw_variance: Literal["robust", "model"] = "robust"
+    cox_ties: Ties = "breslow"
+    cox_ci: Interval = "profile"
+    negative_controls: Annotated[list[CohortId | ConceptControl], Field(max_length=200)] = Field(
+        default_factory=list
+    )
+    positive_controls: Annotated[list[PositiveControl], Field(max_length=200)] = Field(
+        default_factory=list
+    )
     km_step_days: Annotated[int, Field(ge=1, le=3650)] = 30
     km_horizon_days: Annotated[int, Field(ge=1, le=MAX_DAYS)] = 1800
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """The earlier sklearn-named settings: ``ps_penalty: l2`` with ``ps_strength: C`` is
+        exactly a normal prior of variance C (the intercept was never penalized); ``l1``
+        penalized the intercept too, so it is refused rather than silently changed."""
+        if not isinstance(data, dict) or not ({"ps_penalty", "ps_strength"} & set(data)):
+            return data
+        data = dict(data)
+        penalty = data.pop("ps_penalty", "l2")
+        strength = data.pop("ps_strength", 1.0)
+        if penalty != "l2":
+            raise ValueError(
+                "ps_penalty: l1 is replaced by ps_prior: laplace (intercept unpenalized, "
+                "variance = 2 * ps_strength^2); give ps_prior and ps_variance"
+            )
+        if "ps_prior" in data or "ps_variance" in data:
+            raise ValueError("give ps_prior/ps_variance or ps_penalty/ps_strength, not both")
+        data["ps_prior"], data["ps_variance"] = "normal", strength
+        return data
 
     @model_validator(mode="after")
     def _grid(self) -> ComparativeSettings:
         if self.km_horizon_days // self.km_step_days > 1000:
             raise ValueError("the Kaplan-Meier grid has more than 1,000 points")
+        if self.ps_prior == "none" and self.ps_variance is not None:
+            raise ValueError("ps_prior none has no variance")
         return self
+
+    def control_outcomes(self) -> list[tuple[int, float]]:
+        """(outcome cohort id, true log HR) of every control, negatives first. Concept
+        controls must have been replaced by their synthesized cohorts (the study does it)."""
+        out = []
+        for item in self.negative_controls:
+            if not isinstance(item, int):
+                raise ValueError("concept negative controls are synthesized into cohorts first")
+            out.append((item, 0.0))
+        out += [(p.cohort, math.log(p.true_hr)) for p in self.positive_controls]
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,9 +145,19 @@ class Arms:
 
 
 @dataclass(frozen=True)
+class Control:
+    """One control outcome's estimates per adjustment and who each is about."""
+
+    outcome: int
+    true_log_hr: float
+    estimates: list[est.Estimate]
+    arms: dict[str, Arms]
+
+
+@dataclass(frozen=True)
 class SiteResult:
-    """What one node computed: attrition, estimates, balance, equipoise, curves, and who each
-    is about (node-internal)."""
+    """What one node computed: attrition, estimates, balance, equipoise, curves, controls,
+    diagnostics, and who each is about (node-internal)."""
 
     site: str
     attrition: list[AttritionStep]
@@ -100,9 +169,18 @@ class SiteResult:
     arms: dict[str, Arms] = field(default_factory=dict)
     preference_persons: dict[str, list[frozenset[int]]] = field(default_factory=dict)
     equipoise_persons: int = 0
+    balance_table1: dict[str, float] = field(default_factory=dict)
+    generalizability: dict[str, float] = field(default_factory=dict)
+    auc: float = float("nan")
+    followup: dict[str, float] = field(default_factory=dict)  # mean days at risk per arm
+    controls: list[Control] = field(default_factory=list)
 
 
 _BINS = np.linspace(0, 1, 21)
+_ARMS = ("target", "comparator")
+# FeatureExtraction's default Table 1 covers demographics, the Charlson index and medical
+# history; medlab's table-1 covariates are those of its covariate set.
+_TABLE1 = ("age_group:", "gender:", "condition_any_time_prior:", "charlson_index")
 
 
 def _arms(frame: pd.DataFrame) -> Arms:
@@ -115,6 +193,80 @@ def _arms(frame: pd.DataFrame) -> Arms:
     )
 
 
+def _tiebreak(frame: pd.DataFrame) -> np.ndarray:
+    """A key per entry that does not depend on the store's row order: a keyed hash of the
+    person and the entry's start (ties in the score are ordered by it)."""
+    keys = [
+        hashlib.blake2b(f"{p}:{d}".encode(), key=b"medlab-matching", digest_size=8).digest()
+        for p, d in zip(frame["person_id"], frame["start_date"].dt.strftime("%Y%m%d"), strict=True)
+    ]
+    return np.array([int.from_bytes(k, "big") >> 1 for k in keys], dtype=np.int64)
+
+
+class _Model(NamedTuple):
+    ties: Ties
+    interval: Interval
+    robust: bool
+
+
+@dataclass(frozen=True)
+class _Adjusted:
+    frame: pd.DataFrame
+    stratum: np.ndarray | None
+    weights: np.ndarray | None  # outcome-model weights (IPTW)
+    balance: np.ndarray  # balance weights per kept row
+    keep: np.ndarray  # which rows of the population the adjustment keeps
+
+
+def _adjust(
+    adjustment: est.Adjustment,
+    population: pd.DataFrame,
+    ps: np.ndarray,
+    settings: ComparativeSettings,
+) -> _Adjusted:
+    """One adjustment on one outcome's population (matching, PS strata or weights)."""
+    treatment = population["treatment"].to_numpy()
+    everyone = np.ones(len(population), dtype=bool)
+    if adjustment == "matching":
+        sets = match_on_ps(
+            ps,
+            treatment,
+            settings.max_ratio,
+            settings.caliper,
+            settings.caliper_scale,
+            _tiebreak(population),
+        )
+        keep = sets >= 0
+        stratum = sets[keep]
+        sizes = np.bincount(stratum) if keep.any() else np.zeros(0, dtype=np.int64)
+        # ATT matching weights: each comparator counts 1/k in a set with k comparators.
+        comparators = sizes[stratum] - 1 if keep.any() else np.zeros(0)
+        balance = np.where(treatment[keep] == 1, 1.0, 1.0 / np.maximum(comparators, 1))
+        return _Adjusted(population[keep].reset_index(drop=True), stratum, None, balance, keep)
+    if adjustment == "stratification":
+        stratum = est.stratify(ps, settings.strata)
+        targets = np.bincount(stratum, weights=treatment, minlength=settings.strata)
+        comparators = np.bincount(stratum, weights=1 - treatment, minlength=settings.strata)
+        ratio = np.divide(targets, comparators, out=np.zeros_like(targets), where=comparators > 0)
+        balance = np.where(treatment == 1, 1.0, ratio[stratum])
+        return _Adjusted(population, stratum, None, balance, everyone)
+    if adjustment == "iptw":
+        w = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight)
+        return _Adjusted(population, None, w, w, everyone)
+    return _Adjusted(population, None, None, np.ones(len(population)), everyone)
+
+
+def _generalizability(x: Any, keep: np.ndarray, weights: np.ndarray) -> float:
+    """Max |SMD| between the adjusted population (weighted) and the study population."""
+    before = x
+    after = x[keep]
+    stacked = sparse.vstack([before, after], format="csr")
+    group = np.r_[np.zeros(before.shape[0]), np.ones(after.shape[0])]
+    w = np.r_[np.ones(before.shape[0]), weights]
+    smd = est.standardized_differences(stacked, group.astype(int), w)
+    return float(np.abs(smd).max()) if smd.size else 0.0
+
+
 def local(
     con: duckdb.DuckDBPyConnection,
     site: str,
@@ -123,13 +275,17 @@ def local(
     outcome_id: int,
     settings: ComparativeSettings,
 ) -> SiteResult:
-    """Run the study on one node and return aggregates (and their populations) only."""
-    population, attrition = study_population(
-        con, target_id, comparator_id, outcome_id, settings.population
+    """Run the study on one node and return aggregates (and their populations) only: the
+    propensity model is fitted once on the fetched entries (CohortMethod's shared PS), each
+    outcome (the study's and every control) then gets its own population and adjustments."""
+    s = settings.population
+    fetched = exposures(con, target_id, comparator_id, s)
+    population, attrition = outcome_population(
+        fetched, outcome_days(con, fetched.frame, outcome_id), s
     )
-    treatment = population["treatment"].to_numpy()
     grid = {"step": settings.km_step_days, "horizon": settings.km_horizon_days}
-    if len(set(treatment)) < 2:
+    treatment_all = fetched.frame["treatment"].to_numpy()
+    if len(set(treatment_all)) < 2 or len(set(population["treatment"])) < 2:
         warnings.warn(
             f"{site}: the study population lacks the target or comparator arm",
             est.EstimationWarning,
@@ -140,344 +296,87 @@ def local(
         nobody = {str(a): _arms(population) for a in settings.adjustments}
         zeros = {arm: [0] * 20 for arm in _ARMS}
         return SiteResult(site, attrition, empty, float("nan"), float("nan"), curves, zeros, nobody)
-    x = covariates(con, population, settings.exclude_ingredients).matrix
-    ps = est.propensity_scores(x, treatment, settings.ps_penalty, settings.ps_strength)
+    cov = covariates(con, fetched.frame, settings.exclude_ingredients)
+    fitted = propensity_model(
+        cov.matrix,
+        treatment_all,
+        settings.ps_prior,
+        settings.ps_variance,
+        settings.ps_cv_folds,
+        settings.ps_cv_seed,
+    )
+    table1 = np.array([any(c.startswith(p) for p in _TABLE1) for c in cov.ids], dtype=bool)
+
+    def rows(frame: pd.DataFrame) -> np.ndarray:
+        return frame["row_id"].to_numpy() - 1
+
+    index = rows(population)
+    x = cov.matrix[index]
+    ps = fitted.scores[index]
+    treatment = population["treatment"].to_numpy()
     preference = est.preference_scores(ps, treatment)
     within = (preference >= 0.3) & (preference <= 0.7)
-    equipoise = float(within.mean())
     histogram: dict[str, list[int]] = {}
     bin_persons: dict[str, list[frozenset[int]]] = {}
     people = population["person_id"].to_numpy()
     for arm, value in (("target", 1), ("comparator", 0)):
         scores = preference[treatment == value]
         histogram[arm] = np.histogram(scores, _BINS)[0].astype(int).tolist()
-        index = np.clip(np.digitize(scores, _BINS[1:-1]), 0, 19)
+        bins = np.clip(np.digitize(scores, _BINS[1:-1]), 0, 19)
         members = people[treatment == value]
-        bin_persons[arm] = [frozenset(int(p) for p in members[index == i]) for i in range(20)]
+        bin_persons[arm] = [frozenset(int(p) for p in members[bins == i]) for i in range(20)]
     before = float(np.abs(est.standardized_differences(x, treatment)).max())
+    model = _Model(settings.cox_ties, settings.cox_ci, settings.iptw_variance == "robust")
     estimates = []
     km: dict[str, list[dict[str, object]]] = {}
     arms: dict[str, Arms] = {}
+    table: dict[str, float] = {}
+    general: dict[str, float] = {}
     for adjustment in settings.adjustments:
-        frame, stratum, weights = population, None, None
-        if adjustment == "matching":
-            stratum_all = est.match(ps, treatment, settings.max_ratio, settings.caliper)
-            keep = stratum_all >= 0
-            frame = population[keep].reset_index(drop=True)
-            arms[adjustment] = _arms(frame)
-            km[adjustment] = est.kaplan_meier(frame, None, **grid)
-            if not keep.any():
-                estimates.append(est.cox(frame, adjustment))
-                continue
-            stratum = stratum_all[keep]
-            sizes = np.bincount(stratum_all[keep] - stratum_all[keep].min())
-            # ATT matching weights: each comparator counts 1/k in a set with k comparators.
-            set_sizes = sizes[stratum_all[keep] - stratum_all[keep].min()] - 1
-            matched_weights = np.where(treatment[keep] == 1, 1.0, 1.0 / np.maximum(set_sizes, 1))
-            smd = est.standardized_differences(x[keep], treatment[keep], matched_weights)
-        elif adjustment == "stratification":
-            stratum = est.stratify(ps, settings.strata)
-            # Balance within strata: comparators weighted to their stratum's target count.
-            targets = np.bincount(stratum, weights=treatment, minlength=settings.strata)
-            comparators = np.bincount(stratum, weights=1 - treatment, minlength=settings.strata)
-            ratio = np.divide(
-                targets, comparators, out=np.zeros_like(targets), where=comparators > 0
-            )
-            smd = est.standardized_differences(
-                x, treatment, np.where(treatment == 1, 1.0, ratio[stratum])
-            )
-        elif adjustment == "iptw":
-            weights = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight)
-            smd = est.standardized_differences(x, treatment, weights)
-        else:
-            smd = est.standardized_differences(x, treatment)
-        after = float(np.abs(smd).max()) if smd.size else 0.0
-        estimates.append(est.cox(frame, adjustment, stratum, weights, after))
-        if adjustment != "matching":
-            km[adjustment] = est.kaplan_meier(frame, weights, **grid)
-            arms[adjustment] = _arms(frame)
+        adj = _adjust(adjustment, population, ps, settings)
+        kept_x, kept_t = x[adj.keep], treatment[adj.keep]
+        smd = est.standardized_differences(kept_x, kept_t, adj.balance) if adj.keep.any() else None
+        after = float(np.abs(smd).max()) if smd is not None and smd.size else float("nan")
+        table[adjustment] = (
+            float(np.abs(smd[table1]).max()) if smd is not None and table1.any() else float("nan")
+        )
+        general[adjustment] = (
+            _generalizability(x, adj.keep, adj.balance) if adj.keep.any() else float("nan")
+        )
+        estimates.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, after, *model))
+        km[adjustment] = est.kaplan_meier(adj.frame, adj.weights, **grid)
+        arms[adjustment] = _arms(adj.frame)
+    controls = []
+    for control, true_log_hr in settings.control_outcomes():
+        frame, _ = outcome_population(fetched, outcome_days(con, fetched.frame, control), s)
+        control_ps = fitted.scores[rows(frame)]
+        found = []
+        who: dict[str, Arms] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", est.EstimationWarning)
+            for adjustment in settings.adjustments:
+                adj = _adjust(adjustment, frame, control_ps, settings)
+                found.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, None, *model))
+                who[adjustment] = _arms(adj.frame)
+        controls.append(Control(control, true_log_hr, found, who))
+    followup = {
+        arm: float(population.loc[population["treatment"] == value, "time_at_risk"].mean())
+        for arm, value in (("target", 1), ("comparator", 0))
+    }
     return SiteResult(
         site,
         attrition,
         estimates,
         before,
-        equipoise,
+        float(within.mean()),
         km,
         histogram,
         arms,
         bin_persons,
         int(within.sum()),
+        table,
+        general,
+        fitted.auc,
+        followup,
+        controls,
     )
-
-
-# Released per model: the hazard ratio and its limits (ratio precision) and p; the log HR and
-# its SE are derived from them after the gate (they would otherwise undo the rounding).
-_VALUES = ("hr", "ci_low", "ci_high", "p")
-_KINDS: dict[str, Kind] = {"hr": "ratio", "ci_low": "ratio", "ci_high": "ratio", "p": "p_value"}
-_COUNTS = ("target_persons", "comparator_persons", "target_events", "comparator_events")
-_ARMS = ("target", "comparator")
-_Z = 1.959963984540054
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and np.isfinite(value) else None
-
-
-class _Keys:
-    """The populations of one comparative release, derived from its three cohorts."""
-
-    def __init__(self, scope: Scope, analysis: Any) -> None:
-        self.scope = scope
-        self.analysis = analysis
-        self.roots = (analysis.target, analysis.comparator, analysis.outcome)
-        self.settings = analysis.settings.model_dump(mode="json")
-
-    def derived(self, *parts: Any, persons: frozenset[int]) -> Population:
-        return self.scope.derived("comparative", self.roots, self.settings, *parts, persons=persons)
-
-    def step(self, index: int, step: str, arm: str, persons: frozenset[int]) -> Population:
-        """One arm after one attrition step: the first step is the cohort itself (medlab's
-        cohorts lie within observation), the rest derive from the whole analysis."""
-        if index == 0:
-            cohort = self.analysis.target if arm == "target" else self.analysis.comparator
-            return self.scope.cohort(cohort, persons)
-        return self.derived(f"step:{step}", "arm", arm, persons=persons)
-
-
-def _populations(keys: _Keys, site: SiteResult) -> dict[str, Population]:
-    """The population of every model count, curve and balance of the release."""
-    out: dict[str, Population] = {}
-    last = len(site.attrition) - 1
-    final = site.attrition[-1].step if site.attrition else ""
-    for adjustment, arms in site.arms.items():
-        matched = adjustment == "matching"
-        basis = "matched" if matched else f"step:{final}"
-        for name, persons in (
-            ("target_persons", arms.target),
-            ("comparator_persons", arms.comparator),
-            ("target_events", arms.target_events),
-            ("comparator_events", arms.comparator_events),
-        ):
-            arm = name.split("_")[0]
-            if name.endswith("events"):
-                out[f"{adjustment}:{name}"] = keys.derived(basis, "events", arm, persons=persons)
-            elif matched:
-                out[f"{adjustment}:{name}"] = keys.derived(basis, "arm", arm, persons=persons)
-            else:  # models without matching are about the final study population
-                out[f"{adjustment}:{name}"] = keys.step(last, final, arm, persons)
-        out[f"{adjustment}:all"] = keys.derived(basis, "all", persons=arms.target | arms.comparator)
-    return out
-
-
-def to_release(site: SiteResult, scope: Scope, analysis: Any) -> Release:
-    """Attrition as nested steps; per adjustment the Cox model, its balance and its
-    Kaplan-Meier curves on the settings' grid; balance before adjustment, equipoise and the
-    preference-score histogram (whose bins add up to each arm). ``analysis`` is the
-    study's :class:`~medlab.studies.spec.ComparativeAnalysis`."""
-    settings: ComparativeSettings = analysis.settings
-    keys = _Keys(scope, analysis)
-    steps = [
-        {
-            "target_persons": keys.step(i, a.step, "target", a.target),
-            "comparator_persons": keys.step(i, a.step, "comparator", a.comparator),
-        }
-        for i, a in enumerate(site.attrition)
-    ]
-    elements: list[Element] = [
-        Steps(
-            "attrition",
-            tuple(
-                (
-                    a.step,
-                    {
-                        "target_persons": a.target_persons,
-                        "comparator_persons": a.comparator_persons,
-                    },
-                )
-                for a in site.attrition
-            ),
-            tuple(steps),
-        )
-    ]
-    populations = _populations(keys, site)
-    last = site.attrition[-1] if site.attrition else None
-    everyone = keys.derived(
-        f"step:{last.step if last else ''}",
-        "all",
-        persons=(last.target | last.comparator) if last else frozenset(),
-    )
-    population = len(everyone)
-    for e in site.estimates:
-        persons = e.target_persons + e.comparator_persons
-        elements.append(
-            Model(
-                f"estimate:{e.adjustment}",
-                1,
-                persons,
-                e.target_events + e.comparator_events,
-                {k: _finite(getattr(e, k)) for k in _VALUES},
-                {k: getattr(e, k) for k in _COUNTS},
-                ("target_events", "comparator_events"),
-                _KINDS,
-                {k: populations[f"{e.adjustment}:{k}"] for k in _COUNTS},
-            )
-        )
-        elements.append(
-            Statistic(
-                f"balance:{e.adjustment}",
-                _finite(e.max_abs_smd),
-                persons,
-                "smd",
-                population=populations[f"{e.adjustment}:all"],
-            )
-        )
-        rows = site.km.get(e.adjustment, [])
-        elements.append(
-            Curve(
-                f"km:{e.adjustment}",
-                {
-                    arm: tuple(
-                        (
-                            float(r["day"]),  # type: ignore[arg-type]
-                            float(r["at_risk"]),  # type: ignore[arg-type]
-                            float(r["events"]),  # type: ignore[arg-type]
-                            float(r["survival"]),  # type: ignore[arg-type]
-                        )
-                        for r in rows
-                        if r["arm"] == arm
-                    )
-                    for arm in _ARMS
-                },
-                {arm: populations[f"{e.adjustment}:{arm}_persons"] for arm in _ARMS},
-            )
-        )
-    elements.append(
-        Statistic("balance_before", _finite(site.balance_before), population, "smd", None, everyone)
-    )
-    elements.append(
-        Statistic(
-            "equipoise",
-            _finite(site.equipoise),
-            population,
-            "proportion",
-            site.equipoise_persons,
-            everyone,
-        )
-    )
-    bins = {arm: site.preference_histogram.get(arm, [0] * 20) for arm in _ARMS}
-    counts = {f"{arm}:{i}": {"n": n} for arm, b in bins.items() for i, n in enumerate(b)}
-    counts.update({arm: {"n": sum(b)} for arm, b in bins.items()})
-    margins = tuple(
-        Constraint(arm, tuple(f"{arm}:{i}" for i in range(len(b))), ("n",))
-        for arm, b in bins.items()
-    )
-    members = {
-        f"{arm}:{i}": keys.derived(
-            "preference",
-            arm,
-            i,
-            persons=site.preference_persons.get(arm, [frozenset()] * 20)[i],
-        )
-        for arm in _ARMS
-        for i in range(20)
-    }
-    if last:
-        members["target"] = steps[-1]["target_persons"]
-        members["comparator"] = steps[-1]["comparator_persons"]
-    # Under differential privacy: with first exposures only, a person adds one entry to her
-    # arm's total and one bin (in both arms unless subjects in both cohorts are removed).
-    population_settings = settings.population
-    per_person = (1 if population_settings.remove_subjects_in_both_cohorts else 2) * 2
-    elements.append(
-        Cells(
-            "preference",
-            counts,
-            constraints=margins,
-            populations=members,
-            sensitivity={"n": float(per_person)} if population_settings.first_exposure_only else {},
-        )
-    )
-    labels = {"adjustments": [e.adjustment for e in site.estimates]}
-    return Release("comparative", site.site, tuple(elements), labels)
-
-
-def _log_scale(model: dict[str, Any]) -> tuple[float | None, float | None]:
-    """The log hazard ratio and its standard error, from the released ratio and limits."""
-    hr, low, high = model.get("hr"), model.get("ci_low"), model.get("ci_high")
-    if not hr or not low or not high or hr <= 0 or low <= 0 or high <= low:
-        return None, None
-    return math.log(hr), (math.log(high) - math.log(low)) / (2 * _Z)
-
-
-def released_site(part: Released) -> dict[str, Any]:
-    """One site's released result in the readable form the study results use, with the
-    warnings its released values call for."""
-    v = part.values
-    estimates = []
-    km: dict[str, list[dict[str, object]]] = {}
-    notes: list[str] = []
-    for adjustment in part.labels["adjustments"]:
-        model = v[f"estimate:{adjustment}"]
-        log_hr, se = _log_scale(model)
-        balance = v[f"balance:{adjustment}"]
-        estimates.append(
-            {
-                "adjustment": adjustment,
-                **{k: model[k] for k in _VALUES},
-                "log_hr": log_hr,
-                "se": se,
-                **{k: model[k] for k in _COUNTS},
-                "max_abs_smd": balance,
-                "refused": model["refused"],
-            }
-        )
-        if model["refused"]:
-            notes.append(f"{part.site}: {adjustment}: no hazard ratio ({model['refused']})")
-        elif model["hr"] is None:
-            notes.append(f"{part.site}: {adjustment}: no finite hazard ratio")
-        if adjustment != "none" and balance is not None and balance > 0.1:
-            notes.append(
-                f"{part.site}: after {adjustment}, a covariate has |SMD| {balance:.2g} > 0.1"
-            )
-        curve = v.get(f"km:{adjustment}")
-        if curve:
-            km[adjustment] = [
-                {"arm": arm, "day": p["time"], "survival": p["value"], "at_risk": p["at_risk"]}
-                for arm in _ARMS
-                for p in curve.get(arm, [])
-            ]
-    histogram: dict[str, list[int | None]] = {}
-    for key, row in (v.get("preference") or {}).items():
-        if ":" in key:
-            arm, _ = key.split(":")
-            histogram.setdefault(arm, []).append(row["n"])
-    return {
-        "site": part.site,
-        "estimates": estimates,
-        "attrition": v["attrition"],
-        "max_abs_smd_before": v["balance_before"],
-        "equipoise": v["equipoise"],
-        "warnings": notes,
-        "km": km,
-        "preference_histogram": histogram,
-    }
-
-
-def combine(parts: list[Released]) -> dict[str, dict[str, meta.Pooled]]:
-    """Per adjustment, the fixed- and random-effects pooled hazard ratios across the sites
-    whose model the release gate let out."""
-    require_released(parts)
-    pooled: dict[str, dict[str, meta.Pooled]] = {}
-    adjustments: list[str] = next((p.labels["adjustments"] for p in parts if p.labels), [])
-    for adjustment in adjustments:
-        models = [p.values.get(f"estimate:{adjustment}") for p in parts]
-        scales = [_log_scale(m) for m in models if m and m["refused"] is None]
-        usable = [(b, se) for b, se in scales if b is not None and se]
-        if not usable:
-            continue
-        b, se = [x[0] for x in usable], [x[1] for x in usable]
-        pooled[adjustment] = {
-            "fixed": meta.fixed_effect(b, se),
-            "random": meta.random_effects(b, se),
-        }
-    return pooled

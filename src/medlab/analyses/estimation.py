@@ -1,8 +1,9 @@
-"""Propensity scores, matching, stratification, IPTW, balance and the Cox outcome model.
+"""Stratification, IPTW, balance, the Cox outcome model and Kaplan-Meier curves.
 
-Estimators are the chosen references themselves: scikit-learn's regularized logistic
-regression for the propensity score, lifelines' Cox model (Efron ties, strata, weights with a
-robust variance) and Kaplan-Meier. What medlab adds is CohortMethod's study logic around them.
+The propensity model is :mod:`medlab.analyses.propensity` (Cyclops-style), matching
+:mod:`medlab.analyses.matching` (CohortMethod's matcher) and the Cox model
+:mod:`medlab.analyses.cox`; this module holds the rest of CohortMethod's study logic around
+them, and Kaplan-Meier curves by lifelines.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import sklearn
-from lifelines import CoxPHFitter, KaplanMeierFitter
-from lifelines.exceptions import ConvergenceError
+from lifelines import KaplanMeierFitter
 from scipy import sparse
-from scipy.stats import norm
-from sklearn.linear_model import LogisticRegression
-from statsmodels.duration.hazard_regression import PHReg
+
+from medlab.analyses import cox as coxmodel
+from medlab.analyses.matching import match_on_ps
 
 Adjustment = Literal["none", "matching", "stratification", "iptw"]
+Estimand = Literal["ate", "att"]
+
+__all__ = ["match_on_ps"]
 
 
 class BalanceWarning(UserWarning):
@@ -34,36 +36,6 @@ class EstimationWarning(UserWarning):
 
 
 _NAN = float("nan")
-_Z = 1.959963984540054
-
-
-def _sklearn_at_least(major: int, minor: int) -> bool:
-    parts = sklearn.__version__.split(".")
-    return (int(parts[0]), int(parts[1])) >= (major, minor)
-
-
-def propensity_scores(
-    x: sparse.csr_matrix,
-    treatment: np.ndarray,
-    penalty: Literal["l1", "l2"] = "l2",
-    strength: float = 1.0,
-) -> np.ndarray:
-    """P(target | covariates) by regularized logistic regression (``strength`` is sklearn's C)."""
-    # scikit-learn 1.8 names the penalty by l1_ratio; earlier releases by ``penalty``.
-    kind = (
-        {"l1_ratio": 1.0 if penalty == "l1" else 0.0}
-        if _sklearn_at_least(1, 8)
-        else {"penalty": penalty}
-    )
-    model = LogisticRegression(
-        C=strength,
-        solver="liblinear" if penalty == "l1" else "lbfgs",
-        tol=1e-8,
-        max_iter=5000,
-        **kind,  # type: ignore[arg-type]
-    )
-    model.fit(x, treatment)
-    return np.asarray(model.predict_proba(x)[:, 1])
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -73,47 +45,12 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def preference_scores(ps: np.ndarray, treatment: np.ndarray) -> np.ndarray:
-    """Walker et al. (2013): the PS with the treated share's odds taken out."""
+    """Walker et al. (2013), as CohortMethod's ``computePreferenceScore``: the PS with the
+    treated share's odds taken out (scores above 0.9999999 capped there first)."""
     share = treatment.mean()
-    x = logit(ps) - math.log(share / (1 - share))
+    capped = np.minimum(ps, 0.9999999)
+    x = logit(capped) - math.log(share / (1 - share))
     return np.asarray(1 / (1 + np.exp(-x)))
-
-
-def match(
-    ps: np.ndarray, treatment: np.ndarray, max_ratio: int = 1, caliper: float = 0.2
-) -> np.ndarray:
-    """Greedy nearest-neighbour matching on the logit of the PS within ``caliper`` standard
-    deviations, up to ``max_ratio`` comparators per target (taken in rounds, as CohortMethod's
-    matchOnPs does). Returns a stratum id per entry, -1 for unmatched ones."""
-    score = logit(ps)
-    width = caliper * float(np.std(score)) if caliper > 0 else math.inf
-    targets = np.flatnonzero(treatment == 1)
-    comparators = np.flatnonzero(treatment == 0)
-    order = comparators[np.argsort(score[comparators], kind="stable")]
-    values = score[order]
-    used = np.zeros(len(order), dtype=bool)
-    stratum = np.full(len(ps), -1, dtype=np.int64)
-    matched = np.zeros(len(ps), dtype=np.int64)
-    for round_index in range(max_ratio):
-        for t in targets[np.argsort(score[targets], kind="stable")]:
-            if matched[t] != round_index:  # only targets matched in every earlier round
-                continue
-            i = int(np.searchsorted(values, score[t]))
-            best, best_gap = -1, width
-            lo, hi = i - 1, i
-            while lo >= 0 and used[lo]:
-                lo -= 1
-            while hi < len(order) and used[hi]:
-                hi += 1
-            for j in (lo, hi):
-                if 0 <= j < len(order) and abs(values[j] - score[t]) <= best_gap:
-                    best, best_gap = j, abs(values[j] - score[t])
-            if best >= 0:
-                used[best] = True
-                stratum[order[best]] = t
-                stratum[t] = t
-                matched[t] += 1
-    return stratum
 
 
 def stratify(ps: np.ndarray, strata: int = 5) -> np.ndarray:
@@ -125,16 +62,19 @@ def stratify(ps: np.ndarray, strata: int = 5) -> np.ndarray:
 def iptw(
     ps: np.ndarray,
     treatment: np.ndarray,
-    estimand: Literal["ate", "att"] = "att",
+    estimand: Estimand = "att",
     max_weight: float = 10.0,
 ) -> np.ndarray:
-    """Stabilized inverse probability of treatment weights, truncated at ``max_weight``."""
-    share = treatment.mean()
-    if estimand == "ate":
-        w = np.where(treatment == 1, share / ps, (1 - share) / (1 - ps))
-    else:
-        w = np.where(treatment == 1, 1.0, (ps / (1 - ps)) * ((1 - share) / share))
-    return np.minimum(w, max_weight)
+    """CohortMethod's stabilized weights (``computeIptw``), truncated at ``max_weight`` as
+    ``truncateIptw`` does. ATT: target P(T), comparator P(C) ps/(1 - ps); ATE: target
+    P(T)/ps, comparator P(C)/(1 - ps); P(T) and P(C) are the arms' shares of the rows."""
+    share = float(np.mean(treatment == 1))
+    with np.errstate(divide="ignore"):
+        if estimand == "ate":
+            w = np.where(treatment == 1, share / ps, (1 - share) / (1 - ps))
+        else:
+            w = np.where(treatment == 1, share, (1 - share) * ps / (1 - ps))
+    return np.asarray(np.minimum(w, max_weight))
 
 
 def standardized_differences(
@@ -189,18 +129,13 @@ def cox(
     stratum: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     max_abs_smd: float | None = None,
+    ties: coxmodel.Ties = "breslow",
+    interval: coxmodel.Interval = "profile",
+    robust: bool = True,
 ) -> Estimate:
-    """Cox proportional hazards on treatment (stratified or weighted as the adjustment asks)."""
-    frame = population[["days", "outcome", "treatment", "person_id"]].copy()
-    kwargs: dict[str, object] = {}
-    if stratum is not None:
-        frame["stratum"] = stratum
-        kwargs["strata"] = ["stratum"]
-    if weights is not None:
-        frame["weight"] = weights
-        kwargs["weights_col"] = "weight"
-        kwargs["robust"] = True
-    arms = frame.groupby("treatment")
+    """Cox proportional hazards on treatment (stratified or weighted as the adjustment asks;
+    a weighted fit's variance is robust unless ``robust`` is false)."""
+    arms = population.groupby("treatment")
     persons = arms["person_id"].nunique()
     events = arms["outcome"].sum()
     counts = (
@@ -216,74 +151,36 @@ def cox(
             stacklevel=2,
         )
         return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
-    if stratum is not None and weights is None:
-        # Many small strata (matched sets): statsmodels' PHReg is linear in the strata where
-        # lifelines loops over them; both use Efron's method for ties.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = PHReg(
-                    frame["days"],
-                    frame[["treatment"]],
-                    status=frame["outcome"],
-                    strata=stratum,
-                    ties="efron",
-                ).fit()
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            warnings.warn(
-                f"{adjustment}: the Cox model did not converge ({exc})",
-                EstimationWarning,
-                stacklevel=2,
-            )
-            return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
-        b, se = float(fit.params[0]), float(fit.bse[0])
-        if not (math.isfinite(b) and math.isfinite(se) and se > 0 and abs(b) + _Z * se < 700):
-            # Monotone likelihood (every informative stratum has events in one arm only):
-            # the coefficient runs off to infinity; there is no finite hazard ratio.
-            warnings.warn(
-                f"{adjustment}: the Cox model has no finite estimate (log HR {b:.3g}, "
-                f"SE {se:.3g}); no hazard ratio",
-                EstimationWarning,
-                stacklevel=2,
-            )
-            return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
-        return Estimate(
-            adjustment,
-            math.exp(b),
-            math.exp(b - _Z * se),
-            math.exp(b + _Z * se),
-            float(2 * norm.sf(abs(b / se))),
-            b,
-            se,
-            *counts,
-            max_abs_smd,
-        )
-    fitter = CoxPHFitter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitter.fit(
-                frame.drop(columns=["person_id"]),
-                duration_col="days",
-                event_col="outcome",
-                **kwargs,
-            )  # type: ignore[arg-type]
-    except ConvergenceError as exc:
+        fitted = coxmodel.fit(
+            population["days"].to_numpy(),
+            population["outcome"].to_numpy(),
+            population["treatment"].to_numpy(dtype=float),
+            weight=weights,
+            stratum=stratum,
+            ties=ties,
+            interval=interval,
+            robust=robust and weights is not None,
+            cluster=population["person_id"].to_numpy() if weights is not None else None,
+        )
+    except coxmodel.NoEstimate as exc:
+        # Monotone likelihood (e.g. every informative matched set has events in one arm
+        # only): the coefficient runs off to infinity; there is no finite hazard ratio.
         warnings.warn(
-            f"{adjustment}: the Cox model did not converge ({exc})".splitlines()[0],
+            f"{adjustment}: the Cox model has no finite estimate ({exc}); no hazard ratio",
             EstimationWarning,
             stacklevel=2,
         )
         return Estimate(adjustment, *(_NAN,) * 6, *counts, max_abs_smd)
-    row = fitter.summary.loc["treatment"]
+    b, se = fitted.log_hr, fitted.se
     return Estimate(
         adjustment,
-        float(row["exp(coef)"]),
-        float(row["exp(coef) lower 95%"]),
-        float(row["exp(coef) upper 95%"]),
-        float(row["p"]),
-        float(row["coef"]),
-        float(row["se(coef)"]),
+        math.exp(b),
+        math.exp(fitted.low),
+        math.exp(fitted.high),
+        fitted.p,
+        b,
+        se,
         *counts,
         max_abs_smd,
     )

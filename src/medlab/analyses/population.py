@@ -1,35 +1,49 @@
 """The comparative study population and its covariates, built inside a node.
 
-Settings mean what they mean in OHDSI CohortMethod's ``createStudyPopulation``: washout
-(minimum prior observation), first exposure only, removing subjects in both cohorts,
-restricting to the common calendar period, removing subjects with a prior outcome within a
-lookback before the risk window, a risk window anchored on cohort start or end (clipped to
-the observation period), a minimum number of days at risk, and censoring at a new risk window.
+Every rule is OHDSI CohortMethod's, in its order and with its attrition labels, in two
+stages as CohortMethod runs them:
+
+1. ``getDbCohortMethodData`` (CohortMethod ``R/DataLoadingSaving.R`` and
+   ``inst/sql/sql_server/CreateCohorts.sql``): subjects in both cohorts removed (or only
+   the first cohort kept) over every exposure row, the first exposure per subject and cohort
+   (``MIN(cohort_start_date)``, ``MIN(cohort_end_date)``), the common period taken from
+   *every* exposure row of both cohorts before any filter, the entry's start inside an
+   observation period, and the washout (days of observation before the start).
+2. ``createStudyPopulation`` (CohortMethod ``R/StudyPopulation.R``): subjects with the
+   outcome in ``(-prior_outcome_lookback, risk_window_start)`` days of the cohort start
+   removed, the risk window (clipped to the observation period's end and to
+   ``max_days_at_risk``), censoring at a new risk window across both arms, and at least
+   ``min_days_at_risk`` days at risk (``riskEnd - riskStart >= minDaysAtRisk``).
+
+The outcome rows are CohortMethod's ``GetOutcomes.sql``: distinct outcome start days of the
+person inside the entry's observation period.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import duckdb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import sparse
 
 from medlab.analyses import charlson
 from medlab.fields import Days, NonNegativeDays
 
+Duplicates = Literal["keep all", "keep first", "remove all"]
+
 
 class PopulationSettings(BaseModel):
-    """createStudyPopulation's settings, snake_case."""
+    """``getDbCohortMethodData``'s and ``createStudyPopulation``'s settings, snake_case."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     washout_period: NonNegativeDays = 0
     first_exposure_only: bool = False
-    remove_subjects_in_both_cohorts: bool = False
+    remove_duplicate_subjects: Duplicates = "keep all"
     restrict_to_common_period: bool = False
     remove_subjects_with_prior_outcome: bool = True
     # CohortMethod's default lookback, 99999 days, means "any time before".
@@ -39,7 +53,27 @@ class PopulationSettings(BaseModel):
     risk_window_end: Days = 0
     end_anchor: Literal["cohort start", "cohort end"] = "cohort end"
     min_days_at_risk: NonNegativeDays = 1
+    max_days_at_risk: Annotated[int, Field(ge=0, le=99999)] = 99999
     censor_at_new_risk_window: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both_cohorts(cls, data: Any) -> Any:
+        """``remove_subjects_in_both_cohorts`` (CohortMethod's logical form of
+        ``removeDuplicateSubjects``) still reads: true is "remove all", false "keep all"."""
+        if isinstance(data, dict) and "remove_subjects_in_both_cohorts" in data:
+            data = dict(data)
+            flag = data.pop("remove_subjects_in_both_cohorts")
+            if not isinstance(flag, bool):
+                raise ValueError("remove_subjects_in_both_cohorts: give true or false")
+            value = "remove all" if flag else "keep all"
+            if data.get("remove_duplicate_subjects", value) != value:
+                raise ValueError(
+                    "remove_subjects_in_both_cohorts and remove_duplicate_subjects disagree; "
+                    "give remove_duplicate_subjects only"
+                )
+            data["remove_duplicate_subjects"] = value
+        return data
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,202 @@ def _count(frame: pd.DataFrame, step: str) -> AttritionStep:
     return AttritionStep(step, len(target), len(comparator), target, comparator)
 
 
+@dataclass(frozen=True)
+class Exposures:
+    """The fetched target and comparator entries (one row per entry, ``row_id`` ordered by
+    person and start as CohortMethod numbers them) and the attrition so far."""
+
+    frame: pd.DataFrame
+    steps: list[AttritionStep]
+
+
+def _fetch_label(s: PopulationSettings) -> str | None:
+    """getDbCohortMethodData's one attrition label for its filters (None: no such step)."""
+    if not (s.first_exposure_only or s.remove_duplicate_subjects != "keep all" or s.washout_period):
+        return None
+    parts = []
+    if s.first_exposure_only:
+        parts.append("first exp. only")
+    if s.remove_duplicate_subjects == "remove all":
+        parts.append("removed subs in both cohorts")
+    elif s.remove_duplicate_subjects == "keep first":
+        parts.append("first cohort only")
+    if s.restrict_to_common_period:
+        parts.append("restrict to common period")
+    if s.washout_period:
+        parts.append(f"{s.washout_period} days of obs. prior")
+    label = " & ".join(parts)
+    return label[0].upper() + label[1:]
+
+
+def exposures(
+    con: duckdb.DuckDBPyConnection, target_id: int, comparator_id: int, s: PopulationSettings
+) -> Exposures:
+    """The entries getDbCohortMethodData fetches (CreateCohorts.sql's filters, in its order)."""
+    raw = con.execute(
+        """SELECT subject_id AS person_id,
+                  CASE WHEN cohort_definition_id = ? THEN 1 ELSE 0 END AS treatment,
+                  cohort_start_date AS start_date, cohort_end_date AS end_date
+           FROM results.cohort WHERE cohort_definition_id IN (?, ?)
+           ORDER BY person_id, start_date, treatment DESC, end_date""",
+        [target_id, target_id, comparator_id],
+    ).df()
+    for column in ("start_date", "end_date"):
+        raw[column] = pd.to_datetime(raw[column])
+    original = _count(raw, "Original cohorts")
+    frame = raw
+    if s.remove_duplicate_subjects == "remove all":
+        arms = frame.groupby("person_id")["treatment"].nunique()
+        frame = frame[frame["person_id"].map(arms) == 1]
+    elif s.remove_duplicate_subjects == "keep first" and len(frame):
+        # ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY cohort_start_date) = 1. A tie
+        # on the first date across the two cohorts has no first cohort: createStudyPopulation
+        # removes such subjects; so does medlab (the SQL would keep an arbitrary row).
+        first = frame.groupby("person_id")["start_date"].transform("min")
+        head = frame[frame["start_date"] == first]
+        tied = head.groupby("person_id")["treatment"].nunique() > 1
+        head = head[~head["person_id"].map(tied)]
+        frame = head.groupby("person_id").head(1)
+    if s.first_exposure_only and len(frame):
+        frame = (
+            frame.groupby(["person_id", "treatment"], as_index=False)
+            .agg(start_date=("start_date", "min"), end_date=("end_date", "min"))
+            .loc[:, ["person_id", "treatment", "start_date", "end_date"]]
+        )
+    if s.restrict_to_common_period and len(raw):
+        # The limits come from every exposure row of both cohorts (the raw table).
+        by_arm = raw.groupby("treatment")["start_date"]
+        if raw["treatment"].nunique() < 2:
+            frame = frame.iloc[0:0]
+        else:
+            period_start, period_end = by_arm.min().max(), by_arm.max().min()
+            frame = frame[
+                (frame["start_date"] >= period_start) & (frame["start_date"] <= period_end)
+            ]
+    con.register("medlab_entries", frame[["person_id", "start_date"]].drop_duplicates())
+    try:
+        periods = con.execute(
+            """SELECT e.person_id, e.start_date,
+                      op.observation_period_start_date AS op_start,
+                      op.observation_period_end_date AS op_end
+               FROM medlab_entries e JOIN observation_period op ON op.person_id = e.person_id
+                AND CAST(e.start_date AS DATE) BETWEEN op.observation_period_start_date
+                                                   AND op.observation_period_end_date"""
+        ).df()
+    finally:
+        con.unregister("medlab_entries")
+    for column in ("start_date", "op_start", "op_end"):
+        periods[column] = pd.to_datetime(periods[column])
+    frame = frame.merge(periods, on=["person_id", "start_date"], how="inner")
+    frame["days_from_obs_start"] = (frame["start_date"] - frame["op_start"]).dt.days
+    if s.washout_period:
+        frame = frame[frame["days_from_obs_start"] >= s.washout_period]
+    frame = frame.sort_values(["person_id", "start_date", "treatment"], ascending=[1, 1, 0])
+    frame = frame.reset_index(drop=True)
+    frame["row_id"] = np.arange(1, len(frame) + 1)
+    frame["days_to_cohort_end"] = (frame["end_date"] - frame["start_date"]).dt.days
+    frame["days_to_obs_end"] = (frame["op_end"] - frame["start_date"]).dt.days
+    label = _fetch_label(s)
+    steps = [original, _count(frame, label)] if label else [_count(frame, "Original cohorts")]
+    return Exposures(frame, steps)
+
+
+def outcome_days(
+    con: duckdb.DuckDBPyConnection, entries: pd.DataFrame, outcome_id: int
+) -> pd.DataFrame:
+    """GetOutcomes.sql: per entry, the distinct days from its start to each outcome start of
+    the person inside the entry's observation period."""
+    con.register(
+        "medlab_rows", entries[["row_id", "person_id", "start_date", "op_start", "op_end"]]
+    )
+    try:
+        found = con.execute(
+            """SELECT DISTINCT r.row_id,
+                      date_diff('day', CAST(r.start_date AS DATE), o.cohort_start_date)
+                        AS days_to_event
+               FROM medlab_rows r JOIN results.cohort o
+                 ON o.subject_id = r.person_id AND o.cohort_definition_id = ?
+                AND o.cohort_start_date BETWEEN CAST(r.op_start AS DATE)
+                                            AND CAST(r.op_end AS DATE)""",
+            [outcome_id],
+        ).df()
+    finally:
+        con.unregister("medlab_rows")
+    return found.astype({"row_id": np.int64, "days_to_event": np.int64})
+
+
+def outcome_population(
+    fetched: Exposures, events: pd.DataFrame, s: PopulationSettings
+) -> tuple[pd.DataFrame, list[AttritionStep]]:
+    """createStudyPopulation on the fetched entries for one outcome: one row per entry with
+    its risk window, time at risk, survival time (``days``) and outcome; and the attrition."""
+    population = fetched.frame.copy()
+    steps = list(fetched.steps)
+    start_is_end = s.start_anchor == "cohort end"
+    if s.remove_subjects_with_prior_outcome:
+        joined = events.merge(population[["row_id", "days_to_cohort_end"]], on="row_id")
+        upper = s.risk_window_start + (joined["days_to_cohort_end"] if start_is_end else 0)
+        prior = joined[
+            (joined["days_to_event"] > -s.prior_outcome_lookback)
+            & (joined["days_to_event"] < upper)
+        ]["row_id"]
+        population = population[~population["row_id"].isin(prior)]
+        steps.append(_count(population, "No prior outcome"))
+    population = population.assign(
+        risk_start=s.risk_window_start + (population["days_to_cohort_end"] if start_is_end else 0),
+        risk_end=s.risk_window_end
+        + (population["days_to_cohort_end"] if s.end_anchor == "cohort end" else 0),
+    )
+    population["risk_end"] = population["risk_end"].where(
+        population["risk_end"] <= population["days_to_obs_end"], population["days_to_obs_end"]
+    )
+    longest = population["risk_start"] + s.max_days_at_risk
+    population["risk_end"] = population["risk_end"].where(
+        population["risk_end"] <= longest, longest
+    )
+    if s.censor_at_new_risk_window and len(population) > 1:
+        # As CohortMethod: order by person and risk-start offset (a stable sort on row order),
+        # then cut each window the day before the same person's next window starts, in
+        # either arm; windows then ending before they start are dropped.
+        population = population.sort_values(["person_id", "risk_start"], kind="stable")
+        day = pd.Timedelta(days=1)
+        starts = population["start_date"] + population["risk_start"] * day
+        ends = population["start_date"] + population["risk_end"] * day
+        next_start = starts.shift(-1)
+        same = population["person_id"].eq(population["person_id"].shift(-1))
+        cut = same & (ends >= next_start)
+        new_end = (next_start - day - population["start_date"]).dt.days
+        population["risk_end"] = np.where(cut, new_end, population["risk_end"]).astype(np.int64)
+        if cut.any():  # as CohortMethod, only when some window was cut
+            population = population[population["risk_end"] >= population["risk_start"]]
+        steps.append(_count(population, "Censoring at start of new time-at-risk"))
+    if s.min_days_at_risk != 0:
+        population = population[
+            population["risk_end"] - population["risk_start"] >= s.min_days_at_risk
+        ]
+        steps.append(_count(population, f"Have at least {s.min_days_at_risk} days at risk"))
+    during = events.merge(population[["row_id", "risk_start", "risk_end"]], on="row_id")
+    during = during[
+        (during["days_to_event"] >= during["risk_start"])
+        & (during["days_to_event"] <= during["risk_end"])
+    ]
+    counts = during.groupby("row_id")["days_to_event"].agg(["size", "min"])
+    population = population.sort_values("row_id").reset_index(drop=True)
+    population["outcome_count"] = population["row_id"].map(counts["size"]).fillna(0).astype(int)
+    population["outcome"] = (population["outcome_count"] > 0).astype(int)
+    population["time_at_risk"] = population["risk_end"] - population["risk_start"] + 1
+    first = population["row_id"].map(counts["min"])
+    population["days"] = np.where(
+        population["outcome"] == 1,
+        first - population["risk_start"] + 1,
+        population["time_at_risk"],
+    ).astype(np.int64)
+    day = pd.Timedelta(days=1)
+    population["risk_start_date"] = population["start_date"] + population["risk_start"] * day
+    population["risk_end_date"] = population["start_date"] + population["risk_end"] * day
+    return population.reset_index(drop=True), steps
+
+
 def study_population(
     con: duckdb.DuckDBPyConnection,
     target_id: int,
@@ -70,91 +300,9 @@ def study_population(
     outcome_id: int,
     s: PopulationSettings,
 ) -> tuple[pd.DataFrame, list[AttritionStep]]:
-    """One row per entry: treatment, index date, days at risk, outcome; and the attrition."""
-    frame = con.execute(
-        """SELECT c.subject_id AS person_id,
-                  CASE WHEN c.cohort_definition_id = ? THEN 1 ELSE 0 END AS treatment,
-                  c.cohort_start_date AS start_date, c.cohort_end_date AS end_date,
-                  op.observation_period_start_date AS op_start,
-                  op.observation_period_end_date AS op_end
-           FROM results.cohort c
-           JOIN observation_period op ON op.person_id = c.subject_id
-            AND c.cohort_start_date BETWEEN op.observation_period_start_date
-                                        AND op.observation_period_end_date
-           WHERE c.cohort_definition_id IN (?, ?)
-           ORDER BY person_id, treatment, start_date""",
-        [target_id, target_id, comparator_id],
-    ).df()
-    for column in ("start_date", "end_date", "op_start", "op_end"):
-        frame[column] = pd.to_datetime(frame[column])
-    steps = [_count(frame, "original cohorts")]
-    frame = frame.sort_values(["person_id", "treatment", "start_date"]).reset_index(drop=True)
-    if s.first_exposure_only:
-        frame = frame.groupby(["person_id", "treatment"]).head(1)
-        steps.append(_count(frame, "first exposure only"))
-    if s.remove_subjects_in_both_cohorts:
-        arms = frame.groupby("person_id")["treatment"].nunique()
-        frame = frame[frame["person_id"].map(arms) == 1]
-        steps.append(_count(frame, "removed subjects in both cohorts"))
-    if s.restrict_to_common_period and len(frame):
-        first = frame.groupby("treatment")["start_date"].min().max()
-        last = frame.groupby("treatment")["start_date"].max().min()
-        frame = frame[(frame["start_date"] >= first) & (frame["start_date"] <= last)]
-        steps.append(_count(frame, "restricted to the common period"))
-    if s.washout_period:
-        frame = frame[(frame["start_date"] - frame["op_start"]).dt.days >= s.washout_period]
-        steps.append(_count(frame, f"at least {s.washout_period} days of prior observation"))
-    # The next entry of the same person in the same cohort, among the entries still kept.
-    frame = frame.sort_values(["person_id", "treatment", "start_date"])
-    frame["next_start"] = frame.groupby(["person_id", "treatment"])["start_date"].shift(-1)
-    day = pd.Timedelta(days=1)
-    start_base = frame["start_date"] if s.start_anchor == "cohort start" else frame["end_date"]
-    end_base = frame["start_date"] if s.end_anchor == "cohort start" else frame["end_date"]
-    frame = frame.assign(
-        risk_start=start_base + s.risk_window_start * day,
-        risk_end=(end_base + s.risk_window_end * day).where(
-            lambda x: x <= frame["op_end"], frame["op_end"]
-        ),
-    )
-    if s.censor_at_new_risk_window:
-        next_risk = frame["next_start"] + s.risk_window_start * day - day
-        frame["risk_end"] = frame["risk_end"].where(
-            frame["next_start"].isna() | (frame["risk_end"] <= next_risk), next_risk
-        )
-    outcomes = con.execute(
-        "SELECT subject_id AS person_id, cohort_start_date AS outcome_date FROM results.cohort "
-        "WHERE cohort_definition_id = ?",
-        [outcome_id],
-    ).df()
-    outcomes["outcome_date"] = pd.to_datetime(outcomes["outcome_date"])
-    frame = frame.reset_index(drop=True)
-    frame["entry"] = np.arange(len(frame))
-    joined = frame[["entry", "person_id", "risk_start", "risk_end"]].merge(outcomes, on="person_id")
-    if s.remove_subjects_with_prior_outcome:
-        prior = joined[
-            (joined["outcome_date"] < joined["risk_start"])
-            # Compared in days, never as a date: 99999 days before an entry in 1951 is before
-            # the earliest date pandas can hold.
-            & ((joined["risk_start"] - joined["outcome_date"]).dt.days <= s.prior_outcome_lookback)
-        ]["entry"].unique()
-        frame = frame[~frame["entry"].isin(prior)]
-        steps.append(_count(frame, "no prior outcome"))
-    frame = frame[(frame["risk_end"] - frame["risk_start"]).dt.days + 1 >= s.min_days_at_risk]
-    steps.append(_count(frame, f"at least {s.min_days_at_risk} day(s) at risk"))
-    during = (
-        joined[
-            (joined["outcome_date"] >= joined["risk_start"])
-            & (joined["outcome_date"] <= joined["risk_end"])
-        ]
-        .groupby("entry")["outcome_date"]
-        .min()
-    )
-    frame = frame.assign(outcome_date=frame["entry"].map(during))
-    frame["outcome"] = frame["outcome_date"].notna().astype(int)
-    stop = frame["outcome_date"].fillna(frame["risk_end"])
-    frame["days"] = (stop - frame["risk_start"]).dt.days + 1
-    columns = ["person_id", "treatment", "start_date", "risk_start", "risk_end", "days", "outcome"]
-    return frame[columns].reset_index(drop=True), steps
+    """getDbCohortMethodData then createStudyPopulation for one outcome."""
+    fetched = exposures(con, target_id, comparator_id, s)
+    return outcome_population(fetched, outcome_days(con, fetched.frame, outcome_id), s)
 
 
 @dataclass(frozen=True)

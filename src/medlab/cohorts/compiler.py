@@ -15,7 +15,7 @@ from typing import cast
 from sqlglot import exp
 
 from medlab.cohorts import model as m
-from medlab.cohorts.domains import CDM_TABLES, CODESET_ITEM_COLUMNS, DOMAINS
+from medlab.cohorts.domains import CODESET_ITEM_COLUMNS, DOMAINS, qualify
 from medlab.cohorts.sqltree import all_of, condition, in_range, is_in, sql
 
 EVENT_COLUMNS = "event_id, person_id, start_date, end_date, visit_occurrence_id, op_start, op_end"
@@ -55,17 +55,6 @@ class CompiledCohort:
         for name, cte in ctes:
             tree = tree.with_(name, as_=cte.copy())
         return qualify(tree, cdm_schema) if cdm_schema else tree
-
-
-def qualify(tree: exp.Expression, schema: str) -> exp.Expression:
-    """Prefix CDM table names with ``schema`` (sites keep the CDM in a named schema)."""
-
-    def prefix(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and not node.db and node.name in CDM_TABLES:
-            return exp.table_(node.name, db=schema, alias=node.alias or None)
-        return node
-
-    return cast(exp.Expression, tree.transform(prefix))
 
 
 class _Compiler:
@@ -360,8 +349,16 @@ class _Compiler:
     # -- the cohort -----------------------------------------------------------------------
     def primary(self) -> str:
         """Entry events: any primary criterion, inside an observation period with the
-        required days before and after, then the per-person primary limit."""
+        required days before and after (unless not required), then the primary limit."""
         p = self.definition.primary
+        within = (
+            "TRUE"
+            if self.definition.observation_period == "not_required"
+            else (
+                "e.op_start IS NOT NULL AND DATEADD_DAYS(e.op_start, :prior) <= e.start_date "
+                "AND DATEADD_DAYS(e.start_date, :post) <= e.op_end"
+            )
+        )
         parts = [self.criterion(c) for c in p.criteria]
         union = " UNION ALL ".join(
             f"SELECT {i} AS criterion, person_id, start_date, end_date, visit_occurrence_id, "
@@ -377,9 +374,7 @@ class _Compiler:
                        e.person_id, e.start_date, e.end_date, e.visit_occurrence_id,
                        e.op_start, e.op_end
                 FROM ({union}) e
-                WHERE e.op_start IS NOT NULL
-                  AND DATEADD_DAYS(e.op_start, :prior) <= e.start_date
-                  AND DATEADD_DAYS(e.start_date, :post) <= e.op_end
+                WHERE {within}
                 """,
                 prior=p.prior_days,
                 post=p.post_days,
@@ -423,23 +418,25 @@ class _Compiler:
         return self.limit(kept, self.definition.expression_limit, "included_limited")
 
     def ends(self, included: str) -> str:
-        """Each entry's end: the end strategy's date, or an earlier censoring event.
-
-        As in Circe, an entry with no end (a drug-era strategy whose era does not cover the
-        index date, and no censoring event) leaves the cohort.
-        """
+        """Each entry's end: the end strategy's date, or an earlier censoring event (without
+        the observation requirement, not capped by the period's end). As in Circe, an entry
+        with no end (a drug-era strategy whose era does not cover the index date, and no
+        censoring event) leaves the cohort."""
         strategy = self.definition.end_strategy
+        free = self.definition.observation_period == "not_required"
+        op_end, entry_op_end = ("DATE '9999-12-31'",) * 2 if free else ("op_end", "i.op_end")
         if isinstance(strategy, m.DateOffset):
             field = "start_date" if strategy.field == "start" else "end_date"
             ends = sql(
-                f"SELECT event_id, LEAST(DATEADD_DAYS({field}, :offset), op_end) AS end_date "
+                f"SELECT event_id, LEAST(DATEADD_DAYS({field}, :offset), {op_end}) AS end_date "
                 f"FROM {included}",
                 offset=strategy.offset,
             )
         elif isinstance(strategy, m.DrugEra):
             ends = sql(
                 f"""
-                SELECT i.event_id, LEAST(DATEADD_DAYS(e.era_end, :offset), i.op_end) AS end_date
+                SELECT i.event_id,
+                       LEAST(DATEADD_DAYS(e.era_end, :offset), {entry_op_end}) AS end_date
                 FROM {included} i JOIN {self.drug_eras(strategy)} e
                   ON e.person_id = i.person_id
                  AND i.start_date BETWEEN e.era_start AND e.era_end
@@ -458,7 +455,7 @@ class _Compiler:
                         f"""
                         SELECT i.event_id, d.start_date AS end_date
                         FROM {included} i JOIN {censor} d ON d.person_id = i.person_id
-                         AND d.start_date >= i.start_date AND d.start_date <= i.op_end
+                         AND d.start_date >= i.start_date AND d.start_date <= {entry_op_end}
                         """
                     ),
                 )

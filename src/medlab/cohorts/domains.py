@@ -7,6 +7,9 @@ days supply), so every event covers at least its start day.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
+
+from sqlglot import exp
 
 
 @dataclass(frozen=True)
@@ -154,3 +157,14 @@ CODESET_ITEM_COLUMNS = (
     ("include_mapped", "BOOLEAN"),
     ("is_excluded", "BOOLEAN"),
 )
+
+
+def qualify(tree: exp.Expression, schema: str) -> exp.Expression:
+    """Prefix CDM table names with ``schema`` (sites keep the CDM in a named schema)."""
+
+    def prefix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and not node.db and node.name in CDM_TABLES:
+            return exp.table_(node.name, db=schema, alias=node.alias or None)
+        return node
+
+    return cast(exp.Expression, tree.transform(prefix))

@@ -284,10 +284,27 @@ class CohortDefinition(_Model):
     censoring: list[Criterion] = Field(default_factory=list)
     era_pad_days: NonNegativeDays = 0
     censor_window: CensorWindow = CensorWindow()
+    # medlab's extension for cohorts built as plain SQL cohorts are (Eunomia's
+    # createCohorts: every drug era, in an observation period or not). ``required`` is
+    # Circe's rule: an entry event starts inside an observation period and ends no later
+    # than it. ``not_required`` keeps entry events outside any observation period and ends
+    # every entry by the end strategy (and censoring events) alone.
+    observation_period: Literal["required", "not_required"] = "required"
 
     @model_validator(mode="after")
     def _codesets_exist(self) -> CohortDefinition:
         _within_limits(self)
+        if self.observation_period == "not_required":
+            if self.primary.prior_days or self.primary.post_days:
+                raise ValueError(
+                    "observation_period not_required: prior_days and post_days count days "
+                    "of observation; leave them at 0"
+                )
+            if isinstance(self.end_strategy, ObservationPeriodEnd):
+                raise ValueError(
+                    "observation_period not_required: the end strategy cannot be the "
+                    "observation period's end; give a date_offset or drug_era end"
+                )
         known = {c.id for c in self.concept_sets}
         if len(known) != len(self.concept_sets):
             raise ValueError("concept set ids must be unique")

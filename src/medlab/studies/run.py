@@ -19,7 +19,15 @@ from typing import Any
 import duckdb
 
 from medlab import __version__
-from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
+from medlab.analyses import (
+    assessment,
+    characterization,
+    comparative,
+    feasibility,
+    incidence,
+    utilization,
+)
+from medlab.analyses import comparative_release as comparative_out
 from medlab.analyses.scope import Scope
 from medlab.cdm.dq import run_checks
 from medlab.cdm.fingerprint import record_snapshot, recorded_snapshot, snapshot_fingerprint
@@ -80,11 +88,14 @@ def _comparative(a: ComparativeAnalysis, nodes: list[_Node], release: Release) -
                 site = comparative.local(
                     con, node.site, a.target, a.comparator, a.outcome, a.settings
                 )
-            return comparative.to_release(site, node.scope, a)
+            return comparative_out.to_release(site, node.scope, a)
 
         parts.append(release(node, a, local))
-    pooled = comparative.combine(parts)
-    per_site = [comparative.released_site(p) for p in parts if "refused" not in p.values]
+    pooled = comparative_out.combine(parts)
+    per_site = [comparative_out.released_site(p) for p in parts if "refused" not in p.values]
+    for site in per_site:
+        for e in site["estimates"]:
+            e.update(assessment.assess(e, site["controls"], site["equipoise"]))
     estimates: list[dict[str, Any]] = []
     if len(parts) == 1:
         estimates = per_site[0]["estimates"] if per_site else []
@@ -106,9 +117,22 @@ def _comparative(a: ComparativeAnalysis, nodes: list[_Node], release: Release) -
                     "method": "random effects (DL)",
                     "sites": random.sites if random else 0,
                     # Sums of the released counts; a count a site withheld adds nothing.
-                    **{k: _total([e[k] for e in rows]) for k in comparative._COUNTS},
+                    **{k: _total([e[k] for e in rows]) for k in comparative_out._COUNTS},
                 }
             )
+        for e in estimates:
+            controls = assessment.pooled_controls(per_site, e["adjustment"])
+            e.update(assessment.assess(e, controls, None))
+            e["controls"] = controls
+            failing_sites = [
+                s["site"]
+                for s in per_site
+                for x in s["estimates"]
+                if x["adjustment"] == e["adjustment"] and x["diagnostics"] == "fail"
+            ]
+            if failing_sites:
+                e["diagnostics"] = "fail"
+                e["failing"] = [*e["failing"], *(f"site {name}" for name in failing_sites)]
     return {
         "estimates": estimates,
         "meta_analysis": {k: {m: asdict(p) for m, p in v.items()} for k, v in pooled.items()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -124,6 +124,44 @@ class StudySpec(_Model):
     cohorts: Annotated[list[StudyCohort], Field(min_length=1, max_length=100)]
     analyses: Annotated[list[Analysis], Field(min_length=1, max_length=100)]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _control_cohorts(cls, data: Any) -> Any:
+        """Concept negative controls become cohorts of the study: "first occurrence of the
+        concept, descendants included", numbered after the largest cohort id."""
+        if not isinstance(data, dict):
+            return data
+        cohorts, analyses = data.get("cohorts"), data.get("analyses")
+        if not isinstance(cohorts, list) or not isinstance(analyses, list):
+            return data
+        ids = [c.get("id") for c in cohorts if isinstance(c, dict)]
+        numbers = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+        if len(numbers) != len(ids):
+            return data
+        next_id = max(numbers, default=0) + 1
+        cohorts, analyses = list(cohorts), list(analyses)
+        made: dict[tuple[int, str], int] = {}
+        for i, analysis in enumerate(analyses):
+            settings = analysis.get("settings") if isinstance(analysis, dict) else None
+            controls = settings.get("negative_controls") if isinstance(settings, dict) else None
+            if not isinstance(controls, list):
+                continue
+            resolved = []
+            for item in controls:
+                if isinstance(item, dict) and isinstance(item.get("concept_id"), int):
+                    domain = item.get("domain", "condition_occurrence")
+                    key = (item["concept_id"], str(domain))
+                    if key not in made:
+                        made[key] = next_id
+                        cohorts.append(control_cohort(next_id, item["concept_id"], domain))
+                        next_id += 1
+                    resolved.append(made[key])
+                else:
+                    resolved.append(item)
+            assert isinstance(analysis, dict) and isinstance(settings, dict)
+            analyses[i] = {**analysis, "settings": {**settings, "negative_controls": resolved}}
+        return {**data, "cohorts": cohorts, "analyses": analyses}
+
     @model_validator(mode="after")
     def _references(self) -> StudySpec:
         ids = [c.id for c in self.cohorts]
@@ -139,6 +177,8 @@ class StudySpec(_Model):
                     if hasattr(analysis, k)
                 ]
             )
+            if isinstance(analysis, ComparativeAnalysis):
+                used = [*used, *(o for o, _ in analysis.settings.control_outcomes())]
             for cohort in used:
                 if cohort not in ids:
                     raise ValueError(f"analyses[{i}] refers to cohort {cohort}, not defined")
@@ -151,6 +191,24 @@ class StudySpec(_Model):
         """``sha256:`` of the canonical JSON of the validated spec."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def control_cohort(cohort_id: int, concept_id: int, domain: object) -> dict[str, Any]:
+    """A negative-control outcome cohort given by a concept: its first occurrence in
+    ``domain``, descendants included (the study cohort, as data)."""
+    return {
+        "id": cohort_id,
+        "name": f"negative control: first {domain} of concept {concept_id}",
+        "definition": {
+            "concept_sets": [
+                {"id": 0, "items": [{"concept_id": concept_id, "include_descendants": True}]}
+            ],
+            "primary": {
+                "criteria": [{"domain": domain, "codeset_id": 0, "first_occurrence": True}]
+            },
+            "end_strategy": {"type": "date_offset", "field": "start", "offset": 1},
+        },
+    }
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -147,6 +147,9 @@ class ChunkBuilder:
             self.events.append(
                 (arm.person[hit], arm.outcome_day[hit], "outcome", arm.effect.outcome_concept_id)
             )
+            for control, days in zip(arm.effect.negative_controls, arm.control_days, strict=True):
+                hit = days != NEVER
+                self.events.append((arm.person[hit], days[hit], "outcome", control.concept_id))
         for concept, day in pop.background.items():
             hit = np.flatnonzero(day != NEVER)
             self.events.append((hit, day[hit], "outcome", concept))

@@ -308,6 +308,22 @@ def truth_document(seed: int, results: list[SiteResult]) -> dict[str, object]:
                         for p in P.SITE_PROFILES
                     },
                 },
+                "negative_controls": [
+                    {
+                        "concept_id": c.concept_id,
+                        "name": c.name,
+                        "true_hazard_ratio": 1.0,
+                        "outcome_model": {
+                            "form": "h(t) = h0 * age_hr^((age - ref_age)/10) "
+                            "* confounder_hr^confounder (the same at every site; no "
+                            "occurrence before index)",
+                            "baseline_hazard_per_year": c.baseline_hazard_per_year,
+                            "age_hr_per_decade": c.age_hr_per_decade,
+                            "confounder_hr": c.confounder_hr,
+                        },
+                    }
+                    for c in e.negative_controls
+                ],
                 "expected_crude_bias": (
                     "the comparator group is older and has more "
                     f"{confounder.name.lower()}, both of which raise the outcome hazard, so the "

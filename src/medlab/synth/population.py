@@ -6,7 +6,7 @@ a chunk of persons at once; nothing loops over persons.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class StudyArm:
     age: np.ndarray
     confounder: np.ndarray  # bool, at index
     outcome_day: np.ndarray  # NEVER when no outcome during follow-up
+    control_days: list[np.ndarray] = field(default_factory=list)  # per negative control
 
 
 @dataclass
@@ -132,6 +133,15 @@ def simulate(rng: np.random.Generator, n: int, site: P.SiteProfile) -> Populatio
     pop.appendicitis_day = _first_event(
         rng, obs_start - 1, obs_end, np.full(n, P.APPENDICITIS_RATE_PER_1000_PY / 1000.0)
     )
+    for arm in pop.studies:  # drawn last: the planted effects' draws stay as they were
+        decades = (arm.age - arm.effect.reference_age) / 10.0
+        for control in arm.effect.negative_controls:
+            rate = (
+                control.baseline_hazard_per_year
+                * control.age_hr_per_decade**decades
+                * control.confounder_hr**arm.confounder
+            )
+            arm.control_days.append(_first_event(rng, arm.index_day, obs_end[arm.person], rate))
     return pop
 
 

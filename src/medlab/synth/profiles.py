@@ -274,6 +274,24 @@ LABS = {
 
 
 @dataclass(frozen=True)
+class NegativeControl:
+    """An outcome neither drug causes (true HR 1), with its own hazard: a baseline, an age
+    effect and a hazard ratio for the pair's confounder (1: not confounded)."""
+
+    concept_id: int
+    name: str
+    baseline_hazard_per_year: float
+    age_hr_per_decade: float
+    confounder_hr: float
+
+
+def _controls(
+    rows: tuple[tuple[int, str, float, float, float], ...],
+) -> tuple[NegativeControl, ...]:
+    return tuple(NegativeControl(*row) for row in rows)
+
+
+@dataclass(frozen=True)
 class ComparativeEffect:
     """A planted target-vs-comparator effect on an outcome, confounded by design."""
 
@@ -292,6 +310,7 @@ class ComparativeEffect:
     confounder: str
     comparator_age_log_odds_per_decade: float
     comparator_confounder_log_odds: float
+    negative_controls: tuple[NegativeControl, ...] = ()
 
 
 EFFECTS: tuple[ComparativeEffect, ...] = (
@@ -311,6 +330,22 @@ EFFECTS: tuple[ComparativeEffect, ...] = (
         confounder="ckd",
         comparator_age_log_odds_per_decade=0.45,
         comparator_confounder_log_odds=1.3,
+        # Injuries; most share the confounder (kidney disease) with the outcome, so the
+        # crude estimates of the controls are biased as the crude estimate of the effect is.
+        negative_controls=_controls(
+            (
+                (378001, "Concussion with no loss of consciousness", 0.020, 1.0, 1.0),
+                (4218389, "Whiplash injury to neck", 0.020, 1.3, 1.5),
+                (78272, "Sprain of wrist", 0.025, 1.2, 2.0),
+                (4278672, "Fracture of forearm", 0.020, 1.5, 2.5),
+                (4113008, "Laceration of hand", 0.030, 1.0, 1.2),
+                (4156265, "Facial laceration", 0.020, 1.4, 3.0),
+                (4155034, "Laceration of forearm", 0.025, 1.1, 1.8),
+                (4152936, "Laceration of thigh", 0.015, 1.6, 2.2),
+                (4237458, "Fracture of clavicle", 0.020, 1.3, 1.0),
+                (4109685, "Laceration of foot", 0.025, 1.2, 2.5),
+            )
+        ),
     ),
     ComparativeEffect(
         id="lisinopril_vs_hydrochlorothiazide_mi",
@@ -328,6 +363,20 @@ EFFECTS: tuple[ComparativeEffect, ...] = (
         confounder="diabetes",
         comparator_age_log_odds_per_decade=-0.2,
         comparator_confounder_log_odds=-1.4,
+        negative_controls=_controls(
+            (
+                (4134304, "Fracture subluxation of wrist", 0.010, 1.2, 1.0),
+                (4059173, "Fracture of ankle", 0.012, 1.3, 1.8),
+                (4116491, "Escherichia coli urinary tract infection", 0.015, 1.4, 2.5),
+                (4296204, "First degree burn", 0.012, 1.0, 1.5),
+                (4146173, "Injury of tendon of the rotator cuff of shoulder", 0.010, 1.5, 2.0),
+                (4142905, "Fracture of rib", 0.010, 1.6, 3.0),
+                (4296205, "Second degree burn", 0.008, 1.0, 1.2),
+                (4230399, "Closed fracture of hip", 0.008, 1.8, 2.2),
+                (134438, "Contact dermatitis", 0.015, 1.0, 1.0),
+                (40479422, "Injury of medial collateral ligament of knee", 0.010, 1.1, 2.5),
+            )
+        ),
     ),
 )
 
