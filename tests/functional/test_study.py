@@ -36,7 +36,8 @@ def test_validate_reports_problems_with_their_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, out, _ = run(capsys, "study", "validate", str(EXAMPLE))
-    assert code == 0 and "5 cohorts, 5 analyses" in out and "sha256:" in out
+    # 5 cohorts of the spec and 15 negative controls given as concepts, made into cohorts.
+    assert code == 0 and "20 cohorts, 5 analyses" in out and "sha256:" in out
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["analyses"][0]["settings"]["population"]["washout_period"] = -1
     spec["analyses"][0]["settings"]["caliper"] = "wide"
@@ -76,8 +77,30 @@ def test_eunomia_study_runs_end_to_end(
     for estimate in comparative["estimates"]:
         assert set(estimate) >= ESTIMATE_KEYS
         assert 0 < estimate["ci_low"] < estimate["hr"] < estimate["ci_high"]
-    steps = [s["step"] for s in comparative["per_site"][0]["attrition"]]
-    assert steps[0] == "original cohorts" and "no prior outcome" in steps
+    site = comparative["per_site"][0]
+    # CohortMethod's attrition labels, in its order, with the reference settings.
+    assert [s["step"] for s in site["attrition"]] == [
+        "Original cohorts",
+        "First exp. only & removed subs in both cohorts & 183 days of obs. prior",
+        "No prior outcome",
+        "Censoring at start of new time-at-risk",
+        "Have at least 1 days at risk",
+    ]
+    for estimate in site["estimates"]:
+        assert estimate["diagnostics"] in ("pass", "fail")
+        assert set(estimate["checks"]) == {
+            "max_abs_smd",
+            "max_abs_smd_table1",
+            "equipoise",
+            "mdrr",
+            "generalizability",
+            "ease",
+        }
+    # Fifteen controls, each with every adjustment (Eunomia's 30-day windows hold too few
+    # events for the gate to release them, so calibration is not evaluated there).
+    assert len(site["controls"]) == 15 * 4
+    assert "ease" in site["estimates"][0]["not_evaluated"]
+    assert "calibrated_p" not in site["estimates"][0]
     for name in (
         "results.json",
         "report.html",

@@ -105,4 +105,4 @@ def test_the_default_prior_outcome_lookback_with_entries_before_1951(tmp_path: P
     )
     results = _run(store, tmp_path / "out", spec)
     attrition = results["analyses"][0]["per_site"][0]["attrition"]
-    assert attrition[0]["step"] == "original cohorts"
+    assert attrition[0]["step"] == "Original cohorts"

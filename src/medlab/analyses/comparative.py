@@ -119,6 +119,11 @@ class ComparativeSettings(BaseModel):
             raise ValueError("the Kaplan-Meier grid has more than 1,000 points")
         if self.ps_prior == "none" and self.ps_variance is not None:
             raise ValueError("ps_prior none has no variance")
+        controls = [c for c in self.negative_controls if isinstance(c, int)]
+        controls += [p.cohort for p in self.positive_controls]
+        concepts = [c for c in self.negative_controls if not isinstance(c, int)]
+        if len(set(controls)) != len(controls) or len(set(concepts)) != len(concepts):
+            raise ValueError("each control outcome once")
         return self
 
     def control_outcomes(self) -> list[tuple[int, float]]:

@@ -63,8 +63,8 @@ class _Keys:
         return self.scope.derived("comparative", roots, self.settings, *parts, persons=persons)
 
     def step(self, index: int, step: str, arm: str, persons: frozenset[int]) -> Population:
-        """One arm after one attrition step: the first step is the cohort itself (medlab's
-        cohorts lie within observation), the rest derive from the whole analysis."""
+        """One arm after one attrition step: the first ("Original cohorts", every row of
+        the cohort table) is the cohort itself, the rest derive from the whole analysis."""
         if index == 0:
             cohort = self.analysis.target if arm == "target" else self.analysis.comparator
             return self.scope.cohort(cohort, persons)

@@ -94,8 +94,12 @@ def run(
             "C persons",
             "T events",
             "C events",
+            "calibrated HR (95% CI)",
+            "diagnostics",
         ):
-            table.add_column(col, justify="left" if col == "adjustment" else "right")
+            table.add_column(
+                col, justify="left" if col in ("adjustment", "diagnostics") else "right"
+            )
         for e in analysis["estimates"]:
             table.add_row(
                 e["adjustment"],
@@ -111,7 +115,21 @@ def run(
                         "comparator_events",
                     )
                 ),
+                f"{_num(e.get('calibrated_hr'), '.2f')} ({_num(e.get('calibrated_ci_low'), '.2f')}"
+                f"-{_num(e.get('calibrated_ci_high'), '.2f')})",
+                e["diagnostics"] + (f": {', '.join(e['failing'])}" if e["failing"] else ""),
             )
+        for site in analysis["per_site"]:
+            steps = Table(title=f"{analysis['name']}: {site['site']} attrition")
+            for col in ("step", "target persons", "comparator persons"):
+                steps.add_column(col, justify="left" if col == "step" else "right")
+            for step in site["attrition"]:
+                steps.add_row(
+                    step["step"],
+                    _count(step["target_persons"]),
+                    _count(step["comparator_persons"]),
+                )
+            stdout.print(steps)
         stdout.print(table)
     disclosure = results["disclosure"]
     policies = ", ".join(

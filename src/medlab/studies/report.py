@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from jinja2 import Environment, select_autoescape
+from jinja2 import Environment, Undefined, select_autoescape
 
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ r.study }}</title>
@@ -24,16 +26,25 @@ text-align:right}th:first-child,td:first-child{text-align:left}</style></head><b
 {% for a in r.analyses %}<h2>{{ a.name }} ({{ a.type }})</h2>
 {% if a.refused %}<p>refused at release: {{ a.refused }}</p>
 {% elif a.type == "comparative" %}<table><tr><th>adjustment</th><th>HR</th><th>95% CI</th>
-<th>p</th><th>target persons</th><th>comparator persons</th><th>target events</th>
+<th>p</th><th>calibrated HR (95% CI)</th><th>calibrated p</th><th>diagnostics</th>
+<th>target persons</th><th>comparator persons</th><th>target events</th>
 <th>comparator events</th></tr>{% for e in a.estimates %}<tr><td>{{ e.adjustment }}</td>
 <td>{{ e.hr|num }}</td><td>{{ e.ci_low|num }}&ndash;{{ e.ci_high|num }}</td>
-<td>{{ e.p|num("%.3g") }}</td><td>{{ e.target_persons|count }}</td>
+<td>{{ e.p|num("%.3g") }}</td><td>{{ e.calibrated_hr|num }} ({{ e.calibrated_ci_low|num }}&ndash;{{
+e.calibrated_ci_high|num }})</td><td>{{ e.calibrated_p|num("%.3g") }}</td>
+<td>{{ e.diagnostics }}{% if e.failing %}: {{ e.failing|join(", ") }}{% endif %}</td>
+<td>{{ e.target_persons|count }}</td>
 <td>{{ e.comparator_persons|count }}</td><td>{{ e.target_events|count }}</td>
 <td>{{ e.comparator_events|count }}</td></tr>{% endfor %}</table>
 {% for site in a.per_site %}<h3>{{ site.site }}: attrition</h3><table><tr><th>step</th>
 <th>target persons</th><th>comparator persons</th></tr>{% for x in site.attrition %}<tr>
 <td>{{ x.step }}</td><td>{{ x.target_persons|count }}</td>
 <td>{{ x.comparator_persons|count }}</td></tr>
+{% endfor %}</table><h3>{{ site.site }}: diagnostics</h3><table><tr><th>adjustment</th>
+{% for name in checks %}<th>{{ name }}</th>{% endfor %}<th>verdict</th></tr>
+{% for e in site.estimates %}<tr><td>{{ e.adjustment }}</td>{% for name in checks %}
+{% set c = e.checks[name] %}<td>{{ c.value|num("%.3g") }} {{ {True: "✓", False: "✗",
+None: "not evaluated"}[c.pass] }}</td>{% endfor %}<td>{{ e.diagnostics }}</td></tr>
 {% endfor %}</table>{% for w in site.warnings %}<p>warning: {{ w }}</p>{% endfor %}{% endfor %}
 {% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
 {% elif a.type == "incidence" %}<table><tr><th>stratum</th><th>persons</th><th>outcomes</th>
@@ -83,9 +94,54 @@ def _save(fig: Any, out: Path, name: str, images: list[str]) -> None:
     images.append(name)
 
 
+CHECKS = ("max_abs_smd", "max_abs_smd_table1", "equipoise", "mdrr", "generalizability", "ease")
+
+
+def _calibration_plot(analysis: dict[str, Any], site: dict[str, Any], out: Path) -> list[str]:
+    """EmpiricalCalibration's plotCalibrationEffect: the controls' estimates against their
+    standard errors, the traditional p < 0.05 boundary (dashed) and the calibrated one."""
+    images: list[str] = []
+    for e in site["estimates"]:
+        controls = [
+            c
+            for c in site.get("controls", [])
+            if c["adjustment"] == e["adjustment"] and c["log_hr"] is not None and c["se"]
+        ]
+        null = e.get("null")
+        if not controls or not null:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        top = max(1.0, 1.1 * max(c["se"] for c in controls))
+        se = np.linspace(0, top, 100)
+        for sign in (-1, 1):
+            ax.plot(np.exp(sign * 1.96 * se), se, "k--", linewidth=0.8)
+            bound = null["mean"] + sign * 1.96 * np.sqrt(null["sd"] ** 2 + se**2)
+            ax.plot(np.exp(bound), se, color="tab:red", linewidth=1)
+        ax.scatter(
+            [math.exp(c["log_hr"]) for c in controls],
+            [c["se"] for c in controls],
+            s=14,
+            label="negative controls",
+        )
+        if e.get("log_hr") is not None and e.get("se"):
+            ax.scatter(
+                [math.exp(e["log_hr"])], [e["se"]], marker="D", color="tab:orange", label="estimate"
+            )
+        ax.set_xscale("log")
+        ax.set_ylim(top, 0)
+        ax.set_xlabel("hazard ratio")
+        ax.set_ylabel("standard error")
+        ax.set_title(f"{site['site']}: calibration, {e['adjustment']} (EASE {e['ease']:.2f})")
+        ax.legend(fontsize=7)
+        name = f"{analysis['name']}_{site['site']}_calibration_{e['adjustment']}.png"
+        _save(fig, out, name, images)
+    return images
+
+
 def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
     images: list[str] = []
     for site in analysis["per_site"]:
+        images += _calibration_plot(analysis, site, out)
         for adjustment, rows in site["km"].items():
             fig, ax = plt.subplots(figsize=(6, 4))
             for arm in ("target", "comparator"):
@@ -267,9 +323,11 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         if a["type"] == "characterization" and not a.get("refused"):
             a["table1"] = _table1(a)
     env = Environment(autoescape=select_autoescape(default=True))
-    env.filters["num"] = lambda v, fmt="%.2f": "–" if v is None else fmt % v
+    env.filters["num"] = lambda v, fmt="%.2f": (
+        "–" if v is None or isinstance(v, Undefined) else fmt % v
+    )
     env.filters["count"] = lambda v: "suppressed" if v is None else v
     html = env.from_string(_TEMPLATE)
     path = out / "report.html"
-    path.write_text(html.render(r=shown))
+    path.write_text(html.render(r=shown, checks=CHECKS))
     return path

@@ -20,6 +20,9 @@ from medlab.fields import CohortId, ConceptId
 from medlab.inputs import read_document
 
 
+CONTROL_COHORT_IDS = 2_000_000_000
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +75,13 @@ class ComparativeAnalysis(_Model):
     comparator: CohortId
     outcome: CohortId
     settings: ComparativeSettings = ComparativeSettings()
+
+    @model_validator(mode="after")
+    def _controls_are_other_outcomes(self) -> ComparativeAnalysis:
+        controls = {o for o, _ in self.settings.control_outcomes()}
+        if controls & {self.target, self.comparator, self.outcome}:
+            raise ValueError("a control outcome cannot be the target, comparator or outcome")
+        return self
 
 
 class FeasibilityAnalysis(_Model):
@@ -128,7 +138,7 @@ class StudySpec(_Model):
     @classmethod
     def _control_cohorts(cls, data: Any) -> Any:
         """Concept negative controls become cohorts of the study: "first occurrence of the
-        concept, descendants included", numbered after the largest cohort id."""
+        concept, descendants included", numbered from 2,000,000,000."""
         if not isinstance(data, dict):
             return data
         cohorts, analyses = data.get("cohorts"), data.get("analyses")
@@ -138,7 +148,8 @@ class StudySpec(_Model):
         numbers = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
         if len(numbers) != len(ids):
             return data
-        next_id = max(numbers, default=0) + 1
+        # Far from the ids people write, so a mistyped reference is not taken for a control.
+        next_id = max(max(numbers, default=0) + 1, CONTROL_COHORT_IDS)
         cohorts, analyses = list(cohorts), list(analyses)
         made: dict[tuple[int, str], int] = {}
         for i, analysis in enumerate(analyses):
