@@ -19,7 +19,6 @@ from medlab.errors import DefinitionError
 from medlab.fields import CohortId, ConceptId
 from medlab.inputs import read_document
 
-
 CONTROL_COHORT_IDS = 2_000_000_000
 
 
