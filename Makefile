@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/study_bench.py
 	$(BIN)/python benchmarks/privacy_bench.py
 	$(BIN)/python benchmarks/ledger_bench.py
+	$(BIN)/python benchmarks/coverage.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -7,9 +7,9 @@ a normal prior of variance ``v`` the L2 penalty ``sum b_j^2 / (2 v)``. The varia
 when given, otherwise chosen by k-fold cross-validation of the held-out log-likelihood over
 Cyclops's log-uniform grid (``createControl(cvType = "grid")``: 0.01 to 20 in 10 steps; the
 rows are permuted once by a fixed seed and cut into folds, as Cyclops's
-``CrossValidationSelector``). CohortMethod's default is Cyclops's adaptive search
-(``cvType = "auto"``) over the same held-out likelihood; the grid is its documented
-alternative. The Laplace fit is medlab's own orthant-wise Newton solver (exact to the
+``CrossValidationSelector``), one repetition. CohortMethod's ``createPs`` asks Cyclops for
+its adaptive search (``cvType = "auto"``) with 10 repetitions over the same held-out
+likelihood; the grid is Cyclops's documented alternative. The Laplace fit is medlab's own orthant-wise Newton solver (exact to the
 optimality conditions, 1e-8); the normal-prior fit is scikit-learn's lbfgs, whose intercept is
 unpenalized.
 
