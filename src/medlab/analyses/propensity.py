@@ -9,9 +9,9 @@ Cyclops's log-uniform grid (``createControl(cvType = "grid")``: 0.01 to 20 in 10
 rows are permuted once by a fixed seed and cut into folds, as Cyclops's
 ``CrossValidationSelector``), one repetition. CohortMethod's ``createPs`` asks Cyclops for
 its adaptive search (``cvType = "auto"``) with 10 repetitions over the same held-out
-likelihood; the grid is Cyclops's documented alternative. The Laplace fit is medlab's own orthant-wise Newton solver (exact to the
-optimality conditions, 1e-8); the normal-prior fit is scikit-learn's lbfgs, whose intercept is
-unpenalized.
+likelihood; the grid is Cyclops's documented alternative. The Laplace fit is medlab's own
+orthant-wise Newton solver (exact to the optimality conditions, 1e-8); the normal-prior fit
+is scikit-learn's lbfgs, whose intercept is unpenalized.
 
 Covariates are used as ``FeatureExtraction::tidyCovariateData`` leaves them: binary
 indicators as they are and continuous ones divided by their maximum (done when they are
