@@ -6,7 +6,7 @@ interval (``calibrateP``, ``calibrateConfidenceInterval`` on the error model, fi
 positive controls when there are any, otherwise the null converted), and CohortMethod's
 diagnostics with ``createCmDiagnosticThresholds``' defaults: max |SMD| after adjustment over
 all covariates and over the table-1 covariates (< 0.1), equipoise (>= 0.2), MDRR (<= 10),
-generalizability (max |SMD| between the adjusted and the study population, < 1), and EASE
+generalizability (max |SMD| of the estimate's population after vs before adjustment, < 1), EASE
 (<= 0.25). An estimate is ``diagnostics: fail`` when any evaluated check fails, with the
 failing checks named; a check with no released value is ``not evaluated``.
 """

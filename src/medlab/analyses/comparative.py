@@ -261,15 +261,27 @@ def _adjust(
     return _Adjusted(population, None, None, np.ones(len(population)), everyone)
 
 
-def _generalizability(x: Any, keep: np.ndarray, weights: np.ndarray) -> float:
-    """Max |SMD| between the adjusted population (weighted) and the study population."""
-    before = x
-    after = x[keep]
+def _generalizability(
+    x: Any, treatment: np.ndarray, keep: np.ndarray, weights: np.ndarray, targets_only: bool
+) -> float:
+    """Max |SMD| between the population an estimate is about, after adjustment (weighted),
+    and before it: the target arm for an ATT estimate (matching, IPTW ATT), both arms
+    otherwise, as CohortMethod's ``getGeneralizabilityTable`` chooses its base."""
+    base = treatment == 1 if targets_only else np.ones(len(treatment), dtype=bool)
+    before = x[base]
+    kept = base[keep]
+    after = x[keep][kept]
     stacked = sparse.vstack([before, after], format="csr")
     group = np.r_[np.zeros(before.shape[0]), np.ones(after.shape[0])]
-    w = np.r_[np.ones(before.shape[0]), weights]
+    w = np.r_[np.ones(before.shape[0]), weights[kept]]
     smd = est.standardized_differences(stacked, group.astype(int), w)
     return float(np.abs(smd).max()) if smd.size else 0.0
+
+
+def _att(adjustment: est.Adjustment, settings: ComparativeSettings) -> bool:
+    """Whether the adjustment estimates the effect in the target arm (CohortMethod's
+    ``targetEstimator``: matching ATT, IPTW its estimand, strata and none ATE)."""
+    return adjustment == "matching" or (adjustment == "iptw" and settings.iptw_estimand == "att")
 
 
 def local(
@@ -346,7 +358,9 @@ def local(
             float(np.abs(smd[table1]).max()) if smd is not None and table1.any() else float("nan")
         )
         general[adjustment] = (
-            _generalizability(x, adj.keep, adj.balance) if adj.keep.any() else float("nan")
+            _generalizability(x, treatment, adj.keep, adj.balance, _att(adjustment, settings))
+            if adj.keep.any()
+            else float("nan")
         )
         estimates.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, after, *model))
         km[adjustment] = est.kaplan_meier(adj.frame, adj.weights, **grid)
