@@ -108,6 +108,11 @@ def test_eunomia_study_runs_end_to_end(
         "gi_bleed_in_celecoxib_users_rates.csv",
     ):
         assert (out / name).exists(), name
+    with (out / "celecoxib_vs_diclofenac_gi_bleed_estimates.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["adjustment"] for r in rows] == ["none", "matching", "stratification", "iptw"]
+    assert {"diagnostics", "max_abs_smd_pass", "ease_value", "calibrated_hr"} <= set(rows[0])
+    assert not any(v.startswith("{") for r in rows for v in r.values())  # flat columns only
     assert list(out.glob("*_km_matching.png")) and list(out.glob("*_balance.png"))
     assert list(out.glob("*_preference.png")) and list(out.glob("*_attrition.png"))
     assert (out / "analgesics_after_osteoarthritis_sunburst.png").exists()

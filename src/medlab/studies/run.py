@@ -52,6 +52,31 @@ from medlab.studies.spec import (
 Progress = Callable[[str, int, int], None]
 
 
+_CALIBRATED = (
+    "calibrated_hr",
+    "calibrated_ci_low",
+    "calibrated_ci_high",
+    "calibrated_p",
+    "calibrated_log_hr",
+    "calibrated_se",
+    "ease",
+)
+
+
+def _estimate_row(e: dict[str, Any]) -> dict[str, Any]:
+    """One comparative estimate as a flat CSV row with the same columns for every row."""
+    row = {k: v for k, v in e.items() if not isinstance(v, dict | list)}
+    for k in _CALIBRATED:
+        row[k] = e.get(k)
+    null = e.get("null") or {}
+    row["null_mean"], row["null_sd"] = null.get("mean"), null.get("sd")
+    for k in ("failing", "not_evaluated"):
+        row[k] = ";".join(e.get(k, []))
+    for name, check in (e.get("checks") or {}).items():
+        row[f"{name}_value"], row[f"{name}_pass"] = check["value"], check["pass"]
+    return row
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("")
@@ -460,7 +485,10 @@ def _run(
         first = len(released)
         if isinstance(analysis, ComparativeAnalysis):
             body = _comparative(analysis, node_runs, release)
-            _write_csv(out / f"{analysis.name}_estimates.csv", body["estimates"])
+            _write_csv(
+                out / f"{analysis.name}_estimates.csv",
+                [_estimate_row(e) for e in body["estimates"]],
+            )
         elif isinstance(analysis, IncidenceAnalysis):
             body = _incidence(analysis, node_runs, release)
             _write_csv(out / f"{analysis.name}_rates.csv", body["rates"])

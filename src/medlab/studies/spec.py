@@ -130,7 +130,8 @@ class StudySpec(_Model):
     description: Annotated[str, Field(max_length=10_000)] = ""
     project: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     calendar: Calendar = Calendar()
-    cohorts: Annotated[list[StudyCohort], Field(min_length=1, max_length=100)]
+    # The written cohorts and the negative-control cohorts made from concepts, 500 in all.
+    cohorts: Annotated[list[StudyCohort], Field(min_length=1, max_length=500)]
     analyses: Annotated[list[Analysis], Field(min_length=1, max_length=100)]
 
     @model_validator(mode="before")
