@@ -48,31 +48,10 @@ from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
 from medlab.studies.spec import control_cohort
+from medlab.synth.cohorts import new_users, outcome
 from medlab.synth.generate import records, synthesize
 
 ADJUSTMENTS = ("none", "matching", "stratification", "iptw")
-
-
-def _new_users(ingredient: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": ingredient, "include_descendants": True}]}
-        ],
-        "primary": {
-            "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}]
-        },
-    }
-
-
-def _outcome(concept: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": concept, "include_descendants": True}]}
-        ],
-        "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
-        "qualified_limit": "all",
-        "end_strategy": {"type": "date_offset", "field": "start", "offset": 1},
-    }
 
 
 def one_seed(seed: int, patients: int) -> list[dict[str, Any]]:
@@ -86,9 +65,9 @@ def one_seed(seed: int, patients: int) -> list[dict[str, Any]]:
                 continue
             target = effect["target"]["ingredient_concept_id"]
             comparator = effect["comparator"]["ingredient_concept_id"]
-            generate(store, parse_definition(_new_users(target)), 1)
-            generate(store, parse_definition(_new_users(comparator)), 2)
-            generate(store, parse_definition(_outcome(effect["outcome"]["concept_id"])), 3)
+            generate(store, parse_definition(new_users(target)), 1)
+            generate(store, parse_definition(new_users(comparator)), 2)
+            generate(store, parse_definition(outcome(effect["outcome"]["concept_id"])), 3)
             controls = []
             for i, control in enumerate(effect["negative_controls"]):
                 definition = control_cohort(100 + i, control["concept_id"], "condition_occurrence")

@@ -28,26 +28,8 @@ from medlab.analyses.propensity import propensity_model
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
+from medlab.synth.cohorts import new_users, outcome
 from medlab.synth.generate import synthesize
-
-
-def _new_users(ingredient: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": ingredient, "include_descendants": True}]}
-        ],
-        "primary": {
-            "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}]
-        },
-    }
-
-
-OUTCOME = {
-    "concept_sets": [{"id": 0, "items": [{"concept_id": 192671, "include_descendants": True}]}],
-    "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
-    "qualified_limit": "all",
-    "end_strategy": {"type": "date_offset", "offset": 1},
-}
 
 
 def previous_match(
@@ -101,9 +83,9 @@ def main(sizes: list[int]) -> None:
             truth = synthesize(Path(tmp), sites=1, patients=patients, seed=7)
             store = Path(tmp) / truth["sites"][0]["store"]  # type: ignore[index]
             t = timed("synthesize (for scale)", t)
-            generate(store, parse_definition(_new_users(43013024)), 1)
-            generate(store, parse_definition(_new_users(1310149)), 2)
-            generate(store, parse_definition(OUTCOME), 3)
+            generate(store, parse_definition(new_users(43013024)), 1)
+            generate(store, parse_definition(new_users(1310149)), 2)
+            generate(store, parse_definition(outcome(192671)), 3)
             t = timed("cohorts (3)", t)
             with open_store(store, read_only=True) as con, warnings.catch_warnings():
                 warnings.simplefilter("ignore")

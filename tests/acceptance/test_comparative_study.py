@@ -24,29 +24,8 @@ from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
 from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.spec import ComparativeAnalysis
+from medlab.synth.cohorts import new_users, outcome
 from tests.helpers import SCOPE, released
-
-
-def _new_users(ingredient: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": ingredient, "include_descendants": True}]}
-        ],
-        "primary": {
-            "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}]
-        },
-    }
-
-
-def _outcome(concept: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": concept, "include_descendants": True}]}
-        ],
-        "primary": {"criteria": [{"domain": "condition_occurrence", "codeset_id": 0}]},
-        "qualified_limit": "all",
-        "end_strategy": {"type": "date_offset", "field": "start", "offset": 1},
-    }
 
 
 def _run(synth_study: Path, tmp: Path, effect: dict) -> tuple[list, dict]:
@@ -71,9 +50,9 @@ def _run(synth_study: Path, tmp: Path, effect: dict) -> tuple[list, dict]:
     for site in truth["sites"]:
         store = tmp / site["store"]
         shutil.copy(synth_study / site["store"], store)
-        generate(store, parse_definition(_new_users(target)), 1)
-        generate(store, parse_definition(_new_users(comparator)), 2)
-        generate(store, parse_definition(_outcome(effect["outcome"]["concept_id"])), 3)
+        generate(store, parse_definition(new_users(target)), 1)
+        generate(store, parse_definition(new_users(comparator)), 2)
+        generate(store, parse_definition(outcome(effect["outcome"]["concept_id"])), 3)
         with open_store(store, read_only=True) as con, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sites.append(comparative.local(con, site["name"], 1, 2, 3, settings))
@@ -140,9 +119,9 @@ def test_planted_negative_controls_reveal_the_crude_bias_and_calibration_correct
     site = truth["sites"][1]  # the community hospital, 10,500 patients
     store = tmp_path / site["store"]
     shutil.copy(synth_study / site["store"], store)
-    generate(store, parse_definition(_new_users(target)), 1)
-    generate(store, parse_definition(_new_users(comparator)), 2)
-    generate(store, parse_definition(_outcome(effect["outcome"]["concept_id"])), 3)
+    generate(store, parse_definition(new_users(target)), 1)
+    generate(store, parse_definition(new_users(comparator)), 2)
+    generate(store, parse_definition(outcome(effect["outcome"]["concept_id"])), 3)
     for cohort, control in zip(controls, effect["negative_controls"], strict=True):
         definition = control_cohort(cohort, control["concept_id"], "condition_occurrence")
         generate(store, parse_definition(definition["definition"]), cohort)

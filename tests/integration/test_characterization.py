@@ -14,25 +14,15 @@ from medlab.analyses import characterization as ch
 from medlab.cdm.store import open_store
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import parse_definition
-
-
-def _new_users(ingredient: int) -> dict[str, object]:
-    return {
-        "concept_sets": [
-            {"id": 0, "items": [{"concept_id": ingredient, "include_descendants": True}]}
-        ],
-        "primary": {
-            "criteria": [{"domain": "drug_exposure", "codeset_id": 0, "first_occurrence": True}]
-        },
-    }
+from medlab.synth.cohorts import new_users
 
 
 @pytest.fixture(scope="module")
 def users(synth_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("characterization") / "hospital_c.duckdb"
     shutil.copy(synth_study / "hospital_c.duckdb", store)
-    generate(store, parse_definition(_new_users(43013024)), 3)  # apixaban
-    generate(store, parse_definition(_new_users(1310149)), 4)  # warfarin
+    generate(store, parse_definition(new_users(43013024)), 3)  # apixaban
+    generate(store, parse_definition(new_users(1310149)), 4)  # warfarin
     return store
 
 
