@@ -123,3 +123,9 @@ def test_diagnostics_pass_and_fail_with_the_failing_checks_named() -> None:
 def test_without_two_negative_controls_calibration_is_not_evaluated() -> None:
     result = assessment.assess(_estimate(), _controls(0.0)[:1], 0.6)
     assert result["null"] is None and "ease" in result["not_evaluated"]
+
+
+def test_an_error_model_without_an_inverse_gives_no_calibrated_interval() -> None:
+    # A sd that shrinks faster than the mean moves: no true effect explains the estimate.
+    model = cal.ErrorModel(0.0, 0.0, 0.1, 0.0)
+    assert all(math.isnan(v) for v in cal.calibrate_ci(model, 5.0, 0.1))

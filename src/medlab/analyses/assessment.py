@@ -59,6 +59,8 @@ def calibrate(estimate: dict[str, Any], controls: list[dict[str, Any]]) -> dict[
     if b is None or not se:
         return out
     log_hr, low, high, cal_se = cal.calibrate_ci(model, b, se)
+    if not all(math.isfinite(v) for v in (log_hr, low, high, cal_se)):
+        return out  # the error model cannot be inverted at this estimate
     out.update(
         calibrated_p=cal.calibrate_p(null, b, se),
         calibrated_hr=math.exp(log_hr),

@@ -142,7 +142,10 @@ def calibrate_ci(
         return float(brentq(f, -50, 50, xtol=1e-12))
 
     z = float(norm.ppf((1 - width) / 2))
-    estimate, low, high = bound(0.0), bound(-z), bound(z)
+    try:
+        estimate, low, high = bound(0.0), bound(-z), bound(z)
+    except ValueError:  # no root in (-50, 50): an error model that cannot be inverted
+        return (math.nan,) * 4
     return estimate, low, high, (low - high) / (2 * z)
 
 
