@@ -230,20 +230,28 @@ def main() -> None:
         f"{args.seeds} seeds x {args.patients:,} patients, one site "
         f"({time.perf_counter() - started:.0f} s, {args.workers} workers)"
     )
-    for pair in sorted({r["pair"] for r in rows}):
-        mine = [r for r in rows if r["pair"] == pair]
-        marginal = float(np.mean([r["marginal"] for r in mine if r["adjustment"] == "none"]))
+    pairs = sorted({r["pair"] for r in rows})
+    marginals = {
+        pair: float(
+            np.mean(
+                [r["marginal"] for r in rows if r["pair"] == pair and r["adjustment"] == "none"]
+            )
+        )
+        for pair in pairs
+    }
+    for pair in pairs:
+        conditional = next(r["true"] for r in rows if r["pair"] == pair)
         print(
-            f"{pair}: conditional HR {math.exp(mine[0]['true']):.3f}, marginal HR in the "
-            f"treated {math.exp(marginal):.3f}"
+            f"{pair}: conditional HR {math.exp(conditional):.3f}, marginal HR in the "
+            f"treated {math.exp(marginals[pair]):.3f}"
         )
     print(
         f"{'pair':<38} {'adjustment':<15} {'':>4} {'truth':>11} {'n':>3} {'coverage':>8} "
         f"{'bias':>7} {'(SE)':>7} {'spread/SE':>9}"
     )
-    for pair in sorted({r["pair"] for r in rows}):
+    for pair in pairs:
         mine = [r for r in rows if r["pair"] == pair]
-        marginal = float(np.mean([r["marginal"] for r in mine if r["adjustment"] == "none"]))
+        marginal = marginals[pair]
         for adjustment in ADJUSTMENTS:
             chosen = [r for r in mine if r["adjustment"] == adjustment]
             for truth_name in ("conditional", "marginal"):
