@@ -70,18 +70,20 @@ class _Data:
         self.group = np.cumsum(new_group) - 1
         self.new_stratum = np.r_[True, self.s[1:] != self.s[:-1]]
         self.n_groups = int(self.group[-1]) + 1 if n else 0
+        # Fixed by the rows, used by every likelihood evaluation: where each stratum starts
+        # (and how long it is), and for each row the last row of its tie group.
+        self._starts = np.flatnonzero(self.new_stratum)
+        self._lengths = np.diff(np.r_[self._starts, n])
+        last = np.zeros(self.n_groups, dtype=np.int64)
+        last[self.group] = np.arange(n)
+        self._group_last = last[self.group]
 
     def _cumulative(self, values: np.ndarray) -> np.ndarray:
         """Per row, the sum of ``values`` over its risk set (same stratum, time >= its own)."""
         total = np.cumsum(values)
-        starts = np.flatnonzero(self.new_stratum)
-        before = np.r_[0.0, total][starts]
-        offset = np.repeat(before, np.diff(np.r_[starts, len(values)]))
-        running = total - offset
+        offset = np.repeat(np.r_[0.0, total][self._starts], self._lengths)
         # Everyone tied at a time is at risk at it: take the group's last row.
-        last = np.zeros(self.n_groups, dtype=np.int64)
-        last[self.group] = np.arange(len(values))
-        return np.asarray(running[last[self.group]])
+        return np.asarray((total - offset)[self._group_last])
 
     def sums(self, beta: float, ties: Ties) -> tuple[float, float, float, np.ndarray]:
         """Log partial likelihood, score, information, and per-row Breslow quantities."""

@@ -72,9 +72,8 @@ def match_on_ps(
 class _Unused:
     """Nearest unmatched comparator left or right of a position (path-halving pointers)."""
 
-    def __init__(self, comparators: np.ndarray) -> None:
-        self.comparators = comparators  # sorted row positions of comparators
-        m = len(comparators)
+    def __init__(self, m: int) -> None:
+        self.m = m  # comparators, indexed 0..m-1 in score order
         self.left = list(range(m))  # left[i]: the nearest unused index <= i (or -1)
         self.right = list(range(m + 1))  # right[i]: the nearest unused index >= i (or m)
 
@@ -92,7 +91,7 @@ class _Unused:
         return i
 
     def above(self, i: int) -> int:
-        right, m = self.right, len(self.comparators)
+        right, m = self.right, self.m
         while i < m and right[i] != i:
             nxt = right[i]
             if nxt < m:
@@ -111,7 +110,7 @@ def _match_sorted(
     m = len(comparators)
     if m == 0 or len(targets) == 0:
         return stratum
-    unused = _Unused(comparators)
+    unused = _Unused(m)
     # For each target, the index in ``comparators`` of the first comparator after it.
     after = np.searchsorted(comparators, targets)
     cscore = score[comparators].tolist()
