@@ -19,6 +19,7 @@ averaged over the seeds.
 
     python benchmarks/coverage.py            # 60 seeds
     python benchmarks/coverage.py 10 --patients 20000 --workers 4
+    python benchmarks/coverage.py 60 --ps-prior none   # the unpenalized propensity model
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from medlab.synth.generate import records, synthesize
 ADJUSTMENTS = ("none", "matching", "stratification", "iptw")
 
 
-def one_seed(seed: int, patients: int) -> list[dict[str, Any]]:
+def one_seed(seed: int, patients: int, ps: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every (pair, adjustment) estimate of one seed, uncalibrated and calibrated."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +85,7 @@ def one_seed(seed: int, patients: int) -> list[dict[str, Any]]:
                 exclude_ingredients=[target, comparator],
                 adjustments=list(ADJUSTMENTS),
                 negative_controls=controls,
+                **(ps or {}),
             )
             with open_store(store, read_only=True) as con, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -220,15 +222,28 @@ def main() -> None:
     parser.add_argument("seeds", nargs="?", type=int, default=60)
     parser.add_argument("--patients", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument(
+        "--ps-prior",
+        choices=["laplace", "normal", "none"],
+        default="laplace",
+        help="the propensity model's prior (default CohortMethod's, laplace)",
+    )
+    parser.add_argument(
+        "--ps-variance", type=float, help="a fixed prior variance (default: cross-validated)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.workers) as pool:
-        for found in pool.map(one_seed, range(1, args.seeds + 1), [args.patients] * args.seeds):
+        ps = {"ps_prior": args.ps_prior, "ps_variance": args.ps_variance}
+        seeds = range(1, args.seeds + 1)
+        for found in pool.map(one_seed, seeds, [args.patients] * args.seeds, [ps] * args.seeds):
             rows += found
     print(
         f"{args.seeds} seeds x {args.patients:,} patients, one site "
-        f"({time.perf_counter() - started:.0f} s, {args.workers} workers)"
+        f"({time.perf_counter() - started:.0f} s, {args.workers} workers), propensity "
+        f"prior {args.ps_prior}, variance "
+        f"{'cross-validated' if args.ps_variance is None else args.ps_variance}"
     )
     pairs = sorted({r["pair"] for r in rows})
     marginals = {

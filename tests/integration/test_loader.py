@@ -14,6 +14,7 @@ from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, load_history, open_store, row_counts
 from medlab.errors import LoadError
+from medlab.ledger import parties
 from medlab.privacy.ingest import RAW
 from medlab.privacy.secret import secret_path
 
@@ -106,6 +107,23 @@ def test_reloading_into_a_new_store_gives_the_same_fingerprint(
     init_store(other)
     load_omop_csv(other, eunomia_dir)
     assert _state(other)[0] != _state(eunomia_store)[0]
+
+
+def test_a_store_rebuilt_under_the_hospitals_identity_is_the_same_node(
+    eunomia_store: Path, eunomia_dir: Path, tmp_path: Path
+) -> None:
+    hospital = tmp_path / "identity"
+    first, rebuilt = tmp_path / "first.duckdb", tmp_path / "rebuilt" / "first.duckdb"
+    rebuilt.parent.mkdir()
+    init_store(first, hospital)
+    load_omop_csv(first, eunomia_dir)
+    init_store(rebuilt, hospital)  # the old store file is gone or elsewhere: same identity
+    load_omop_csv(rebuilt, eunomia_dir)
+    assert _state(rebuilt)[0] == _state(first)[0]
+    assert _state(first)[0] != _state(eunomia_store)[0]  # another hospital, other pseudonyms
+    assert parties.node(first).signer.key_id == parties.node(rebuilt).signer.key_id
+    assert parties.node(rebuilt).log_dir == hospital / "ledger"
+    assert not first.with_suffix(".secret").exists() and not first.with_suffix(".key").exists()
 
 
 def _refused(store: Path, directory: Path) -> LoadError:

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from medlab import __version__
-from medlab.cdm import schema
+from medlab.cdm import identity, schema
 from medlab.errors import StoreError
 from medlab.inputs import regular_file
 
@@ -73,8 +73,10 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None
     return row
 
 
-def init_store(path: Path) -> None:
-    """Create an empty node store at ``path``; refuse to overwrite an existing file."""
+def init_store(path: Path, identity_dir: Path | None = None) -> None:
+    """Create an empty node store at ``path``; refuse to overwrite an existing file.
+    ``identity_dir``: the hospital's identity (key, pseudonym secret, log) to create or
+    reuse (:mod:`medlab.cdm.identity`); else the store keeps its own beside it."""
     if path.exists():
         raise StoreError(
             f"{path}: a file already exists here; a node store is never overwritten",
@@ -82,6 +84,22 @@ def init_store(path: Path) -> None:
         )
     if not path.parent.exists():
         raise StoreError(f"{path.parent}: the directory does not exist")
+    linked = False
+    if identity_dir is not None:
+        linked = not identity.pointer(path).exists()
+        identity.attach(path, identity_dir)
+    try:
+        _create(path)
+    except BaseException:
+        if linked:
+            identity.pointer(path).unlink(missing_ok=True)
+        raise
+    from medlab.privacy.secret import node_secret
+
+    node_secret(path)  # made with the store: a refused first load then changes nothing
+
+
+def _create(path: Path) -> None:
     con = duckdb.connect(str(path))
     try:
         con.execute("BEGIN TRANSACTION")
@@ -101,9 +119,6 @@ def init_store(path: Path) -> None:
         path.unlink(missing_ok=True)
         raise
     con.close()
-    from medlab.privacy.secret import node_secret
-
-    node_secret(path)  # made with the store: a refused first load then changes nothing
 
 
 class _StoreLock:

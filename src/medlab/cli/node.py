@@ -24,12 +24,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 
 @app.command("init")
-def init(store: StoreArg) -> None:
+def init(
+    store: StoreArg,
+    identity_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            help="The hospital's identity directory (signing key, pseudonym secret, log), "
+            "created or reused; default: beside the store.",
+        ),
+    ] = None,
+) -> None:
     """Create an empty OMOP CDM v5.4 node store."""
-    init_store(store)
-    signer = parties.node(store).signer
+    init_store(store, identity_dir)
+    party = parties.node(store)
+    signer = party.signer
     stdout.print(f"created node store {store} (OMOP CDM v5.4, empty)")
-    stdout.print(f"node signing key {signer.key_id} ({store.with_suffix('.key')})", highlight=False)
+    stdout.print(f"node signing key {signer.key_id} ({party.key_path})", highlight=False)
 
 
 @app.command("load")

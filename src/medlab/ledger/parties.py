@@ -1,7 +1,9 @@
 """Who signs and logs: each node (key and log beside its store) and the hub.
 
-A node's key is ``STORE.key`` and its log ``STORE.ledger/``; the hub's live in its directory
-(``--hub DIR``, else ``$MEDLAB_HUB_DIR``, else ``~/.medlab/hub``): ``hub.key`` and ``ledger/``.
+A node's key and log are its identity's (:mod:`medlab.cdm.identity`: ``DIR/node.key`` and
+``DIR/ledger/``, or ``STORE.key`` and ``STORE.ledger/`` beside the store); the hub's live in
+its directory (``--hub DIR``, else ``$MEDLAB_HUB_DIR``, else ``~/.medlab/hub``): ``hub.key``
+and ``ledger/``.
 Events are small JSON objects with a ``type`` and a ``time``; what a node logs never holds
 patient rows, only hashes, fingerprints, counts of what was released and budget amounts.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medlab.cdm.identity import identity
 from medlab.ledger.keys import Signer, canonical, key_id
 from medlab.ledger.log import TransparencyLog
 
@@ -94,7 +97,8 @@ class Party:
 
 def node(store: Path) -> Party:
     """The node that owns ``store``."""
-    return Party(store.stem, store.with_suffix(".key"), store.with_suffix(".ledger"))
+    found = identity(store)
+    return Party(store.stem, found.key, found.ledger)
 
 
 def hub(directory: Path | None = None) -> Party:

@@ -1,8 +1,9 @@
 """The node's secret key: for keyed hashes of person ids (auditing, pseudonyms, date shifts).
 
-Kept in a file beside the store (``hospital.duckdb`` → ``hospital.secret``), readable by the
-owner only, created on first use from the operating system's random source. It never leaves
-the node; losing it makes pseudonyms unlinkable to later loads.
+Kept in the node's identity (:mod:`medlab.cdm.identity`: ``DIR/node.secret``, or beside
+the store, ``hospital.duckdb`` → ``hospital.secret``), readable by the owner only, created on
+first use from the operating system's random source. It never leaves the node; losing it
+makes pseudonyms unlinkable to later loads.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 import secrets
 from pathlib import Path
 
+from medlab.cdm.identity import identity
 from medlab.errors import StoreError
 
 
 def secret_path(store: Path) -> Path:
     """Where the secret of ``store`` lives."""
-    return store.with_suffix(".secret")
+    return identity(store).secret
 
 
 def node_secret(store: Path) -> bytes:
