@@ -84,3 +84,9 @@ class BudgetError(MedlabError):
     """A privacy budget request was refused; nothing was spent."""
 
     exit_code = 8
+
+
+class VerificationFailed(MedlabError):
+    """A bundle, log or signed payload failed verification."""
+
+    exit_code = 9

@@ -8,19 +8,13 @@ from typing import Annotated
 import typer
 
 from medlab.cli.output import emit_json, stdout
-from medlab.errors import MedlabError, UsageError
+from medlab.errors import UsageError, VerificationFailed
 from medlab.inputs import read_document, regular_file
 from medlab.ledger import evidence, parties
 from medlab.ledger.log import verify_log
 
 evidence_app = typer.Typer(help="Evidence bundles: export.", no_args_is_help=True)
 log_app = typer.Typer(help="Transparency logs: verify.", no_args_is_help=True)
-
-
-class VerificationFailed(MedlabError):
-    """A bundle or log failed verification."""
-
-    exit_code = 9
 
 
 @evidence_app.command("export")

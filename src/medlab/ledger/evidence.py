@@ -66,14 +66,16 @@ def sign_release(party: Party, payload: dict[str, Any], base: dict[str, Any]) ->
 
 def sign_combined(
     hub: Party,
-    nodes: dict[str, Party],
+    nodes: dict[str, dict[str, Any]],
     results: dict[str, Any],
     base: dict[str, Any],
     releases: list[dict[str, Any]],
     quality: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     """The hub signs the combined result (and the node statements it combined) and logs it;
-    returns the study's evidence record (``evidence.json``)."""
+    returns the study's evidence record (``evidence.json``). ``nodes``: per site its
+    ``key_id``, ``public_key`` and either ``log_dir`` (a log the export reads where it lies)
+    or ``log`` (the entries and proofs a federated node published, see :func:`log_part`)."""
     statement = {
         **base,
         "result_hash": digest(results),
@@ -89,14 +91,7 @@ def sign_combined(
             "log_index": index,
             "log_dir": str(hub.log_dir.resolve()),
         },
-        "nodes": {
-            site: {
-                "key_id": party.signer.key_id,
-                "public_key": party.signer.public_pem,
-                "log_dir": str(party.log_dir.resolve()),
-            }
-            for site, party in nodes.items()
-        },
+        "nodes": nodes,
         "releases": releases,
         "dq": quality,
         "environment": environment(),
@@ -112,7 +107,7 @@ def spec_digest(spec: Any) -> str:
 # -- export ---------------------------------------------------------------------------------
 
 
-def _log_part(party_name: str, log_dir: Path, indices: list[int]) -> dict[str, Any]:
+def log_part(party_name: str, log_dir: Path, indices: list[int]) -> dict[str, Any]:
     """Entries with their record signatures and inclusion proofs against the newest signed
     tree head of one log, and every key rotation in it (so a verifier can follow the keys)."""
     if not (log_dir / "public.pem").exists():
@@ -149,10 +144,17 @@ def export_bundle(out_dir: Path, bundle: Path) -> dict[str, Any]:
         raise UsageError(
             f"{out_dir}: not the output folder of a medlab study run ({exc})"
         ) from None
-    logs = [_log_part("hub", Path(evidence["hub"]["log_dir"]), [evidence["hub"]["log_index"]])]
+    hub = evidence["hub"]
+    if "log" in hub:  # published by a hub that the results were fetched from
+        logs = [hub["log"]]
+    else:
+        logs = [log_part("hub", Path(hub["log_dir"]), [hub["log_index"]])]
     for site, info in sorted(evidence["nodes"].items()):
         indices = [r["log_index"] for r in evidence["releases"] if r["payload"]["site"] == site]
-        logs.append(_log_part(site, Path(info["log_dir"]), indices))
+        if "log" in info:  # published by a federated node with its releases
+            logs.append(info["log"])
+        else:
+            logs.append(log_part(site, Path(info["log_dir"]), indices))
     files = {
         "spec.json": spec,
         "results.json": results,

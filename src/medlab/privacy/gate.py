@@ -537,7 +537,9 @@ def payload(released: Released) -> dict[str, Any]:
 
 
 def restore(data: dict[str, Any]) -> Released:
-    """A payload this node's gate released before (kept by the node), as released."""
+    """A payload a node's gate released, as released: kept by the node for reuse, or
+    received by the hub with the node's signature over it checked
+    (:func:`medlab.studies.combine.verify_output`)."""
     return Released(
         data["analysis"],
         data["site"],

@@ -117,6 +117,29 @@ class Precision(_Settings):
     mean: Digits = 3  # means and standard deviations of a value (ages, scores)
 
 
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class FederationPolicy(_Settings):
+    """What the node's agent accepts from the hub, checked at the node before anything runs
+    (a single-process ``study run`` is the steward's own and skips these): the projects and
+    researchers allowed (absent: any the hub registered), the fewest sites a study must have,
+    whether the steward approves each task (``approval: each_task``, the default; projects in
+    ``pre_approved_projects`` run without it) or trusts every allowed task (``none``),
+    whether the steward reviews the released payload before it is uploaded, and whether a
+    submission must carry its researcher's signature."""
+
+    allowed_projects: Annotated[list[Name], Field(max_length=1000)] | None = None
+    allowed_researchers: Annotated[list[Name], Field(max_length=1000)] | None = None
+    min_sites: Annotated[int, Field(ge=1, le=1000)] = 1
+    approval: Literal["each_task", "none"] = "each_task"
+    pre_approved_projects: Annotated[list[Name], Field(max_length=1000)] = Field(
+        default_factory=list
+    )
+    review_results: bool = False
+    require_researcher_signature: bool = False
+
+
 class ReleasePolicy(_Settings):
     """Everything the release gate applies; see the module docstring for the defaults."""
 
@@ -134,6 +157,7 @@ class ReleasePolicy(_Settings):
     differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy)
     allowed_analyses: list[AnalysisType] = Field(default_factory=lambda: list(ALL_ANALYSES))
     record_level_export: bool = False
+    federation: FederationPolicy = Field(default_factory=FederationPolicy)
 
     @model_validator(mode="after")
     def _dp_for_studies_needs_dp(self) -> ReleasePolicy:
@@ -284,6 +308,19 @@ def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
             f"$.allowed_analyses adds {', '.join(extra)}, which the node does not allow"
         )
     not_on("record_level_export", node.record_level_export, asked.record_level_export)
+    ours, wanted = node.federation, asked.federation
+    for name in ("allowed_projects", "allowed_researchers"):
+        mine_list, theirs_list = getattr(ours, name), getattr(wanted, name)
+        if mine_list is not None and (theirs_list is None or set(theirs_list) - set(mine_list)):
+            problems.append(f"$.federation.{name} allows more than the node's")
+    at_least("federation.min_sites", ours.min_sites, wanted.min_sites)
+    if ours.approval == "each_task" and wanted.approval == "none":
+        problems.append("$.federation.approval none, the node's steward approves each task")
+    if set(wanted.pre_approved_projects) - set(ours.pre_approved_projects):
+        problems.append("$.federation.pre_approved_projects adds projects the node did not")
+    for name in ("review_results", "require_researcher_signature"):
+        if getattr(ours, name) and not getattr(wanted, name):
+            problems.append(f"$.federation.{name} is false, the node's is true")
     return problems
 
 

@@ -239,6 +239,21 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def spec_from_document(data: Any) -> tuple[StudySpec | None, list[tuple[str, str]]]:
+    """A study spec sent as JSON (cohort definitions inline, no files): the spec, or the
+    problems with their JSON paths."""
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        return None, [(_path(e["loc"]), e["msg"]) for e in exc.errors()]
+    files = [
+        (f"$.cohorts[{i}].file", "give the definition inline (a client resolves cohort files)")
+        for i, c in enumerate(spec.cohorts)
+        if c.definition is None
+    ]
+    return (None, files) if files else (spec, [])
+
+
 def load_spec(path: Path) -> StudySpec:
     """Read and validate a study spec; cohort files resolve relative to the spec."""
     data = read_document(path, "study spec", DefinitionError)

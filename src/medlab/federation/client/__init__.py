@@ -1,0 +1,1 @@
+"""The researcher's client: submit a study, follow it, fetch its results."""

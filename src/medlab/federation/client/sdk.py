@@ -1,0 +1,151 @@
+"""The researcher's Python SDK: ``medlab.Client(url, token)``.
+
+>>> client = Client("http://127.0.0.1:8400", token)          # doctest: +SKIP
+>>> study = client.submit(load_spec(Path("study.yaml")))      # doctest: +SKIP
+>>> study.wait(timeout=600).state                             # doctest: +SKIP
+'completed'
+>>> study.results()["analyses"][0]["name"]                    # doctest: +SKIP
+
+``MEDLAB_HUB_URL`` and ``MEDLAB_TOKEN`` stand in for a URL or token not given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medlab.errors import MedlabError, UsageError
+from medlab.federation.common.messages import StudyStatus, submission_message
+from medlab.ledger.keys import Signer
+from medlab.studies.spec import StudySpec
+
+
+class HubError(MedlabError):
+    """The hub refused a request; the message is its problem detail."""
+
+    exit_code = 10
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        errors = problem.get("errors") or []
+        where = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors[:5])
+        detail = problem.get("detail") or problem.get("title") or "refused"
+        super().__init__(f"the hub answered {status}: {detail}" + (f" ({where})" if where else ""))
+        self.status = status
+        self.problem = problem
+
+
+class Client:
+    """A researcher's connection to the hub (``http`` given: an ``httpx.Client`` to use,
+    for example one on an in-process hub)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        http: httpx.Client | None = None,
+        key: Path | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        url = url or os.environ.get("MEDLAB_HUB_URL")
+        token = token or os.environ.get("MEDLAB_TOKEN")
+        if http is None and not url:
+            raise UsageError("no hub: give --hub URL or set MEDLAB_HUB_URL")
+        if not token:
+            raise UsageError("no token: give --token T or set MEDLAB_TOKEN")
+        self.http = http or httpx.Client(base_url=str(url), timeout=timeout)
+        self.headers = {"authorization": f"Bearer {token}"}
+        self.signer = Signer.load_or_create(key) if key is not None else None
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, headers=self.headers, **kw)
+        except httpx.HTTPError as exc:
+            raise UsageError(f"the hub did not answer ({exc})") from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:200]}
+            raise HubError(response.status_code, problem)
+        return response
+
+    def submit(
+        self,
+        spec: StudySpec | dict[str, Any],
+        project: str | None = None,
+        min_sites: int = 1,
+        deadline_seconds: int = 86400,
+        nodes: list[str] | None = None,
+    ) -> Study:
+        """Submit a study (cohort files already resolved) and return it."""
+        document = spec.model_dump(mode="json") if isinstance(spec, StudySpec) else spec
+        body: dict[str, Any] = {
+            "spec": document,
+            "project": project,
+            "min_sites": min_sites,
+            "deadline_seconds": deadline_seconds,
+            "nodes": nodes,
+        }
+        if self.signer is not None:
+            body["signature"] = self.signer.sign(submission_message(document, project))
+        found = self._call("POST", "/api/v1/studies", json=body).json()
+        return Study(self, found["study_id"])
+
+    def study(self, study_id: str) -> Study:
+        """A study submitted before."""
+        return Study(self, study_id)
+
+
+class Study:
+    """A submitted study."""
+
+    def __init__(self, client: Client, study_id: str) -> None:
+        self.client = client
+        self.id = study_id
+
+    def status(self) -> StudyStatus:
+        """The study's state and each node's task."""
+        found = self.client._call("GET", f"/api/v1/studies/{self.id}").json()
+        return StudyStatus.model_validate(found)
+
+    def wait(self, timeout: float = 3600.0, every: float = 0.5) -> StudyStatus:
+        """The status once the study is completed or failed (``TimeoutError`` past
+        ``timeout`` seconds)."""
+        until = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status.state != "running":
+                return status
+            if time.monotonic() >= until:
+                raise TimeoutError(f"{self.id} still running after {timeout:g} s")
+            time.sleep(every)
+
+    def file(self, name: str) -> bytes:
+        """One result file."""
+        return self.client._call("GET", f"/api/v1/studies/{self.id}/files/{name}").content
+
+    def results(self) -> dict[str, Any]:
+        """``results.json`` of a completed study."""
+        import json
+
+        data: dict[str, Any] = json.loads(self.file("results.json"))
+        return data
+
+    def fetch(self, out: Path) -> list[Path]:
+        """Write every result file into ``out`` (the files ``medlab study run`` writes)."""
+        status = self.status()
+        if status.state != "completed":
+            raise UsageError(f"{self.id} is {status.state}: {status.reason or 'no results yet'}")
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in status.files:
+            if "/" in name or name.startswith("."):
+                raise UsageError(f"the hub named a file {name!r}; refused")
+            path = out / name
+            path.write_bytes(self.file(name))
+            written.append(path)
+        return written

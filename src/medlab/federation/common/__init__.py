@@ -1,0 +1,1 @@
+"""What every party of the federation shares: messages, task states, request signatures."""

@@ -1,0 +1,144 @@
+"""The federation's wire messages (protocol ``medlab-fed/1``) and its task states.
+
+A study submitted to the hub becomes one task per node. The hub signs each task; the node
+verifies it, decides under its own policy, and reports each state change back. Only a node
+moves its task forward (``delivered`` onwards); the hub alone marks a task ``expired`` when
+the study's deadline passes. A task's round carries the parameters the hub computed from
+the previous round's released aggregates (multi-round analyses).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medlab.ledger.keys import canonical
+
+PROTOCOL: Literal["medlab-fed/1"] = "medlab-fed/1"
+
+TaskState = Literal[
+    "pending",
+    "delivered",
+    "awaiting_approval",
+    "running",
+    "awaiting_result_review",
+    "completed",
+    "refused",
+    "failed",
+    "expired",
+]
+FINAL: frozenset[str] = frozenset({"completed", "refused", "failed", "expired"})
+
+# Every legal move, from each state. The node reports delivered .. completed/refused/failed;
+# a node restarted after a crash may report a state again (the same move is idempotent).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"delivered", "refused", "failed", "expired"}),
+    "delivered": frozenset({"awaiting_approval", "running", "refused", "failed", "expired"}),
+    "awaiting_approval": frozenset({"running", "refused", "failed", "expired"}),
+    "running": frozenset({"awaiting_result_review", "completed", "refused", "failed", "expired"}),
+    "awaiting_result_review": frozenset({"completed", "refused", "failed", "expired"}),
+    "completed": frozenset(),
+    "refused": frozenset(),
+    "failed": frozenset(),
+    "expired": frozenset(),
+}
+
+
+def allowed(current: str, new: str) -> bool:
+    """Whether a task may move from ``current`` to ``new`` (staying put is allowed)."""
+    return new == current or new in TRANSITIONS.get(current, frozenset())
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class Submission(_Message):
+    """A researcher's study submission: the spec (a study spec document), its project, the
+    fewest sites that must answer, a deadline (seconds from submission) and, when the
+    researcher has a registered key, the signature over the canonical JSON of
+    ``{"spec": spec, "project": project}``."""
+
+    spec: dict[str, Any]
+    project: Name | None = None
+    min_sites: Annotated[int, Field(ge=1, le=1000)] = 1
+    nodes: Annotated[list[Name], Field(max_length=1000)] | None = None
+    deadline_seconds: Annotated[int, Field(ge=10, le=30 * 86400)] = 86400
+    signature: Annotated[str, Field(max_length=200)] | None = None
+
+
+class Task(_Message):
+    """A task as the hub signs it for one node (``signature``: the hub's over the canonical
+    JSON of every other field)."""
+
+    protocol: Literal["medlab-fed/1"] = PROTOCOL
+    task_id: str
+    study_id: str
+    node: str
+    round: int = 1
+    params: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any]
+    spec_hash: str
+    project: str | None
+    researcher: str
+    researcher_key: str | None = None
+    researcher_signature: str | None = None
+    submitted_project: str | None = None  # the project as the researcher signed it
+    min_sites: int
+    sites: int  # how many nodes the study was sent to
+    deadline: str  # ISO 8601 UTC
+    issued_at: str
+    hub_key_id: str
+    signature: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """The signed fields."""
+        return self.model_dump(mode="json", exclude={"signature"})
+
+
+class TaskReport(_Message):
+    """A node's report on one of its tasks: its new state, a reason for the researcher
+    (refused / failed; never internals), and on completion the node's output (released
+    payloads only, :class:`medlab.studies.local.NodeOutput`)."""
+
+    state: TaskState
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+    output: dict[str, Any] | None = None
+
+
+class TaskStatus(_Message):
+    """One node's task as the researcher sees it."""
+
+    node: str
+    task_id: str
+    state: TaskState
+    reason: str | None = None
+    updated_at: str
+
+
+class StudyStatus(_Message):
+    """A study as the researcher sees it."""
+
+    study_id: str
+    name: str
+    state: Literal["running", "completed", "failed"]
+    reason: str | None = None
+    min_sites: int
+    deadline: str
+    tasks: list[TaskStatus]
+    files: list[str] = Field(default_factory=list)
+
+
+def submission_message(spec: dict[str, Any], project: str | None) -> bytes:
+    """What a researcher's key signs of a submission: the canonical JSON of the spec exactly
+    as submitted and the submission's ``project``."""
+    return canonical({"spec": spec, "project": project})
+
+
+def json_path(loc: tuple[int | str, ...] | list[int | str], root: str = "$") -> str:
+    """A validation error's location as a JSON path (``$.spec.cohorts[0].name``)."""
+    return root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)

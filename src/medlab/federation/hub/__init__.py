@@ -1,0 +1,1 @@
+"""The hub: onboarding, studies, tasks and combined results behind an HTTP API."""

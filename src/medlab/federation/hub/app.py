@@ -1,0 +1,154 @@
+"""The hub's HTTP API (FastAPI). Researchers send a bearer token; nodes sign each request.
+
+Errors are ``application/problem+json`` (RFC 9457) with ``title``, ``status``, ``detail`` and,
+for invalid input, ``errors`` naming each JSON path; an unforeseen error answers 500 with no
+internals. The OpenAPI document is at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medlab import __version__
+from medlab.errors import UsageError
+from medlab.federation.common import auth
+from medlab.federation.common.messages import PROTOCOL, StudyStatus, json_path
+from medlab.federation.hub.service import Hub, HubError
+from medlab.inputs import parse_document
+
+MAX_BODY = 64 << 20  # a study's released output is aggregates: 64 MiB is already absurd
+MAX_WAIT = 30.0
+
+
+def _problem(status: int, title: str, detail: str, errors: list[Any] | None = None) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
+    """The hub's API over ``hub``; a background loop settles deadlines every few seconds."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def settle() -> None:
+            while True:
+                await asyncio.sleep(settle_every)
+                with contextlib.suppress(Exception):  # a settling error waits for the next
+                    await run_in_threadpool(hub.settle)
+
+        loop = asyncio.create_task(settle())
+        try:
+            yield
+        finally:
+            loop.cancel()
+
+    app = FastAPI(title="medlab hub", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(HubError)
+    async def _hub_error(_: Request, exc: HubError) -> Response:
+        return _problem(exc.status, exc.title, exc.detail, exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = [{"path": json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        detail = f"{errors[0]['path']}: {errors[0]['message']}" if errors else "invalid request"
+        return _problem(422, "invalid request", detail, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return _problem(exc.status_code, "error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> Response:
+        return _problem(500, "internal error", "the hub could not complete the request")
+
+    def researcher(authorization: Annotated[str | None, Header()] = None) -> str:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        return hub.researcher(token)
+
+    async def body_of(request: Request) -> bytes:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            raise HubError(413, "too large", f"a request body is at most {MAX_BODY} bytes")
+        data = await request.body()
+        if len(data) > MAX_BODY:
+            raise HubError(413, "too large", f"a request body is at most {MAX_BODY} bytes")
+        return data
+
+    async def signed_node(request: Request) -> tuple[str, bytes]:
+        h = request.headers
+        missing = [k for k in (auth.NODE, auth.TIMESTAMP, auth.NONCE, auth.SIGNATURE) if k not in h]
+        if missing:
+            hub.party.log("request_refused", who="node", reason=f"missing {missing[0]}")
+            raise HubError(401, "unauthenticated", f"a node request carries {missing[0]}")
+        body = await body_of(request)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signed = auth.Signed(h[auth.NODE], h[auth.TIMESTAMP], h[auth.NONCE], h[auth.SIGNATURE])
+        name = await run_in_threadpool(hub.node, request.method, target, body, signed)
+        return name, body
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__, "protocol": PROTOCOL}
+
+    @app.get("/api/v1/hub-key")
+    def hub_key() -> dict[str, str]:
+        signer = hub.party.signer
+        return {"key_id": signer.key_id, "public_key": signer.public_pem}
+
+    @app.post("/api/v1/studies", status_code=201)
+    async def submit(request: Request, who: str = Depends(researcher)) -> dict[str, str]:
+        data = await _json(await body_of(request))
+        study_id = await run_in_threadpool(hub.submit, who, data)
+        return {"study_id": study_id}
+
+    @app.get("/api/v1/studies/{study_id}")
+    def status(study_id: str, who: str = Depends(researcher)) -> StudyStatus:
+        return hub.status(study_id, who)
+
+    @app.get("/api/v1/studies/{study_id}/files/{name}")
+    def file(study_id: str, name: str, who: str = Depends(researcher)) -> Response:
+        return Response(hub.file(study_id, name, who), media_type="application/octet-stream")
+
+    @app.get("/api/v1/node/tasks")
+    async def tasks(request: Request, wait: float = 0.0) -> dict[str, Any]:
+        node, _ = await signed_node(request)
+        until = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
+        while True:
+            found = await run_in_threadpool(hub.tasks_for, node)
+            if any(t["state"] == "pending" for t in found) or time.monotonic() >= until:
+                return {"tasks": found}
+            await asyncio.sleep(0.2)
+
+    @app.post("/api/v1/node/tasks/{task_id}")
+    async def report(task_id: str, request: Request) -> dict[str, str]:
+        node, body = await signed_node(request)
+        state = await run_in_threadpool(hub.report, node, task_id, await _json(body))
+        return {"state": state}
+
+    return app
+
+
+async def _json(body: bytes) -> Any:
+    """The request body as JSON, with the input rules of every medlab document."""
+    try:
+        return parse_document(body.decode("utf-8"), "the request body", False, UsageError)
+    except UnicodeDecodeError as exc:
+        raise HubError(400, "not JSON", f"the body is not UTF-8 (byte {exc.start})") from None
+    except UsageError as exc:
+        raise HubError(400, "not JSON", str(exc)) from None

@@ -1,0 +1,131 @@
+"""The hub's state in a relational database (SQLAlchemy 2): SQLite ``DIR/hub.db`` by default,
+any SQLAlchemy URL by ``--db``.
+
+Nodes and researchers (onboarding), studies, their tasks (one per node and round, with the
+node's released output once uploaded), the nonces seen (replay protection) and each study's
+result files. Every change is committed before the hub acknowledges it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    """The hub's tables."""
+
+
+def utcnow() -> dt.datetime:
+    """Now, UTC, without tzinfo (SQLite keeps naive datetimes)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(100), unique=True)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class Researcher(Base):
+    __tablename__ = "researchers"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(100), unique=True)
+    public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    spec_hash: Mapped[str] = mapped_column(String(100))
+    researcher: Mapped[str] = mapped_column(ForeignKey("researchers.name"))
+    project: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    min_sites: Mapped[int] = mapped_column(Integer)
+    deadline: Mapped[dt.datetime] = mapped_column(DateTime)
+    signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), index=True)
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name"), index=True)
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(30), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    envelope: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    output: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
+    output_hash: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Nonce(Base):
+    __tablename__ = "nonces"
+    node: Mapped[str] = mapped_column(String(100), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class StudyFile(Base):
+    __tablename__ = "study_files"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+def default_url(directory: Path) -> str:
+    """The hub's default database: SQLite in ``DIR/hub.db``."""
+    return f"sqlite:///{(directory / 'hub.db').resolve()}"
+
+
+def connect(url: str) -> sessionmaker[Session]:
+    """A session factory on ``url``, with the tables created when missing."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=FULL")  # a commit survives a crash
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose changes are committed together, or not at all."""
+    with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,303 @@
+"""A study's steps at one node: cohorts, local steps, the release gate, signatures and the log.
+
+This is everything a node does for a study, whether ``medlab study run`` calls it in one
+process or a node agent runs it for a task from the hub (:func:`run_node`): it generates the
+spec's cohorts in the store, runs every analysis's local step, passes the aggregates through
+the release gate under the node's own policy, signs and logs each released payload, and
+returns only those (:class:`NodeOutput`), with the node's snapshot fingerprint, policy and
+data quality summary. Nothing else of the store leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from pydantic import BaseModel, ConfigDict
+
+from medlab import __version__
+from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
+from medlab.analyses import comparative_release as comparative_out
+from medlab.analyses.scope import Scope
+from medlab.cdm.dq import run_checks
+from medlab.cdm.fingerprint import record_snapshot, recorded_snapshot, snapshot_fingerprint
+from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, store_lock
+from medlab.cohorts.engine import generate
+from medlab.ledger import evidence, parties
+from medlab.privacy import gate
+from medlab.privacy.node_policy import node_policy
+from medlab.privacy.node_release import NodeReleaser
+from medlab.privacy.policy import ReleasePolicy, tighten
+from medlab.privacy.release import Population
+from medlab.privacy.release import Release as ReleaseRequest
+from medlab.studies.spec import (
+    Analysis,
+    CharacterizationAnalysis,
+    ComparativeAnalysis,
+    FeasibilityAnalysis,
+    IncidenceAnalysis,
+    StudySpec,
+    UtilizationAnalysis,
+)
+
+
+class NodeRelease(BaseModel):
+    """One released payload of a study at a node, as the node signed and logged it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    analysis: str  # the analysis's name in the spec
+    cohort: int | None = None  # a characterization's releases are one per cohort
+    payload: dict[str, Any]
+    signed: dict[str, Any]
+    log_index: int
+
+
+class NodeOutput(BaseModel):
+    """All that leaves a node for one study: released payloads and what describes them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str
+    fingerprint: str
+    policy: dict[str, Any]  # version, digest and the disclosure settings the report names
+    quality: dict[str, int]  # data quality checks passed / failed on this snapshot
+    key_id: str
+    public_key: str
+    releases: list[NodeRelease]
+    log_dir: str | None = None  # single process: the hub reads the node's log at export
+    log: dict[str, Any] | None = None  # federated: the node's log entries with their proofs
+
+
+@dataclass
+class _Node:
+    """One node during a study: its store, the policy it releases under, the data snapshot,
+    the scope its populations are keyed by, and its releaser (gate, audit, journal)."""
+
+    store: Path
+    site: str
+    policy: ReleasePolicy
+    fingerprint: str
+    scope: Scope
+    releaser: NodeReleaser
+    roots: dict[int, Population]  # each cohort's persons (node-internal)
+
+
+Local = Callable[[], ReleaseRequest]
+
+
+def _steps(a: Analysis, spec: StudySpec, node: _Node) -> list[tuple[int | None, Local]]:
+    """The local steps of one analysis at one node, each a release (per cohort, for a
+    characterization)."""
+    if isinstance(a, ComparativeAnalysis):
+
+        def compare(a: ComparativeAnalysis = a) -> ReleaseRequest:
+            with open_store(node.store, read_only=True) as con:
+                site = comparative.local(
+                    con, node.site, a.target, a.comparator, a.outcome, a.settings
+                )
+            return comparative_out.to_release(site, node.scope, a)
+
+        return [(None, compare)]
+    if isinstance(a, IncidenceAnalysis):
+
+        def rates(a: IncidenceAnalysis = a) -> ReleaseRequest:
+            with open_store(node.store, read_only=True) as con:
+                counts = incidence.local(con, a.target, a.outcome, a.settings, node.scope.calendar)
+            return incidence.to_release(
+                counts, node.site, node.scope, a.target, a.outcome, a.settings
+            )
+
+        return [(None, rates)]
+    if isinstance(a, FeasibilityAnalysis):
+        definition = next(c.definition for c in spec.cohorts if c.id == a.cohort)
+        assert definition is not None
+
+        def funnel(a: FeasibilityAnalysis = a) -> ReleaseRequest:
+            site = feasibility.local(
+                node.store, node.site, definition, a.cohort, node.scope.calendar
+            )
+            return feasibility.to_release(site, node.scope, a.cohort)
+
+        return [(None, funnel)]
+    if isinstance(a, UtilizationAnalysis):
+
+        def pathways(a: UtilizationAnalysis = a) -> ReleaseRequest:
+            with open_store(node.store, read_only=True) as con:
+                found = utilization.local(con, a.cohort, a.drugs, a.max_lines, node.scope.calendar)
+            return utilization.to_release(found, node.site, node.scope, a)
+
+        return [(None, pathways)]
+    assert isinstance(a, CharacterizationAnalysis)
+
+    def describe(cohort: int, a: CharacterizationAnalysis = a) -> Local:
+        def step() -> ReleaseRequest:
+            with open_store(node.store) as con:
+                found = characterization.local(con, cohort, a.settings, node.scope.calendar)
+            return characterization.to_release(found, node.site, cohort, node.scope)
+
+        return step
+
+    return [(cohort, describe(cohort)) for cohort in a.cohorts]
+
+
+def _quality(con: duckdb.DuckDBPyConnection, fingerprint: str) -> dict[str, int]:
+    """The data quality summary of this snapshot, computed once per fingerprint and kept in
+    the store's metadata (the checks take long on large nodes; the data only change by loads)."""
+    key = f"dq_summary.{fingerprint}"
+    found = fetch_first(con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = ?", [key])
+    if found is not None:
+        summary: dict[str, int] = json.loads(found[0])
+        return summary
+    report = run_checks(con)
+    summary = {"passed": len(report.results) - len(report.failed), "failed": len(report.failed)}
+    con.execute(f"INSERT INTO {META_SCHEMA}.store_info VALUES (?, ?)", [key, json.dumps(summary)])
+    return summary
+
+
+def _members(con: duckdb.DuckDBPyConnection, cohort_id: int) -> frozenset[int]:
+    rows = con.execute(
+        "SELECT DISTINCT subject_id FROM results.cohort WHERE cohort_definition_id = ?",
+        [cohort_id],
+    ).fetchall()
+    return frozenset(int(r[0]) for r in rows)
+
+
+def _cohorts_of(analysis: Analysis, cohort: int | None) -> list[int]:
+    """The cohorts a release is about (a characterization release is about one of its)."""
+    if cohort is not None:
+        return [cohort]
+    return [
+        getattr(analysis, k)
+        for k in ("target", "comparator", "outcome", "cohort")
+        if hasattr(analysis, k)
+    ]
+
+
+def _release_id(node: _Node, analysis: Analysis, cohort: int | None) -> str:
+    """What makes two releases the same: the analysis (with its cohorts' definitions), the
+    node, its data snapshot and the policy."""
+    return parties.digest(
+        {
+            "analysis": analysis.model_dump(mode="json"),
+            "cohort": cohort,
+            "cohorts": node.scope.cohorts,
+            "calendar": node.scope.calendar.model_dump(),
+            "site": node.site,
+            "snapshot": node.fingerprint,
+            "policy": node.policy.digest(),
+        }
+    )
+
+
+def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
+    """What a study's results say of a node's policy."""
+    return {
+        "version": policy.version,
+        "digest": policy.digest(),
+        "min_cell_count": policy.min_cell_count,
+        "count_protection": policy.count_protection,
+        "rounding": policy.rounding,
+    }
+
+
+def _prepare(spec: StudySpec, store: Path, policy: ReleasePolicy) -> tuple[_Node, dict[str, int]]:
+    """Generate the spec's cohorts and key their populations; the node and its DQ summary."""
+    for cohort in spec.cohorts:
+        assert cohort.definition is not None
+        generate(store, cohort.definition, cohort.id)
+    cohort_digests = {c.id: c.definition.digest() for c in spec.cohorts if c.definition}
+    entries = {c.id: c.definition.max_entries_per_person for c in spec.cohorts if c.definition}
+    with open_store(store) as con:
+        fingerprint = snapshot_fingerprint(con)[0]
+        if recorded_snapshot(con) != fingerprint:  # data changed behind medlab's back
+            record_snapshot(con, fingerprint)
+        quality = _quality(con, fingerprint)
+        scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
+        roots = {c.id: scope.cohort(c.id, _members(con, c.id)) for c in spec.cohorts}
+    releaser = NodeReleaser(store, policy, spec.project)
+    return _Node(store, store.stem, policy, fingerprint, scope, releaser, roots), quality
+
+
+def node_releases_policy(store: Path, request: dict[str, Any] | None) -> ReleasePolicy:
+    """The policy a node releases under: its own, tightened by ``request`` (never loosened)."""
+    return tighten(node_policy(store).policy, request, "the policy given with the run")
+
+
+def run_node(
+    spec: StudySpec,
+    store: Path,
+    request: dict[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    publish_log: bool = False,
+) -> NodeOutput:
+    """Run ``spec`` at the node of ``store`` (held by :func:`store_lock` throughout, so that
+    concurrent runs never read each other's cohorts) and return what it releases.
+    ``publish_log``: carry the node's log entries for these releases, with inclusion proofs
+    against its newest signed tree head (a federated node; in one process the hub reads the
+    log where it lies)."""
+    with store_lock(store):
+        return _run_node(spec, store, node_releases_policy(store, request), progress, publish_log)
+
+
+def _run_node(
+    spec: StudySpec,
+    store: Path,
+    policy: ReleasePolicy,
+    progress: Callable[[str, int, int], None] | None,
+    publish_log: bool,
+) -> NodeOutput:
+    party = parties.node(store)
+    node, quality = _prepare(spec, store, policy)
+    spec_hash = spec.digest()
+    party.log("task_run", spec_hash=spec_hash, fingerprint=node.fingerprint)
+    statement = {
+        "spec_hash": spec_hash,
+        "code_version": __version__,
+        "policy_hash": policy.digest(),
+        "fingerprint": node.fingerprint,
+    }
+    releases = []
+    for i, analysis in enumerate(spec.analyses):
+        if progress:
+            progress(f"{analysis.name} on {node.site}", i, len(spec.analyses))
+        for cohort, local in _steps(analysis, spec, node):
+            release_id = _release_id(node, analysis, cohort)
+            admission = node.releaser.admit(analysis.type, release_id)
+            if admission.refused:
+                payload = gate.refusal(policy, analysis.type, node.site, admission.refused)
+            elif admission.cached is not None:
+                payload = admission.cached
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    request_ = local()
+                roots = tuple(node.roots[c] for c in _cohorts_of(analysis, cohort))
+                # Warnings speak of the data; they go to the node's journal, for its steward.
+                context = {
+                    "study": spec.name,
+                    "spec_hash": spec_hash,
+                    "analysis": analysis.name,
+                    "warnings": [str(w.message) for w in caught],
+                }
+                payload = node.releaser.release(replace(request_, roots=roots), release_id, context)
+            base = {**statement, "analysis": payload.analysis, "site": payload.site}
+            signed = evidence.sign_release(party, gate.payload(payload), base)
+            releases.append(NodeRelease(analysis=analysis.name, cohort=cohort, **signed))
+    indices = [r.log_index for r in releases]
+    return NodeOutput(
+        site=node.site,
+        fingerprint=node.fingerprint,
+        policy=policy_summary(policy),
+        quality=quality,
+        key_id=party.signer.key_id,
+        public_key=party.signer.public_pem,
+        releases=releases,
+        log_dir=None if publish_log else str(party.log_dir.resolve()),
+        log=evidence.log_part(node.site, party.log_dir, indices) if publish_log else None,
+    )
