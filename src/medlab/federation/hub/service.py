@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import delete, select
 
-from medlab.errors import VerificationFailed
+from medlab import __version__
+from medlab.errors import UsageError, VerificationFailed
 from medlab.federation.common import auth
 from medlab.federation.common.messages import (
     FINAL,
@@ -59,10 +60,24 @@ def _iso(moment: dt.datetime) -> str:
     return moment.replace(tzinfo=dt.UTC).isoformat(timespec="seconds")
 
 
+def init_hub(directory: Path, url: str | None = None) -> Hub:
+    """Create the hub's directory (mode 0700) with its signing key, log and database, or
+    open the hub already there."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    hub = Hub(directory, url)
+    with hub.party.open_log() as log:
+        fresh = log.size == 0
+    if fresh:
+        hub.party.log("hub_created", version=__version__)
+    return hub
+
+
 class Hub:
     """The hub whose key, log and default database live in ``directory``."""
 
     def __init__(self, directory: Path, url: str | None = None) -> None:
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: no hub here (create it with: medlab hub init DIR)")
         self.directory = directory
         self.sessions = db.connect(url or db.default_url(directory))
         self.party = parties.hub(directory)

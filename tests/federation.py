@@ -1,0 +1,59 @@
+"""A small federated study over the synthetic hospitals, for the federation's tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medlab.privacy.node_policy import set_policy
+from medlab.privacy.policy import parse_policy
+from medlab.synth.cohorts import new_users, outcome
+
+APIXABAN, WARFARIN, GI_BLEED = 43013024, 1310149, 192671
+SITES = ("hospital_a", "hospital_b", "hospital_c")
+
+
+def spec(name: str = "federated apixaban") -> dict[str, Any]:
+    """Incidence, a two-cohort characterization and a comparative analysis (fixed prior,
+    two adjustments: quick)."""
+    return {
+        "name": name,
+        "cohorts": [
+            {"id": 1, "name": "apixaban new users", "definition": new_users(APIXABAN)},
+            {"id": 2, "name": "warfarin new users", "definition": new_users(WARFARIN)},
+            {"id": 3, "name": "GI bleed", "definition": outcome(GI_BLEED)},
+        ],
+        "analyses": [
+            {"type": "incidence", "name": "bleeds", "target": 1, "outcome": 3},
+            {"type": "characterization", "name": "table1", "cohorts": [1, 2]},
+            {
+                "type": "comparative",
+                "name": "apixaban_vs_warfarin",
+                "target": 1,
+                "comparator": 2,
+                "outcome": 3,
+                "settings": {
+                    "ps_prior": "normal",
+                    "ps_variance": 1.0,
+                    "adjustments": ["none", "stratification"],
+                },
+            },
+        ],
+    }
+
+
+def copy_sites(source: Path, target: Path, sites: tuple[str, ...] = SITES) -> list[Path]:
+    """Copies of the synthetic stores with their secrets (each its own node)."""
+    target.mkdir(parents=True, exist_ok=True)
+    stores = []
+    for name in sites:
+        for suffix in (".duckdb", ".secret"):
+            shutil.copy(source / f"{name}{suffix}", target / f"{name}{suffix}")
+        stores.append(target / f"{name}.duckdb")
+    return stores
+
+
+def federation_policy(store: Path, **rules: Any) -> None:
+    """Set the node's policy: the default release rules with these federation rules."""
+    set_policy(store, parse_policy({"version": "test-1", "federation": rules}, "test"))

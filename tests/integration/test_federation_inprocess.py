@@ -1,0 +1,119 @@
+"""The in-process federation: hub, node agents and client in one process, no sockets.
+
+The hub's API runs on Starlette's in-process transport, each node's agent and the client
+talk to it through it exactly as over the network. A study submitted through the client
+gives the same analyses as ``medlab study run`` over the same stores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from tests import federation as fed
+
+from medlab.errors import UsageError
+from medlab.federation.client.sdk import Client, HubError
+from medlab.federation.hub.app import create_app
+from medlab.federation.hub.service import init_hub
+from medlab.federation.node.agent import Agent
+from medlab.federation.node.inbox import Inbox
+from medlab.ledger import evidence, parties
+from medlab.studies.run import run_study
+from medlab.studies.spec import StudySpec
+
+
+@pytest.fixture
+def lab(synth_small: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    stores = fed.copy_sites(synth_small, tmp_path / "nodes")
+    hub = init_hub(tmp_path / "hub")
+    http = TestClient(create_app(hub), base_url="http://hub")
+    for store in stores:
+        hub.add_node(store.stem, parties.node(store).signer.public_pem)
+    token = hub.add_researcher("ana")
+    return hub, http, stores, Client(token=token, http=http)
+
+
+def _agents(http: TestClient, stores: list[Path]) -> list[Agent]:
+    return [Agent(store, http) for store in stores]
+
+
+def test_a_federated_study_equals_the_single_process_run(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, http, stores, client = lab
+    for store in stores[:2]:
+        fed.federation_policy(store, approval="none")
+    fed.federation_policy(stores[2], approval="each_task")
+    study = client.submit(fed.spec(), min_sites=3)
+    agents = _agents(http, stores)
+    for agent in agents:
+        agent.run(once=True)
+    states = {t.node: t.state for t in study.status().tasks}
+    assert states == {
+        "hospital_a": "completed",
+        "hospital_b": "completed",
+        "hospital_c": "awaiting_approval",
+    }
+    waiting = Inbox(stores[2]).all()
+    assert [t.state for t in waiting] == ["awaiting_approval"]
+    Inbox(stores[2]).move(waiting[0].task_id, "awaiting_approval", approved_by="steward c")
+    agents[2].run(once=True)
+    done = study.wait(timeout=5)
+    assert done.state == "completed", done.reason
+    out = tmp_path / "fetched"
+    study.fetch(out)
+    fetched = json.loads((out / "results.json").read_text())
+    assert fetched["sites"]["summary"] == "answered 3 of 3"
+    spec = StudySpec.model_validate(fed.spec())
+    run_study(spec, stores, tmp_path / "local", hub_dir=tmp_path / "hub2")
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert fetched["analyses"] == local["analyses"]
+    assert fetched["nodes"] == local["nodes"] and fetched["policy"] == local["policy"]
+    assert fetched["disclosure"] == local["disclosure"]
+    # What the researcher fetched exports and verifies away from every node's files.
+    bundle = tmp_path / "bundle.zip"
+    evidence.export_bundle(out, bundle)
+    failed = [c for c in evidence.verify_bundle(bundle) if not c.ok]
+    assert failed == []
+
+
+def test_a_refused_task_and_the_quorum(lab) -> None:  # type: ignore[no-untyped-def]
+    _, http, stores, client = lab
+    fed.federation_policy(stores[0], approval="none")
+    fed.federation_policy(stores[1], approval="none")
+    from medlab.privacy.node_policy import set_policy
+    from medlab.privacy.policy import parse_policy
+
+    set_policy(
+        stores[2],
+        parse_policy(
+            {"version": "no-comparative", "allowed_analyses": ["incidence", "characterization"]}
+        ),
+    )
+    ok = client.submit(fed.spec(), min_sites=2)
+    too_few = client.submit(fed.spec("needs three"), min_sites=3)
+    for agent in _agents(http, stores):
+        agent.run(once=True)
+    status = ok.wait(timeout=5)
+    assert status.state == "completed"
+    refused = next(t for t in status.tasks if t.node == "hospital_c")
+    assert refused.state == "refused"
+    assert refused.reason == "analysis type comparative not allowed at this node"
+    assert ok.results()["sites"]["summary"].startswith("answered 2 of 3 (hospital_c: refused")
+    failed = too_few.wait(timeout=5)
+    assert failed.state == "failed" and "quorum not reached" in (failed.reason or "")
+    assert failed.files == []
+    with pytest.raises(UsageError, match="is failed: quorum not reached"):
+        too_few.fetch(Path("/nonexistent"))
+
+
+def test_a_malformed_study_names_the_json_path(lab) -> None:  # type: ignore[no-untyped-def]
+    _, _, _, client = lab
+    bad = fed.spec()
+    bad["analyses"][2]["settings"]["caliper"] = "wide"
+    with pytest.raises(HubError) as info:
+        client.submit(bad)
+    assert info.value.status == 422
+    paths = [e["path"] for e in info.value.problem["errors"]]
+    assert "$.spec.analyses[2].settings.caliper" in paths
