@@ -92,6 +92,9 @@ def key(
         typer.Option("--rotate", help="Replace the key; the log records the hand-over."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the public key (PEM) here.")
+    ] = None,
 ) -> None:
     """The node's public signing key and its id (the key is created on first use)."""
     party = parties.node(store)
@@ -99,6 +102,8 @@ def key(
         old, new = party.rotate()
         stdout.print(f"rotated: {old} → {new} (logged, signed by the old key)", highlight=False)
     signer = party.signer
+    if out is not None:
+        out.write_text(signer.public_pem)
     if as_json:
         emit_json({"key_id": signer.key_id, "public_key": signer.public_pem})
         return

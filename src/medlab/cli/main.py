@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from medlab import __version__
-from medlab.cli import cohort, evidence, node, privacy, study, synth
+from medlab.cli import cohort, evidence, federation, node, privacy, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -25,6 +25,14 @@ node.app.add_typer(privacy.policy_app, name="policy")
 node.app.command("query")(privacy.query)
 node.app.command("export")(privacy.export)
 node.app.command("key")(evidence.key)
+node.app.command("agent")(federation.agent)
+node.app.command("tasks")(federation.tasks)
+node.app.command("approve")(federation.approve)
+node.app.command("refuse")(federation.refuse)
+study.app.command("submit")(federation.submit)
+study.app.command("status")(federation.status)
+study.app.command("fetch")(federation.fetch)
+app.add_typer(federation.hub_app, name="hub")
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")
 app.add_typer(study.app, name="study")

@@ -203,6 +203,7 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
         "min_cell_count": policy.min_cell_count,
         "count_protection": policy.count_protection,
         "rounding": policy.rounding,
+        "min_sites": policy.federation.min_sites,
     }
 
 

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import secrets
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ class Hub:
         self.directory = directory
         self.sessions = db.connect(url or db.default_url(directory))
         self.party = parties.hub(directory)
+        self._combining = threading.Lock()
 
     # -- onboarding ---------------------------------------------------------------------
 
@@ -242,8 +244,8 @@ class Hub:
         return study_id
 
     def status(self, study_id: str, researcher: str | None = None) -> StudyStatus:
-        """A study's state, per node task."""
-        self.settle()
+        """A study's state, per node task (deadlines are settled by :meth:`settle`, which
+        the service runs every second)."""
         with self.sessions() as s:
             study = self._study(s, study_id, researcher)
             tasks = s.scalars(
@@ -295,7 +297,6 @@ class Hub:
 
     def tasks_for(self, node: str) -> list[dict[str, Any]]:
         """The node's tasks that are not yet final, as signed envelopes."""
-        self.settle()
         with self.sessions() as s:
             rows = s.scalars(
                 select(db.Task)
@@ -375,12 +376,15 @@ class Hub:
                 if all(t.state in FINAL for t in tasks):
                     due.append(study.id)
         for found in due:
-            self._combine(found)
+            with self._combining:  # one combine at a time: a study is combined once
+                self._combine(found)
 
     def _combine(self, study_id: str) -> None:
         with self.sessions() as s:
             study = s.get(db.Study, study_id)
             assert study is not None
+            if study.state != "running":
+                return  # combined (or failed) meanwhile
             tasks = list(
                 s.scalars(
                     select(db.Task).where(db.Task.study_id == study_id).order_by(db.Task.node)

@@ -1,0 +1,327 @@
+"""``medlab hub …``, ``medlab node agent | tasks | approve | refuse``, ``medlab study submit |
+status | fetch``: the federation from the command line, a thin layer over its modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medlab.cli.output import emit_json, stdout
+from medlab.errors import UsageError
+from medlab.inputs import read_text
+
+hub_app = typer.Typer(help="The hub: init, serve, onboard nodes and researchers.")
+
+DirArg = Annotated[Path, typer.Argument(help="The hub's directory (key, log, hub.db).")]
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="A SQLAlchemy URL (default: SQLite DIR/hub.db).")
+]
+StoreArg = Annotated[Path, typer.Argument(help="Path of the node store.")]
+HubUrl = Annotated[
+    str | None, typer.Option("--hub", help="The hub's URL (default $MEDLAB_HUB_URL).")
+]
+Token = Annotated[str | None, typer.Option("--token", help="Your token (default $MEDLAB_TOKEN).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+def _pem(path: Path) -> str:
+    return read_text(path, "public key", UsageError)
+
+
+@hub_app.command("init")
+def hub_init(directory: DirArg, db: DbOpt = None) -> None:
+    """Create the hub: its directory, signing key, transparency log and database."""
+    from medlab.federation.hub.service import init_hub
+
+    hub = init_hub(directory, db)
+    stdout.print(f"hub ready in {directory} (key {hub.party.signer.key_id})", highlight=False)
+
+
+@hub_app.command("serve")
+def hub_serve(
+    directory: DirArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8400,
+    db: DbOpt = None,
+) -> None:
+    """Serve the hub's API (OpenAPI at /openapi.json) until stopped."""
+    import uvicorn
+
+    from medlab.federation.hub.app import create_app
+    from medlab.federation.hub.service import Hub
+
+    app = create_app(Hub(directory, db))
+    stdout.print(f"hub serving on http://{host}:{port}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@hub_app.command("add-node")
+def hub_add_node(
+    directory: DirArg,
+    name: Annotated[str, typer.Argument(help="The node's name (its store's name).")],
+    key: Annotated[Path, typer.Option("--key", help="The node's public key (medlab node key).")],
+    db: DbOpt = None,
+) -> None:
+    """Register a node by its Ed25519 public key."""
+    from medlab.federation.hub.service import Hub
+
+    kid = _hub_call(lambda: Hub(directory, db).add_node(name, _pem(key)))
+    stdout.print(f"node {name} added (key {kid})", highlight=False)
+
+
+@hub_app.command("add-researcher")
+def hub_add_researcher(
+    directory: DirArg,
+    name: Annotated[str, typer.Argument(help="The researcher's name.")],
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Their public key: submissions must be signed.")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Register a researcher; prints their token once (the hub keeps only its hash)."""
+    from medlab.federation.hub.service import Hub
+
+    pem = None if key is None else _pem(key)
+    token = _hub_call(lambda: Hub(directory, db).add_researcher(name, pem))
+    stdout.print(f"researcher {name} added; token (shown once):", highlight=False)
+    print(token)
+
+
+def _hub_call(call: Any) -> Any:
+    from medlab.federation.hub.service import HubError
+
+    try:
+        return call()
+    except HubError as exc:
+        raise UsageError(exc.detail) from None
+
+
+# -- the node's side --------------------------------------------------------------------
+
+
+def agent(
+    store: StoreArg,
+    hub: Annotated[str, typer.Option("--hub", help="The hub's URL.")],
+    once: Annotated[bool, typer.Option("--once", help="One poll, then what it allows.")] = False,
+    hub_key: Annotated[
+        Path | None, typer.Option("--hub-key", help="The hub's public key to pin.")
+    ] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Long-poll seconds.")] = 20.0,
+) -> None:
+    """Run the node's agent: it only dials out to the hub (no open port).
+
+    It decides on each task under this node's policy, runs it and uploads only released
+    payloads."""
+    import httpx
+
+    from medlab.federation.node.agent import Agent, HubRefused
+
+    pem = None if hub_key is None else _pem(hub_key)
+    with httpx.Client(base_url=hub, timeout=wait + 60) as client:
+        worker = Agent(store, client, pem, say=lambda text: stdout.print(text, highlight=False))
+        stdout.print(f"agent of {store.stem} polling {hub}", highlight=False)
+        try:
+            worker.run(once=once, wait=wait)
+        except HubRefused as exc:
+            raise UsageError(f"the hub refused this node: {exc}") from None
+
+
+def tasks(
+    store: StoreArg,
+    as_json: JsonOpt = False,
+    show: Annotated[
+        str | None, typer.Option("--show", help="One task in full, with what would leave.")
+    ] = None,
+) -> None:
+    """The node's tasks: each with its id, study, state and what it asks."""
+    from medlab.federation.node.inbox import Inbox
+
+    inbox = Inbox(store)
+    if show is not None:
+        task = inbox.get(show)
+        shown = _task_in_full(task)
+        if as_json:
+            emit_json(shown)
+            return
+        for key in ("task_id", "study", "state", "researcher", "project", "reason"):
+            stdout.print(f"{key}: {shown.get(key)}", highlight=False)
+        for line in shown["cohorts"] + shown["analyses"]:
+            stdout.print(line, highlight=False, soft_wrap=True)
+        if shown.get("released") is not None:
+            stdout.print("released payload (what would leave):", highlight=False)
+            print(json.dumps(shown["released"], indent=2))
+        return
+    rows = [_task_summary(t) for t in inbox.all()]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("id", "study", "state", "researcher", "project", "analyses")
+    for r in rows:
+        table.add_row(
+            r["task_id"],
+            r["study"],
+            r["state"],
+            r["researcher"],
+            r["project"] or "–",
+            ", ".join(r["analyses"]),
+        )
+    stdout.print(table)
+
+
+def _task_summary(task: Any) -> dict[str, Any]:
+    e = task.envelope
+    spec = e.get("spec", {})
+    return {
+        "task_id": task.task_id,
+        "study_id": task.study_id,
+        "study": spec.get("name", "?"),
+        "state": task.state,
+        "reason": task.reason,
+        "researcher": e.get("researcher"),
+        "project": e.get("project"),
+        "analyses": [f"{a.get('type')} {a.get('name')}" for a in spec.get("analyses", [])],
+        "received_at": task.received_at,
+    }
+
+
+_RELEASES = {
+    "incidence": "persons, outcomes and person-time by stratum, rates with intervals",
+    "characterization": "per covariate of the spec's covariate set: counts, means, SDs",
+    "comparative": "attrition counts, per adjustment HR with CI, counts and events, "
+    "KM curve on the spec's grid, balance (SMD), preference-score histogram, diagnostics",
+    "feasibility": "the funnel of inclusion rules, eligible persons by year",
+    "utilization": "persons per drug and year, treatment pathways",
+}
+
+
+def _task_in_full(task: Any) -> dict[str, Any]:
+    from medlab.cohorts.model import parse_definition
+    from medlab.cohorts.words import describe
+
+    shown = _task_summary(task)
+    spec = task.envelope.get("spec", {})
+    cohorts = []
+    for c in spec.get("cohorts", []):
+        cohorts.append(f"cohort {c.get('id')} ({c.get('name')}):")
+        try:
+            cohorts += ["  " + line for line in describe(parse_definition(c["definition"]))]
+        except Exception:  # shown as it is when not a valid definition
+            cohorts.append("  (not a valid definition)")
+    shown["cohorts"] = cohorts
+    shown["analyses"] = [
+        f"analysis {a.get('name')} ({a.get('type')}): releases "
+        + _RELEASES.get(str(a.get("type")), "?")
+        for a in spec.get("analyses", [])
+    ]
+    shown["released"] = (
+        None if task.output is None else [r["payload"] for r in task.output["releases"]]
+    )
+    return shown
+
+
+def approve(
+    store: StoreArg,
+    task_id: Annotated[str, typer.Argument(help="The task's id (medlab node tasks).")],
+    by: Annotated[str, typer.Option("--by", help="Who approves (logged).")] = "steward",
+) -> None:
+    """Approve a task waiting for the steward (or its released payload under review)."""
+    from medlab.federation.node.inbox import Inbox
+    from medlab.ledger import parties
+
+    inbox = Inbox(store)
+    task = inbox.get(task_id)
+    if task.state == "awaiting_result_review":
+        inbox.move(task_id, task.state, expect=(task.state,), results_approved_by=by)
+        what = "release"
+    else:
+        inbox.move(task_id, "awaiting_approval", expect=("awaiting_approval",), approved_by=by)
+        what = "run"
+    parties.node(store).log("task_approved", task_id=task_id, what=what, by=by)
+    stdout.print(f"approved: {task_id} may {what} (the agent goes on)", highlight=False)
+
+
+def refuse(
+    store: StoreArg,
+    task_id: Annotated[str, typer.Argument(help="The task's id (medlab node tasks).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (sent to the researcher).")],
+    by: Annotated[str, typer.Option("--by", help="Who refuses (logged).")] = "steward",
+) -> None:
+    """Refuse a waiting task; the reason goes to the researcher."""
+    from medlab.federation.node.inbox import Inbox
+    from medlab.ledger import parties
+
+    if not reason.strip() or len(reason) > 2000:
+        raise UsageError("--reason: one to 2,000 characters")
+    Inbox(store).move(
+        task_id, "refused", reason, expect=("awaiting_approval", "awaiting_result_review")
+    )
+    parties.node(store).log("task_refused", task_id=task_id, by=by, reason=reason)
+    stdout.print(f"refused: {task_id} ({reason})", highlight=False)
+
+
+# -- the researcher's side --------------------------------------------------------------
+
+
+def _client(hub: str | None, token: str | None) -> Any:
+    from medlab.federation.client.sdk import Client
+
+    return Client(hub, token)
+
+
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Study spec (JSON or YAML).")],
+    hub: HubUrl = None,
+    token: Token = None,
+    project: Annotated[str | None, typer.Option("--project", help="The project.")] = None,
+    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest sites.")] = 1,
+    deadline: Annotated[
+        int, typer.Option("--deadline", help="Seconds the nodes have to answer.")
+    ] = 86400,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Your private key, to sign the submission.")
+    ] = None,
+) -> None:
+    """Submit a study to the hub; prints the study id alone on the last line."""
+    from medlab.federation.client.sdk import Client
+    from medlab.studies.spec import load_spec
+
+    parsed = load_spec(spec)
+    client = Client(hub, token, key=key)
+    study = client.submit(parsed, project=project, min_sites=min_sites, deadline_seconds=deadline)
+    stdout.print(f"submitted {parsed.name} ({parsed.digest()})", highlight=False, soft_wrap=True)
+    print(study.id)
+
+
+def status(
+    study_id: Annotated[str, typer.Argument(help="The study id.")],
+    hub: HubUrl = None,
+    token: Token = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A study's state and each node's task state."""
+    found = _client(hub, token).study(study_id).status()
+    if as_json:
+        emit_json(found.model_dump(mode="json"))
+        return
+    stdout.print(f"{found.study_id} {found.name}: {found.state}", highlight=False)
+    if found.reason:
+        stdout.print(found.reason, highlight=False, soft_wrap=True)
+    table = Table("node", "task", "state", "reason", "updated")
+    for t in found.tasks:
+        table.add_row(t.node, t.task_id, t.state, t.reason or "", t.updated_at)
+    stdout.print(table)
+
+
+def fetch(
+    study_id: Annotated[str, typer.Argument(help="The study id.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the result files.")],
+    hub: HubUrl = None,
+    token: Token = None,
+) -> None:
+    """Fetch a completed study's files: those ``medlab study run`` writes."""
+    written = _client(hub, token).study(study_id).fetch(out)
+    stdout.print(f"{len(written)} files in {out}", highlight=False)

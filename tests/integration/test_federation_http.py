@@ -1,0 +1,292 @@
+"""The federation over real HTTP: a hub process and three node-agent processes on 127.0.0.1.
+
+Each party is its own ``medlab`` process. The tests submit through the CLI (the client over
+HTTP), approve through the node's CLI, kill processes with SIGKILL mid-work, forge requests,
+and inspect everything the hub stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests import federation as fed
+
+from medlab.cdm.store import open_store
+from medlab.cli.main import main
+from medlab.federation import launch
+from medlab.federation.common import auth
+from medlab.federation.node.inbox import Inbox
+from medlab.ledger import parties
+from medlab.ledger.keys import Signer
+from medlab.ledger.log import TransparencyLog
+from medlab.studies.run import run_study
+from medlab.studies.spec import StudySpec
+
+
+class Lab:
+    """A hub and its nodes as processes (stopped at the end)."""
+
+    def __init__(self, root: Path, stores: list[Path]) -> None:
+        self.root, self.stores = root, stores
+        self.hub_dir = root / "hub"
+        self.port = launch.free_port()
+        self.url = f"http://{launch.LOOPBACK}:{self.port}"
+        assert main(["hub", "init", str(self.hub_dir)]) == 0
+        for store in stores:
+            pem = root / f"{store.stem}.pem"
+            assert main(["node", "key", str(store), "--out", str(pem)]) == 0
+            assert main(["hub", "add-node", str(self.hub_dir), store.stem, "--key", str(pem)]) == 0
+        self.hub: Any = None
+        self.agents: dict[str, Any] = {}
+
+    def token(self, capsys: pytest.CaptureFixture[str], name: str = "ana") -> str:
+        capsys.readouterr()
+        assert main(["hub", "add-researcher", str(self.hub_dir), name]) == 0
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    def start_hub(self) -> None:
+        self.hub = launch.start_hub(self.hub_dir, self.port, self.root / "hub.log")
+
+    def start_agent(self, store: Path) -> None:
+        log = self.root / f"{store.stem}.agent.log"
+        self.agents[store.stem] = launch.start_agent(store, self.url, log, wait=1.0)
+
+    def stop(self) -> None:
+        for process in [*self.agents.values(), self.hub]:
+            if process is not None:
+                launch.stop(process)
+
+
+@pytest.fixture
+def lab(synth_small: Path, tmp_path: Path) -> Iterator[Lab]:
+    stores = fed.copy_sites(synth_small, tmp_path / "nodes")
+    found = Lab(tmp_path, stores)
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+def _submit(
+    capsys: pytest.CaptureFixture[str], lab: Lab, token: str, spec: dict, *extra: str
+) -> str:
+    path = lab.root / f"{spec['name'].replace(' ', '_')}.json"
+    path.write_text(json.dumps(spec))
+    capsys.readouterr()
+    code = main(["study", "submit", str(path), "--hub", lab.url, "--token", token, *extra])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out.strip().splitlines()[-1]
+
+
+def _status(lab: Lab, token: str, study: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{lab.url}/api/v1/studies/{study}",
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def _until(lab: Lab, token: str, study: str, done: Any, timeout: float = 180) -> dict[str, Any]:
+    until = time.monotonic() + timeout
+    while True:
+        found = _status(lab, token, study)
+        if done(found):
+            return found
+        assert time.monotonic() < until, found
+        time.sleep(0.2)
+
+
+def _listening_sockets(pid: int) -> int:
+    """How many listening TCP sockets the process holds (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    listening = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                listening += 1
+    return listening
+
+
+def test_a_study_over_http_equals_the_single_process_run(
+    lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a, b, c = lab.stores
+    fed.federation_policy(a, approval="none")
+    fed.federation_policy(b, approval="none")
+    fed.federation_policy(c, approval="each_task")
+    lab.start_hub()
+    token = lab.token(capsys)
+    for store in lab.stores:
+        lab.start_agent(store)
+    study = _submit(capsys, lab, token, fed.spec(), "--min-sites", "3")
+    waiting = _until(
+        lab, token, study, lambda s: any(t["state"] == "awaiting_approval" for t in s["tasks"])
+    )
+    assert {t["node"]: t["state"] for t in waiting["tasks"]}["hospital_c"] == "awaiting_approval"
+    # The steward sees the task with its id, and approves it through the node's CLI.
+    capsys.readouterr()
+    assert main(["node", "tasks", str(c), "--json"]) == 0
+    (task,) = json.loads(capsys.readouterr().out)
+    assert task["state"] == "awaiting_approval" and task["study"] == "federated apixaban"
+    assert main(["node", "approve", str(c), task["task_id"], "--by", "steward c"]) == 0
+    for pid in [p.pid for p in lab.agents.values()]:
+        assert _listening_sockets(pid) == 0  # the agents only dial out
+    done = _until(lab, token, study, lambda s: s["state"] != "running")
+    assert done["state"] == "completed", done
+    out = tmp_path / "fetched"
+    assert (
+        main(["study", "fetch", study, "--hub", lab.url, "--token", token, "--out", str(out)]) == 0
+    )
+    fetched = json.loads((out / "results.json").read_text())
+    run_study(
+        StudySpec.model_validate(fed.spec()), lab.stores, tmp_path / "local", hub_dir=tmp_path / "h"
+    )
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert fetched["analyses"] == local["analyses"]
+    bundle = tmp_path / "bundle.zip"
+    assert main(["evidence", "export", str(out), "--out", str(bundle)]) == 0
+    assert main(["verify", str(bundle)]) == 0
+    # Nothing the hub stored holds a person: no pseudonym of any node appears in it.
+    persons: set[str] = set()
+    for store in lab.stores:
+        with open_store(store, read_only=True) as con:
+            persons |= {str(r[0]) for r in con.execute("SELECT person_id FROM person").fetchall()}
+    stored = _everything_stored(lab.hub_dir / "hub.db")
+    tokens = set(stored.replace('"', " ").replace(",", " ").replace(":", " ").split())
+    assert persons and not (persons & tokens)
+
+
+def _everything_stored(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        parts = []
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            for row in con.execute(f'SELECT * FROM "{table}"'):
+                parts += [
+                    v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in row
+                ]
+        return "\n".join(parts)
+    finally:
+        con.close()
+
+
+def test_refusal_and_quorum_over_http(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, c = lab.stores
+    fed.federation_policy(a, approval="none")
+    fed.federation_policy(b, approval="none")
+    from medlab.privacy.node_policy import set_policy
+    from medlab.privacy.policy import parse_policy
+
+    rules = {"version": "no-pathways", "federation": {"approval": "none"}}
+    rules["allowed_analyses"] = ["incidence", "characterization", "comparative", "feasibility"]
+    set_policy(c, parse_policy(rules))
+    lab.start_hub()
+    token = lab.token(capsys)
+    for store in lab.stores:
+        lab.start_agent(store)
+    spec = {
+        "name": "pathways",
+        "cohorts": fed.spec()["cohorts"][:1],
+        "analyses": [
+            {"type": "utilization", "name": "lines", "cohort": 1, "drugs": [fed.APIXABAN]}
+        ],
+    }
+    quorum = _submit(capsys, lab, token, spec, "--min-sites", "2")
+    spec["name"] = "pathways everywhere"
+    everywhere = _submit(capsys, lab, token, spec, "--min-sites", "3")
+    done = _until(lab, token, quorum, lambda s: s["state"] != "running")
+    assert done["state"] == "completed"
+    refused = {t["node"]: t for t in done["tasks"]}["hospital_c"]
+    assert refused["state"] == "refused"
+    assert refused["reason"] == "analysis type utilization not allowed at this node"
+    failed = _until(lab, token, everywhere, lambda s: s["state"] != "running")
+    assert failed["state"] == "failed" and failed["files"] == []
+    assert "quorum not reached: answered 2 of 3" in failed["reason"]
+
+
+def test_killed_node_and_hub_lose_nothing(
+    lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a = lab.stores[0]
+    fed.federation_policy(a, approval="none")
+    lab.start_hub()
+    token = lab.token(capsys)
+    study = _submit(capsys, lab, token, fed.spec(), "--min-sites", "1")
+    # The hub is killed with the task pending: after a restart the task is still there.
+    launch.stop(lab.hub, kill=True)
+    lab.start_hub()
+    lab.start_agent(a)
+    _until(
+        lab,
+        token,
+        study,
+        lambda s: {t["node"]: t["state"] for t in s["tasks"]}["hospital_a"] == "running",
+    )
+    launch.stop(lab.agents["hospital_a"], kill=True)  # mid-task
+    assert [t.state for t in Inbox(a).all()] == ["running"]
+    lab.start_agent(a)
+    for store in lab.stores[1:]:
+        fed.federation_policy(store, approval="none")
+        lab.start_agent(store)
+    done = _until(lab, token, study, lambda s: s["state"] != "running")
+    assert done["state"] == "completed", done
+    launch.stop(lab.hub, kill=True)
+    lab.start_hub()
+    again = _status(lab, token, study)
+    assert again["state"] == "completed" and "results.json" in again["files"]
+    assert again["tasks"] == done["tasks"]
+
+
+def test_forged_requests_are_refused_and_logged(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = lab.stores[0]
+    lab.start_hub()
+    token = lab.token(capsys)
+    signer = parties.node(a).signer
+    target = "/api/v1/node/tasks?wait=0"
+
+    def get(headers: dict[str, str]) -> int:
+        return httpx.get(lab.url + target, headers=headers).status_code
+
+    headers = auth.sign_request(signer, "hospital_a", "GET", target, b"")
+    assert get(headers) == 200
+    assert get(headers) == 403  # replayed: the nonce was seen
+    stranger = Signer.load_or_create(lab.root / "stranger.key")
+    assert get(auth.sign_request(stranger, "hospital_a", "GET", target, b"")) == 403
+    assert get(auth.sign_request(stranger, "nobody", "GET", target, b"")) == 401
+    body = json.dumps({"state": "delivered"}).encode()
+    report = "/api/v1/node/tasks/tk_0"
+    signed = auth.sign_request(signer, "hospital_a", "POST", report, body)
+    changed = body.replace(b"delivered", b"completed")
+    response = httpx.post(lab.url + report, content=changed, headers=signed)
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/problem+json")
+    wrong = httpx.get(f"{lab.url}/api/v1/studies/st_x", headers={"authorization": "Bearer no"})
+    assert wrong.status_code == 401 and token not in wrong.text
+    launch.stop(lab.hub)
+    with TransparencyLog(lab.hub_dir / "ledger", None) as log:
+        events = [json.loads(log.entry(i)) for i in range(log.size)]
+    reasons = [e.get("reason") for e in events if e["type"] == "request_refused"]
+    assert "a replayed request (nonce seen before)" in reasons
+    assert "unknown node" in reasons and "unknown token" in reasons
+    assert reasons.count("the signature does not verify") == 2
