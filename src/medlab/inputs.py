@@ -197,3 +197,29 @@ def read_document(
     """The parsed YAML (``.yaml``/``.yml``) or JSON document in ``path``."""
     text = read_text(path, what, error, max_bytes)
     return parse_document(text, str(path), is_yaml(path), error)
+
+
+def line_of(text: str, loc: tuple[int | str, ...] | list[int | str]) -> int | None:
+    """The line (1-based) of the value at ``loc`` in a YAML or JSON document, or of the
+    deepest part of ``loc`` that exists there (a key that should not be there is found at
+    its own line; a missing one at its parent's)."""
+    try:
+        node: Any = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if getattr(k, "value", None) == str(part)]
+            if not found:
+                return line
+            key, node = found[0]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

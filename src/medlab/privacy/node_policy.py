@@ -154,4 +154,27 @@ def describe(policy: ReleasePolicy) -> list[str]:
         "record-level export is "
         + ("allowed after a k-anonymity check" if policy.record_level_export else "off")
     )
+    f = policy.federation
+    lines.append(
+        "tasks from the hub: projects "
+        + ("any" if f.allowed_projects is None else ", ".join(f.allowed_projects) or "none")
+        + "; researchers "
+        + ("any" if f.allowed_researchers is None else ", ".join(f.allowed_researchers) or "none")
+        + f"; studies of at least {f.min_sites} site" + ("s" if f.min_sites != 1 else "")
+    )
+    if f.approval == "each_task":
+        pre = f.pre_approved_projects
+        lines.append(
+            "the steward approves each task"
+            + (f", except for the pre-approved projects {', '.join(pre)}" if pre else "")
+        )
+    else:
+        lines.append("tasks the policy allows run without the steward's approval")
+    lines.append(
+        "the steward reviews each released payload before it is uploaded"
+        if f.review_results
+        else "released payloads are uploaded without a second review"
+    )
+    if f.require_researcher_signature:
+        lines.append("a study must be signed by its researcher's registered key")
     return lines

@@ -209,12 +209,18 @@ def validate(
     source: str,
     what: str,
     error: type[MedlabError] = PolicyError,
+    text: str | None = None,
 ) -> Model:
-    """``data`` as ``model``; every problem is named by its JSON path in one ``error``."""
+    """``data`` as ``model``; every problem is named by its JSON path (and, given the
+    document's ``text``, its line) in one ``error``."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        problems = [f"{_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        problems = []
+        for e in exc.errors():
+            line = None if text is None else inputs.line_of(text, e["loc"])
+            where = _path(e["loc"]) + ("" if line is None else f" (line {line})")
+            problems.append(f"{where}: {e['msg']}")
         raise error(f"{source}: invalid {what}: " + "; ".join(problems)) from None
 
 
@@ -223,16 +229,18 @@ def read_document(path: Path, what: str) -> Any:
     return inputs.read_document(path, what, PolicyError)
 
 
-def parse_policy(data: Any, source: str = "policy") -> ReleasePolicy:
-    """A policy from parsed JSON/YAML; problems name their JSON path."""
-    return validate(ReleasePolicy, data, source, "release policy")
+def parse_policy(data: Any, source: str = "policy", text: str | None = None) -> ReleasePolicy:
+    """A policy from parsed JSON/YAML; problems name their JSON path (and line)."""
+    return validate(ReleasePolicy, data, source, "release policy", text=text)
 
 
 def load_policy(path: Path | None) -> ReleasePolicy:
     """The policy in ``path`` (YAML or JSON), or the defaults when ``path`` is None."""
     if path is None:
         return ReleasePolicy()
-    return parse_policy(read_document(path, "release policy"), str(path))
+    text = inputs.read_text(path, "release policy", PolicyError)
+    data = inputs.parse_document(text, str(path), inputs.is_yaml(path), PolicyError)
+    return parse_policy(data, str(path), text)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
