@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from tests import federation as fed
 
+from medlab.cdm.store import open_store
 from medlab.errors import UsageError
 from medlab.federation.client.sdk import Client, HubError
 from medlab.federation.hub.app import create_app
@@ -117,3 +119,52 @@ def test_a_malformed_study_names_the_json_path(lab) -> None:  # type: ignore[no-
     assert info.value.status == 422
     paths = [e["path"] for e in info.value.problem["errors"]]
     assert "$.spec.analyses[2].settings.caliper" in paths
+
+
+def test_a_two_round_analysis_pools_the_mean_and_sd(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, http, stores, client = lab
+    for store in stores:
+        fed.federation_policy(store, approval="each_task")
+    spec = {
+        "name": "two rounds",
+        "cohorts": fed.spec()["cohorts"][1:2],  # warfarin new users
+        "analyses": [{"type": "federated_mean", "name": "age", "cohort": 2}],
+    }
+    study = client.submit(spec)
+    agents = _agents(http, stores)
+    for agent, store in zip(agents, stores, strict=True):
+        agent.run(once=True)
+        (task,) = Inbox(store).all()
+        Inbox(store).move(task.task_id, "awaiting_approval", approved_by="steward")
+        agent.run(once=True)  # round 1 runs; round 2 is posted once all three answered
+    for agent in agents:
+        agent.run(once=True)  # round 2 runs on the approval of round 1
+    done = study.wait(timeout=10)
+    assert done.state == "completed", done.reason
+    rounds = sorted({t.envelope["round"] for s in stores for t in Inbox(s).all()})
+    assert rounds == [1, 2]
+    age = study.results()["analyses"][0]["age"]
+    ages = []
+    for store in stores:
+        with open_store(store, read_only=True) as con:
+            ages += [
+                r[0]
+                for r in con.execute(
+                    """SELECT year(c.cohort_start_date) - p.year_of_birth FROM results.cohort c
+                       JOIN person p ON p.person_id = c.subject_id
+                       WHERE c.cohort_definition_id = 2"""
+                ).fetchall()
+            ]
+    assert age["rounds"] == 2 and age["sites"] == 3
+    # Exact up to the gate: counts rounded to midpoint-6, means at 3 significant digits.
+    assert abs(age["n"] - len(ages)) <= 3 * 3
+    assert age["mean"] == pytest.approx(np.mean(ages), rel=5e-3)
+    assert age["sd"] == pytest.approx(np.std(ages, ddof=1), rel=2e-2)
+    out = tmp_path / "fetched"
+    study.fetch(out)
+    bundle = tmp_path / "bundle.zip"
+    evidence.export_bundle(out, bundle)
+    assert [c for c in evidence.verify_bundle(bundle) if not c.ok] == []
+    run_study(StudySpec.model_validate(spec), stores, tmp_path / "local", hub_dir=tmp_path / "h")
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert json.loads((out / "results.json").read_text())["analyses"] == local["analyses"]

@@ -160,7 +160,8 @@ def describe(policy: ReleasePolicy) -> list[str]:
         + ("any" if f.allowed_projects is None else ", ".join(f.allowed_projects) or "none")
         + "; researchers "
         + ("any" if f.allowed_researchers is None else ", ".join(f.allowed_researchers) or "none")
-        + f"; studies of at least {f.min_sites} site" + ("s" if f.min_sites != 1 else "")
+        + f"; studies of at least {f.min_sites} site"
+        + ("s" if f.min_sites != 1 else "")
     )
     if f.approval == "each_task":
         pre = f.pre_approved_projects

@@ -39,13 +39,16 @@ from pydantic import (
 from medlab import inputs
 from medlab.errors import MedlabError, PolicyError
 
-AnalysisType = Literal["incidence", "characterization", "comparative", "feasibility", "utilization"]
+AnalysisType = Literal[
+    "incidence", "characterization", "comparative", "feasibility", "utilization", "federated_mean"
+]
 ALL_ANALYSES: tuple[AnalysisType, ...] = (
     "incidence",
     "characterization",
     "comparative",
     "feasibility",
     "utilization",
+    "federated_mean",
 )
 Rounding = Literal["none", "nearest5", "midpoint6"]
 CountProtection = Literal["rounding", "cell_key", "differential_privacy"]

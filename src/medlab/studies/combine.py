@@ -20,6 +20,7 @@ from medlab.analyses import (
     assessment,
     characterization,
     feasibility,
+    federated_mean,
     incidence,
     utilization,
 )
@@ -35,6 +36,7 @@ from medlab.studies.spec import (
     CharacterizationAnalysis,
     ComparativeAnalysis,
     FeasibilityAnalysis,
+    FederatedMeanAnalysis,
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
@@ -195,9 +197,19 @@ def _utilization(parts: list[Released]) -> dict[str, Any]:
     }
 
 
-def _analysis(a: Analysis, parts: dict[int | None, list[Released]], out: Path) -> dict[str, Any]:
-    """One analysis combined over the nodes' releases, with its CSVs written into ``out``."""
-    if isinstance(a, ComparativeAnalysis):
+def _analysis(
+    a: Analysis,
+    parts: dict[int | None, list[Released]],
+    rounds: dict[int, list[Released]],
+    out: Path,
+) -> dict[str, Any]:
+    """One analysis combined over the nodes' releases (``rounds``: every round's, for a
+    multi-round analysis), with its CSVs written into ``out``."""
+    body: dict[str, Any]
+    if isinstance(a, FederatedMeanAnalysis):
+        body = {"age": federated_mean.combine(rounds)}
+        _write_csv(out / f"{a.name}_age.csv", [body["age"]])
+    elif isinstance(a, ComparativeAnalysis):
         body = _comparative(a, parts[None])
         _write_csv(out / f"{a.name}_estimates.csv", [_estimate_row(e) for e in body["estimates"]])
     elif isinstance(a, IncidenceAnalysis):
@@ -270,31 +282,35 @@ def combine_study(
     spec_hash = spec.digest()
     for output in outputs:
         verify_output(output, spec_hash)
-    policy_digest = parties.digest({o.site: o.policy["digest"] for o in sorted(outputs, key=_site)})
+    policy_digest = parties.digest({o.site: o.policy["digest"] for o in outputs})
     base = {"spec_hash": spec_hash, "code_version": __version__, "policy_hash": policy_digest}
     out.mkdir(parents=True, exist_ok=True)
     released: list[Released] = []
     signed: list[dict[str, Any]] = []
     analyses = []
+    sites = [o for o in outputs if o.round == 1]
     for analysis in spec.analyses:
         parts: dict[int | None, list[Released]] = {}
+        rounds: dict[int, list[Released]] = {}
         first = len(released)
         for output in outputs:
             for r in output.releases:
                 if r.analysis == analysis.name:
                     payload = gate.restore(r.payload)
-                    parts.setdefault(r.cohort, []).append(payload)
+                    if r.round == 1:
+                        parts.setdefault(r.cohort, []).append(payload)
+                    rounds.setdefault(r.round, []).append(payload)
                     released.append(payload)
                     signed.append(
                         {"payload": r.payload, "signed": r.signed, "log_index": r.log_index}
                     )
         for cohort in getattr(analysis, "cohorts", None) or [None]:
             parts.setdefault(cohort, [])
-        body = _analysis(analysis, parts, out)
+        body = _analysis(analysis, parts, rounds, out)
         refusals = {p.site: p.values["refused"] for p in released[first:] if "refused" in p.values}
         if refusals:
             body["refusals"] = refusals  # by node: a setting or a budget, never the data
-            if len(refusals) == len(outputs):
+            if len(refusals) == len(sites):
                 body["refused"] = "; ".join(f"{k}: {v}" for k, v in sorted(refusals.items()))
         analyses.append({"name": analysis.name, "type": analysis.type, **body})
     results = {
@@ -307,27 +323,29 @@ def combine_study(
                 "fingerprint": o.fingerprint,
                 "policy": {"version": o.policy["version"], "digest": o.policy["digest"]},
             }
-            for o in outputs
+            for o in sites
         ],
         "policy": {"digest": policy_digest, "requested": requested},
         **(extra or {}),
         "analyses": analyses,
-        "disclosure": _disclosure(outputs, released),
+        "disclosure": _disclosure(sites, released),
     }
     (out / "disclosure.json").write_text(json.dumps(results["disclosure"], indent=2) + "\n")
     text = json.dumps(results, indent=2, default=str) + "\n"
     (out / "results.json").write_text(text)
     (out / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    # A node's last round carries its log entries of every round (with newer proofs).
+    latest = {o.site: o for o in sorted(outputs, key=lambda o: o.round)}
     nodes = {
         o.site: {
             "key_id": o.key_id,
             "public_key": o.public_key,
             **({"log_dir": o.log_dir} if o.log_dir else {}),
-            **({"log": o.log} if o.log else {}),
+            **({"log": latest[o.site].log} if latest[o.site].log else {}),
         }
-        for o in outputs
+        for o in sites
     }
-    quality = {o.site: o.quality for o in outputs}
+    quality = {o.site: o.quality for o in sites}
     record = evidence.sign_combined(hub, nodes, json.loads(text), base, signed, quality)
     (out / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
     from medlab.studies.report import write_report
@@ -336,5 +354,20 @@ def combine_study(
     return results
 
 
-def _site(output: NodeOutput) -> str:
-    return output.site
+def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[str, Any] | None:
+    """The parameters of round ``round_ + 1`` by analysis name, from the released payloads
+    of round ``round_`` (``None``: no analysis needs another round)."""
+    params = {}
+    for analysis in spec.analyses:
+        if isinstance(analysis, FederatedMeanAnalysis):
+            parts = [
+                gate.restore(r.payload)
+                for o in outputs
+                if o.round == round_
+                for r in o.releases
+                if r.analysis == analysis.name and "refused" not in r.payload["values"]
+            ]
+            found = federated_mean.next_params(round_, parts)
+            if found is not None:
+                params[analysis.name] = found
+    return params or None

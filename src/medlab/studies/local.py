@@ -21,7 +21,14 @@ import duckdb
 from pydantic import BaseModel, ConfigDict
 
 from medlab import __version__
-from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
+from medlab.analyses import (
+    characterization,
+    comparative,
+    feasibility,
+    federated_mean,
+    incidence,
+    utilization,
+)
 from medlab.analyses import comparative_release as comparative_out
 from medlab.analyses.scope import Scope
 from medlab.cdm.dq import run_checks
@@ -40,6 +47,7 @@ from medlab.studies.spec import (
     CharacterizationAnalysis,
     ComparativeAnalysis,
     FeasibilityAnalysis,
+    FederatedMeanAnalysis,
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
@@ -53,6 +61,7 @@ class NodeRelease(BaseModel):
 
     analysis: str  # the analysis's name in the spec
     cohort: int | None = None  # a characterization's releases are one per cohort
+    round: int = 1
     payload: dict[str, Any]
     signed: dict[str, Any]
     log_index: int
@@ -64,6 +73,7 @@ class NodeOutput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     site: str
+    round: int = 1  # the round of a multi-round study this output answers
     fingerprint: str
     policy: dict[str, Any]  # version, digest and the disclosure settings the report names
     quality: dict[str, int]  # data quality checks passed / failed on this snapshot
@@ -91,9 +101,23 @@ class _Node:
 Local = Callable[[], ReleaseRequest]
 
 
-def _steps(a: Analysis, spec: StudySpec, node: _Node) -> list[tuple[int | None, Local]]:
-    """The local steps of one analysis at one node, each a release (per cohort, for a
-    characterization)."""
+def _steps(
+    a: Analysis, spec: StudySpec, node: _Node, round_: int, params: dict[str, Any]
+) -> list[tuple[int | None, Local]]:
+    """The local steps of one analysis at one node in ``round_``, each a release (per cohort,
+    for a characterization). After round 1 only multi-round analyses given parameters run."""
+    if isinstance(a, FederatedMeanAnalysis):
+        if round_ > 1 and a.name not in params:
+            return []
+
+        def moments(a: FederatedMeanAnalysis = a) -> ReleaseRequest:
+            with open_store(node.store, read_only=True) as con:
+                found = federated_mean.local(con, a.cohort, round_, params.get(a.name, {}))
+            return federated_mean.to_release(found, node.site, node.scope, a.cohort, round_)
+
+        return [(None, moments)]
+    if round_ > 1:
+        return []
     if isinstance(a, ComparativeAnalysis):
 
         def compare(a: ComparativeAnalysis = a) -> ReleaseRequest:
@@ -179,13 +203,17 @@ def _cohorts_of(analysis: Analysis, cohort: int | None) -> list[int]:
     ]
 
 
-def _release_id(node: _Node, analysis: Analysis, cohort: int | None) -> str:
-    """What makes two releases the same: the analysis (with its cohorts' definitions), the
-    node, its data snapshot and the policy."""
+def _release_id(
+    node: _Node, analysis: Analysis, cohort: int | None, round_: int, params: Any
+) -> str:
+    """What makes two releases the same: the analysis (with its cohorts' definitions), its
+    round and parameters, the node, its data snapshot and the policy."""
     return parties.digest(
         {
             "analysis": analysis.model_dump(mode="json"),
             "cohort": cohort,
+            "round": round_,
+            "params": params,
             "cohorts": node.scope.cohorts,
             "calendar": node.scope.calendar.model_dump(),
             "site": node.site,
@@ -236,14 +264,21 @@ def run_node(
     request: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     publish_log: bool = False,
+    round_: int = 1,
+    params: dict[str, Any] | None = None,
+    earlier: tuple[int, ...] = (),
 ) -> NodeOutput:
     """Run ``spec`` at the node of ``store`` (held by :func:`store_lock` throughout, so that
     concurrent runs never read each other's cohorts) and return what it releases.
     ``publish_log``: carry the node's log entries for these releases, with inclusion proofs
     against its newest signed tree head (a federated node; in one process the hub reads the
-    log where it lies)."""
+    log where it lies). ``round_`` and ``params`` (by analysis name): a later round of a
+    multi-round study, with what the hub computed from the round before; ``earlier``: the
+    log indices of the study's releases in earlier rounds (published again with newer
+    proofs)."""
     with store_lock(store):
-        return _run_node(spec, store, node_releases_policy(store, request), progress, publish_log)
+        policy = node_releases_policy(store, request)
+        return _run_node(spec, store, policy, progress, publish_log, round_, params or {}, earlier)
 
 
 def _run_node(
@@ -252,23 +287,27 @@ def _run_node(
     policy: ReleasePolicy,
     progress: Callable[[str, int, int], None] | None,
     publish_log: bool,
+    round_: int,
+    params: dict[str, Any],
+    earlier: tuple[int, ...],
 ) -> NodeOutput:
     party = parties.node(store)
     node, quality = _prepare(spec, store, policy)
     spec_hash = spec.digest()
-    party.log("task_run", spec_hash=spec_hash, fingerprint=node.fingerprint)
+    party.log("task_run", spec_hash=spec_hash, fingerprint=node.fingerprint, round=round_)
     statement = {
         "spec_hash": spec_hash,
         "code_version": __version__,
         "policy_hash": policy.digest(),
         "fingerprint": node.fingerprint,
+        "round": round_,
     }
     releases = []
     for i, analysis in enumerate(spec.analyses):
         if progress:
             progress(f"{analysis.name} on {node.site}", i, len(spec.analyses))
-        for cohort, local in _steps(analysis, spec, node):
-            release_id = _release_id(node, analysis, cohort)
+        for cohort, local in _steps(analysis, spec, node, round_, params):
+            release_id = _release_id(node, analysis, cohort, round_, params.get(analysis.name))
             admission = node.releaser.admit(analysis.type, release_id)
             if admission.refused:
                 payload = gate.refusal(policy, analysis.type, node.site, admission.refused)
@@ -289,10 +328,13 @@ def _run_node(
                 payload = node.releaser.release(replace(request_, roots=roots), release_id, context)
             base = {**statement, "analysis": payload.analysis, "site": payload.site}
             signed = evidence.sign_release(party, gate.payload(payload), base)
-            releases.append(NodeRelease(analysis=analysis.name, cohort=cohort, **signed))
-    indices = [r.log_index for r in releases]
+            releases.append(
+                NodeRelease(analysis=analysis.name, cohort=cohort, round=round_, **signed)
+            )
+    indices = [*earlier, *(r.log_index for r in releases)]
     return NodeOutput(
         site=node.site,
+        round=round_,
         fingerprint=node.fingerprint,
         policy=policy_summary(policy),
         quality=quality,

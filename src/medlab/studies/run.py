@@ -16,7 +16,7 @@ from typing import Any
 from medlab.cdm.store import store_lock
 from medlab.ledger import parties
 from medlab.privacy.policy import ReleasePolicy
-from medlab.studies.combine import combine_study
+from medlab.studies.combine import combine_study, next_round
 from medlab.studies.local import node_releases_policy, run_node
 from medlab.studies.spec import StudySpec
 
@@ -60,4 +60,9 @@ def run_study(
             if progress:
                 progress(f"node {store.stem}", i, len(nodes))
             outputs.append(run_node(spec, store, request, progress))
+        round_, answered = 1, list(outputs)
+        while (params := next_round(spec, round_, answered)) is not None:
+            round_ += 1
+            answered = [run_node(spec, s, request, None, False, round_, params) for s in nodes]
+            outputs += answered
         return combine_study(spec, outputs, out, hub, requested=request is not None)

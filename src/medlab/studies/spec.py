@@ -113,12 +113,22 @@ class UtilizationAnalysis(_Model):
         return self
 
 
+class FederatedMeanAnalysis(_Model):
+    """A cohort's mean and SD of age at entry over every site, in two rounds (round 2 needs
+    the pooled mean of round 1)."""
+
+    type: Literal["federated_mean"] = "federated_mean"
+    name: AnalysisName
+    cohort: CohortId
+
+
 Analysis = Annotated[
     IncidenceAnalysis
     | CharacterizationAnalysis
     | ComparativeAnalysis
     | FeasibilityAnalysis
-    | UtilizationAnalysis,
+    | UtilizationAnalysis
+    | FederatedMeanAnalysis,
     Field(discriminator="type"),
 ]
 

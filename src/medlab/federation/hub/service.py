@@ -39,7 +39,7 @@ from medlab.federation.hub import db
 from medlab.ledger import parties
 from medlab.ledger.evidence import log_part
 from medlab.ledger.keys import canonical, key_id, verify
-from medlab.studies.combine import combine_study, verify_output
+from medlab.studies.combine import combine_study, next_round, verify_output
 from medlab.studies.local import NodeOutput
 from medlab.studies.spec import StudySpec, spec_from_document
 
@@ -195,7 +195,7 @@ class Hub:
                 db.Study(
                     id=study_id,
                     name=spec.name,
-                    spec=spec.model_dump(mode="json"),
+                    spec=sub.spec,
                     spec_hash=spec.digest(),
                     researcher=researcher,
                     project=project,
@@ -222,16 +222,7 @@ class Hub:
                     issued_at=_iso(now),
                     hub_key_id=self.party.signer.key_id,
                 )
-                signature = self.party.signer.sign(canonical(task.body()))
-                envelope = task.model_copy(update={"signature": signature})
-                s.add(
-                    db.Task(
-                        id=task.task_id,
-                        study_id=study_id,
-                        node=name,
-                        envelope=envelope.model_dump(mode="json"),
-                    )
-                )
+                s.add(self._signed(task))
         self.party.log(
             "study_submitted",
             study=spec.name,
@@ -242,6 +233,18 @@ class Hub:
         )
         self.party.log("study_approved", spec_hash=spec.digest(), approved_by="hub (no review)")
         return study_id
+
+    def _signed(self, task: Task) -> db.Task:
+        """The task signed by the hub, as a row."""
+        signature = self.party.signer.sign(canonical(task.body()))
+        envelope = task.model_copy(update={"signature": signature}).model_dump(mode="json")
+        return db.Task(
+            id=task.task_id,
+            study_id=task.study_id,
+            node=task.node,
+            round=task.round,
+            envelope=envelope,
+        )
 
     def status(self, study_id: str, researcher: str | None = None) -> StudyStatus:
         """A study's state, per node task (deadlines are settled by :meth:`settle`, which
@@ -380,6 +383,8 @@ class Hub:
                 self._combine(found)
 
     def _combine(self, study_id: str) -> None:
+        """Post the next round, or combine every round over the nodes that answered them
+        all, or fail the study when too few answered."""
         with self.sessions() as s:
             study = s.get(db.Study, study_id)
             assert study is not None
@@ -387,25 +392,42 @@ class Hub:
                 return  # combined (or failed) meanwhile
             tasks = list(
                 s.scalars(
-                    select(db.Task).where(db.Task.study_id == study_id).order_by(db.Task.node)
+                    select(db.Task)
+                    .where(db.Task.study_id == study_id)
+                    .order_by(db.Task.round, db.Task.node)
                 )
             )
-        answered = [t for t in tasks if t.state == "completed"]
+        last = max(t.round for t in tasks)
+        latest = {t.node: t for t in tasks}  # each node's task of its last round
+        answered = [t for t in tasks if t.round == last and t.state == "completed"]
         outputs = [NodeOutput.model_validate(t.output) for t in answered]
         # The stricter quorum wins: the study's, or any answering node's own policy.
         quorum = max([study.min_sites, *(o.policy.get("min_sites", 1) for o in outputs)])
-        others = [f"{t.node}: {t.state}" + (f" — {t.reason}" if t.reason else "") for t in tasks]
-        others = [o for o, t in zip(others, tasks, strict=True) if t.state != "completed"]
-        summary = f"answered {len(answered)} of {len(tasks)}" + (
+        others = [
+            f"{t.node}: {t.state}" + (f" — {t.reason}" if t.reason else "")
+            for t in latest.values()
+            if t.state != "completed" or t.round != last
+        ]
+        summary = f"answered {len(answered)} of {len(latest)}" + (
             f" ({'; '.join(others)})" if others else ""
         )
-        sites = {"answered": len(answered), "of": len(tasks), "quorum": quorum, "summary": summary}
+        sites = {"answered": len(answered), "of": len(latest), "quorum": quorum, "summary": summary}
         files: dict[str, bytes] = {}
+        spec = StudySpec.model_validate(study.spec)
         if len(answered) >= quorum and answered:
-            spec = StudySpec.model_validate(study.spec)
+            params = next_round(spec, last, outputs)
+            if params is not None:
+                self._post_round(study_id, answered, last + 1, params)
+                return
+            names = {t.node for t in answered}
+            every = [
+                NodeOutput.model_validate(t.output)
+                for t in tasks
+                if t.node in names and t.state == "completed"
+            ]
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
-                combine_study(spec, outputs, out, self.party, extra={"sites": sites})
+                combine_study(spec, every, out, self.party, extra={"sites": sites})
                 self._publish_hub_log(out)
                 files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
             state, reason = "completed", summary
@@ -422,6 +444,31 @@ class Hub:
             study.state, study.reason = state, reason
         if state == "failed":
             self.party.log("study_failed", study_id=study_id, reason=reason)
+
+    def _post_round(
+        self, study_id: str, answered: list[db.Task], round_: int, params: dict[str, Any]
+    ) -> None:
+        """Round ``round_`` for the nodes that answered the round before: the same task with
+        the parameters computed from that round's released aggregates, signed anew."""
+        with db.transaction(self.sessions) as s:
+            study = s.get(db.Study, study_id)
+            assert study is not None
+            if study.state != "running":
+                return
+            for previous in answered:
+                template = Task.model_validate(previous.envelope)
+                task = template.model_copy(
+                    update={
+                        "task_id": "tk_" + secrets.token_hex(8),
+                        "round": round_,
+                        "params": params,
+                        "sites": len(answered),
+                        "issued_at": _iso(db.utcnow()),
+                        "signature": "",
+                    }
+                )
+                s.add(self._signed(task))
+        self.party.log("round_posted", study_id=study_id, round=round_, nodes=len(answered))
 
     def _publish_hub_log(self, out: Path) -> None:
         """Embed the hub's log entry of the combined result with its proof, so that a

@@ -113,12 +113,22 @@ class Agent:
             reason = decision.refused
             self.party.log("task_refused", task_id=task.task_id, study_id=study, reason=reason)
             self._move(task, "refused", decision.refused)
-        elif decision.needs_approval:
+        elif decision.needs_approval and not self._approved_before(task):
             self.party.log("task_awaiting_approval", task_id=task.task_id, study_id=study)
             self._move(task, "awaiting_approval")
         else:
             self.party.log("task_accepted", task_id=task.task_id, study_id=study, by="policy")
             self._move(task, "running")
+
+    def _approved_before(self, task: LocalTask) -> bool:
+        """A later round of a study whose first round the steward approved runs on that
+        approval (the same spec, signed by the same hub)."""
+        return task.envelope.get("round", 1) > 1 and any(
+            t.approved_by
+            and t.study_id == task.study_id
+            and t.envelope.get("spec_hash") == task.envelope.get("spec_hash")
+            for t in self.inbox.all()
+        )
 
     def _move(self, task: LocalTask, state: str, reason: str | None = None, **kw: Any) -> None:
         self.inbox.move(task.task_id, state, reason, **kw)
@@ -152,8 +162,22 @@ class Agent:
             self.inbox.acknowledged(task.task_id, "expired")
             return
         spec = StudySpec.model_validate(task.envelope["spec"])
+        round_ = int(task.envelope.get("round", 1))
+        earlier = tuple(
+            r["log_index"]
+            for t in self.inbox.all()
+            if t.study_id == task.study_id and t.output and t.output.get("round", 1) < round_
+            for r in t.output["releases"]
+        )
         try:
-            output = run_node(spec, self.store, publish_log=True)
+            output = run_node(
+                spec,
+                self.store,
+                publish_log=True,
+                round_=round_,
+                params=task.envelope.get("params") or {},
+                earlier=earlier,
+            )
         except Exception as exc:  # the researcher gets a message without internals
             self.party.log("task_failed", task_id=task.task_id, error=type(exc).__name__)
             self._move(task, "failed", "the node could not run the study (see the node's log)")
