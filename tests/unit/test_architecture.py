@@ -58,8 +58,8 @@ def test_only_the_gate_makes_released_payloads_and_studies_release_every_local_s
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
                 called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
                 assert called != "Released", f"{path} builds a Released itself"
-    # In the study runner, every local step's result goes into to_release, then release().
-    run = (SRC / "studies" / "run.py").read_text()
+    # At the node, every local step's result goes into to_release, then the releaser.
+    run = (SRC / "studies" / "local.py").read_text()
     tree = ast.parse(run)
     locals_called = [
         n
@@ -73,5 +73,38 @@ def test_only_the_gate_makes_released_payloads_and_studies_release_every_local_s
         and isinstance(n.func, ast.Attribute)
         and n.func.attr == "to_release"
     ]
-    assert len(locals_called) == len(releases) == len(ANALYSES)
-    assert run.count("release(") >= len(ANALYSES) + 1
+    assert len(locals_called) == len(releases) == len(ANALYSES) + 1  # and federated_mean
+    assert run.count("releaser.release(") == 1
+
+
+def test_the_federations_imports_flow_one_way() -> None:
+    """``common`` imports none of ``hub``, ``node``, ``client``; they never import each
+    other; analyses, studies and privacy never import the federation (no transport)."""
+    federation = SRC / "federation"
+    for path in federation.rglob("*.py"):
+        part = path.relative_to(federation).parts[0]
+        found = {n for n in _imports(path) if n.startswith("medlab.federation.")}
+        others = {f"medlab.federation.{p}" for p in ("hub", "node", "client") if p != part}
+        if part == "common":
+            others |= {"medlab.federation.hub", "medlab.federation.node"}
+            others |= {"medlab.federation.client", "medlab.federation.launch"}
+        bad = {n for n in found if any(n == o or n.startswith(o + ".") for o in others)}
+        assert not bad, f"{path}: {bad}"
+    for top in ("analyses", "studies", "privacy", "cdm", "cohorts", "ledger"):
+        for path in (SRC / top).rglob("*.py"):
+            bad = {
+                n for n in _imports(path) if n.startswith(("medlab.federation", "httpx", "fastapi"))
+            }
+            assert not bad, f"{path}: {bad}"
+
+
+def test_the_multi_round_combine_takes_released_payloads_only() -> None:
+    import pytest
+
+    from medlab.analyses import federated_mean
+    from medlab.privacy.release import Release
+
+    with pytest.raises(TypeError, match="only released"):
+        federated_mean.combine({1: [Release("federated_mean", "site", ())]})  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="only released"):
+        federated_mean.next_params(1, [Release("federated_mean", "site", ())])  # type: ignore[list-item]
