@@ -1,10 +1,13 @@
 """``make demo``: three synthetic hospitals and the real Eunomia sample as four nodes.
 
 Synthesizes 3 sites (30,000 patients, seed 7), loads Eunomia GiBleed as a fourth node
-(pseudonymized at ingest), runs the data quality checks on each, generates cohorts, runs the
-Eunomia reference study across the four nodes through the release gate (printing the hazard
-ratios and the disclosure report), and answers a differentially private query, showing the
-budget left. Output goes to ``demo-output/`` (replaced on each run).
+(pseudonymized at ingest), runs the data quality checks on each, generates cohorts, then runs
+the Eunomia reference study as a federation: a hub process and one node-agent process per
+node on 127.0.0.1, the study submitted through the client, each node's task states shown as
+they change, Eunomia's steward approving through the node's CLI; the results are fetched and
+printed (hazard ratios, disclosure report), the evidence bundle verified, every process
+stopped. Last, a differentially private query, showing the budget left. Output goes to
+``demo-output/`` (replaced on each run).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -24,13 +29,17 @@ from medlab.cli.output import progress_bar, stdout
 from medlab.cohorts.engine import generate
 from medlab.cohorts.model import example, load_definition
 from medlab.errors import PolicyError
+from medlab.federation import launch
+from medlab.federation.client.sdk import Client
+from medlab.federation.hub.service import init_hub
+from medlab.federation.node.inbox import Inbox
+from medlab.ledger import parties
 from medlab.ledger.evidence import export_bundle, verify_bundle
 from medlab.privacy import budget as budgets
 from medlab.privacy.node_policy import set_policy
-from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
+from medlab.privacy.policy import DifferentialPrivacy, FederationPolicy, ReleasePolicy
 from medlab.privacy.query import DPQuery, answer
-from medlab.studies.run import run_study
-from medlab.studies.spec import load_spec
+from medlab.studies.spec import StudySpec, load_spec
 from medlab.synth.generate import records, synthesize
 
 OUT = Path("demo-output")
@@ -118,10 +127,11 @@ def main(out: Path = OUT, patients: int = 30000, eunomia_dir: Path = EUNOMIA) ->
 
 
 def _study(nodes: list[Path], out: Path) -> None:
-    """Run the shipped celecoxib-vs-diclofenac study across every node."""
+    """Run the shipped celecoxib-vs-diclofenac study across every node as separate parties:
+    a hub process and one agent process per node on 127.0.0.1, the study submitted through
+    the client, one node's steward approving it through the node's CLI."""
     spec = load_spec(STUDY)
-    with progress_bar("study") as update:
-        results = run_study(spec, nodes, out, progress=update, hub_dir=out.parent / "hub")
+    results = _federated(spec, nodes, out)
     comparative = next(a for a in results["analyses"] if a["type"] == "comparative")
     table = Table(
         title=f"study {spec.name} across {len(nodes)} nodes: hazard ratios "
@@ -161,6 +171,70 @@ def _study(nodes: list[Path], out: Path) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
+    hub_dir, logs = out.parent / "hub", out.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    hub = init_hub(hub_dir)
+    for store in nodes:
+        hub.add_node(store.stem, parties.node(store).signer.public_pem)
+        if store.stem != "eunomia":  # these stewards trust the policy; Eunomia's approves
+            federation = FederationPolicy(approval="none")
+            set_policy(store, ReleasePolicy(version="demo-1", federation=federation), "demo")
+    token = hub.add_researcher("demo researcher")
+    port = launch.free_port()
+    url = f"http://{launch.LOOPBACK}:{port}"
+    processes = [launch.start_hub(hub_dir, port, logs / "hub.log")]
+    stdout.print(f"hub serving on {url} (its own process); node agents dial out to it")
+    try:
+        for store in nodes:
+            processes.append(launch.start_agent(store, url, logs / f"{store.stem}.log"))
+        client = Client(url, token)
+        study = client.submit(spec, min_sites=len(nodes))
+        stdout.print(f"submitted {spec.name} as {study.id} to {len(nodes)} nodes", highlight=False)
+        seen: dict[str, str] = {}
+        while (status := study.status()).state == "running":
+            for t in status.tasks:
+                if seen.get(t.node) != t.state:
+                    seen[t.node] = t.state
+                    stdout.print(f"  {t.node}: {t.state}", highlight=False)
+                    if t.state == "awaiting_approval":
+                        _approve(nodes, t.node, logs)
+            time.sleep(0.3)
+        for t in status.tasks:
+            if seen.get(t.node) != t.state:
+                stdout.print(f"  {t.node}: {t.state}", highlight=False)
+        stdout.print(f"study {status.state}: {status.reason}", highlight=False, soft_wrap=True)
+        if status.state != "completed":
+            raise SystemExit(1)
+        study.fetch(out)
+        return study.results()
+    finally:
+        for process in reversed(processes):
+            launch.stop(process)
+
+
+def _approve(nodes: list[Path], name: str, logs: Path) -> None:
+    """The node's steward looks at the waiting task and approves it with the node's CLI."""
+    store = next(s for s in nodes if s.stem == name)
+    (task,) = [t for t in Inbox(store).all() if t.state == "awaiting_approval"]
+    stdout.print(
+        f"  steward of {name}: medlab node approve {store} {task.task_id} --by 'demo steward'",
+        highlight=False,
+        soft_wrap=True,
+    )
+    approver = launch.medlab(
+        "node",
+        "approve",
+        str(store),
+        task.task_id,
+        "--by",
+        "demo steward",
+        log=logs / "approve.log",
+    )
+    if approver.wait(timeout=60) != 0:
+        raise RuntimeError(f"node approve failed (see {logs / 'approve.log'})")
 
 
 def _dp_query(store: Path) -> None:

@@ -22,6 +22,14 @@ def test_demo_prints_one_row_per_node(
     assert "new warfarin users with AF" in printed
     assert "Strategus/3.json" in printed and "479" in printed
     assert "hazard ratios" in printed and (out / "study" / "report.html").exists()
+    # The study ran as a federation: a hub and four agents, Eunomia's steward approving.
+    assert "hub serving on http://127.0.0.1:" in printed
+    assert "eunomia: awaiting_approval" in printed and "medlab node approve" in printed
+    assert "hospital_a: completed" in printed and "study completed: answered 4 of 4" in printed
+    # The study ran as a federation: a hub and four agents, Eunomia's steward approving.
+    assert "hub serving on http://127.0.0.1:" in printed
+    assert "eunomia: awaiting_approval" in printed and "medlab node approve" in printed
+    assert "hospital_a: completed" in printed and "study completed: answered 4 of 4" in printed
     assert "disclosure report" in printed and (out / "study" / "disclosure.json").exists()
     assert "privacy budget of demo-project" in printed and "cache: True" in printed
     assert "offline checks pass" in printed and (out / "evidence.zip").exists()

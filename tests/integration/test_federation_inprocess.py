@@ -168,3 +168,32 @@ def test_a_two_round_analysis_pools_the_mean_and_sd(lab, tmp_path: Path) -> None
     run_study(StudySpec.model_validate(spec), stores, tmp_path / "local", hub_dir=tmp_path / "h")
     local = json.loads((tmp_path / "local" / "results.json").read_text())
     assert json.loads((out / "results.json").read_text())["analyses"] == local["analyses"]
+
+
+def test_signed_submissions_and_idempotent_uploads(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    hub, http, stores, _ = lab
+    from medlab.ledger.keys import Signer
+
+    key = tmp_path / "bo.key"
+    bo = Signer.load_or_create(key)
+    token = hub.add_researcher("bo", bo.public_pem)
+    with pytest.raises(HubError, match="must be signed"):
+        Client(token=token, http=http).submit(fed.spec())
+    signed = Client(token=token, http=http, key=key)
+    fed.federation_policy(stores[0], approval="none", require_researcher_signature=True)
+    study = signed.submit(fed.spec(), nodes=["hospital_a"])
+    agent = Agent(stores[0], http)
+    agent.run(once=True)
+    assert study.wait(timeout=5).state == "completed"
+    (task,) = Inbox(stores[0]).all()
+    assert task.envelope["researcher_key"] == bo.public_pem
+    # The same upload again is stored once; a different one is refused.
+    again = hub.report("hospital_a", task.task_id, {"state": "completed", "output": task.output})
+    assert again == "completed"
+    changed = json.loads(json.dumps(task.output))
+    changed["quality"]["passed"] += 1
+    from medlab.federation.hub.service import HubError as Refused
+
+    with pytest.raises(Refused) as info:
+        hub.report("hospital_a", task.task_id, {"state": "completed", "output": changed})
+    assert info.value.status == 409

@@ -296,6 +296,22 @@ def submit(
     print(study.id)
 
 
+def key(
+    path: Annotated[Path, typer.Argument(help="Your private key file (created when missing).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the public key (PEM) here.")
+    ] = None,
+) -> None:
+    """Your signing key as a researcher: give the public key to the hub's operator
+    (``hub add-researcher --key``) and sign submissions with ``study submit --key``."""
+    from medlab.ledger.keys import Signer
+
+    signer = Signer.load_or_create(path)
+    if out is not None:
+        out.write_text(signer.public_pem)
+    stdout.print(f"key id {signer.key_id}\n{signer.public_pem}", highlight=False)
+
+
 def status(
     study_id: Annotated[str, typer.Argument(help="The study id.")],
     hub: HubUrl = None,
