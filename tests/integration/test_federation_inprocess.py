@@ -7,6 +7,7 @@ gives the same analyses as ``medlab study run`` over the same stores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -197,3 +198,49 @@ def test_signed_submissions_and_idempotent_uploads(lab, tmp_path: Path) -> None:
     with pytest.raises(Refused) as info:
         hub.report("hospital_a", task.task_id, {"state": "completed", "output": changed})
     assert info.value.status == 409
+
+
+def test_the_steward_reviews_what_leaves(lab, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from medlab.cli.main import main
+
+    _, http, stores, client = lab
+    store = stores[1]
+    fed.federation_policy(store, approval="none", review_results=True)
+    study = client.submit(fed.spec(), nodes=["hospital_b"])
+    agent = Agent(store, http)
+    agent.run(once=True)
+    (task,) = study.status().tasks
+    assert task.state == "awaiting_result_review"
+    capsys.readouterr()
+    assert main(["node", "tasks", str(store), "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert shown["cohorts"][0] == "cohort 1 (apixaban new users):"
+    assert any("first drug exposure of concept set 0" in line for line in shown["cohorts"])
+    assert [p["analysis"] for p in shown["released"]] == [
+        "incidence",
+        "characterization",
+        "characterization",
+        "comparative",
+    ]
+    assert shown["spec"]["name"] == "federated apixaban"
+    # Nothing left the node yet: the hub holds no output for the task.
+    with hub_session(lab) as tasks:
+        assert [t.output for t in tasks] == [None]
+    assert main(["node", "approve", str(store), task.task_id, "--by", "steward b"]) == 0
+    agent.run(once=True)
+    assert study.wait(timeout=5).state == "completed"
+    assert "openapi" in http.get("/openapi.json").json()
+    missing = http.get("/api/v1/nowhere")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+
+
+@contextlib.contextmanager
+def hub_session(lab):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from medlab.federation.hub import db
+
+    hub = lab[0]
+    with hub.sessions() as s:
+        yield list(s.scalars(select(db.Task)))

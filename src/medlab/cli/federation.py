@@ -137,7 +137,8 @@ def tasks(
         str | None, typer.Option("--show", help="One task in full, with what would leave.")
     ] = None,
 ) -> None:
-    """The node's tasks: each with its id, study, state and what it asks."""
+    """The node's tasks: each with its id, study, state and what it asks (``--json``: each
+    in full, with its spec, cohorts in words and what each analysis releases)."""
     from medlab.federation.node.inbox import Inbox
 
     inbox = Inbox(store)
@@ -155,10 +156,11 @@ def tasks(
             stdout.print("released payload (what would leave):", highlight=False)
             print(json.dumps(shown["released"], indent=2))
         return
-    rows = [_task_summary(t) for t in inbox.all()]
-    if as_json:
-        emit_json(rows)
+    found = inbox.all()
+    if as_json:  # each task in full: its spec, cohorts in words, what would leave
+        emit_json([_task_in_full(t) | {"spec": t.envelope.get("spec")} for t in found])
         return
+    rows = [_task_summary(t) for t in found]
     table = Table("id", "study", "state", "researcher", "project", "analyses")
     for r in rows:
         table.add_row(
