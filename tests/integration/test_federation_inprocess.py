@@ -244,3 +244,36 @@ def hub_session(lab):  # type: ignore[no-untyped-def]
     hub = lab[0]
     with hub.sessions() as s:
         yield list(s.scalars(select(db.Task)))
+
+
+def test_the_deadline_expires_the_silent_and_the_late(lab) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from medlab.federation.hub import db
+
+    hub, http, stores, client = lab
+    a, _, c = stores
+    fed.federation_policy(a, approval="none")
+    study = client.submit(fed.spec(), min_sites=1, deadline_seconds=3600)
+    Agent(a, http).run(once=True)
+    late = Agent(c, http)
+    late.run(once=True)  # hospital_c waits for its steward; hospital_b never polls
+    with db.transaction(hub.sessions) as s:
+        row = s.get(db.Study, study.id)
+        row.deadline = db.utcnow() - dt.timedelta(seconds=1)
+    hub.settle()
+    status = study.status()
+    assert status.state == "completed"
+    states = {t.node: (t.state, t.reason) for t in status.tasks}
+    assert states["hospital_b"] == ("expired", "deadline passed")
+    assert states["hospital_c"] == ("expired", "deadline passed")
+    assert study.results()["sites"]["summary"] == (
+        "answered 1 of 3 (hospital_b: expired — deadline passed; "
+        "hospital_c: expired — deadline passed)"
+    )
+    # The steward approves too late: the agent learns the hub moved on and runs nothing.
+    (task,) = Inbox(c).all()
+    Inbox(c).move(task.task_id, "awaiting_approval", approved_by="steward c")
+    late.run(once=True)
+    assert Inbox(c).get(task.task_id).state == "expired"
+    assert Inbox(c).get(task.task_id).output is None
