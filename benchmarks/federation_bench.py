@@ -82,6 +82,7 @@ def eunomia_round_trip(tmp: Path) -> None:
 def hub_throughput(tmp: Path, studies: int, nodes: int = 50) -> None:
     hub = init_hub(tmp / "hub-load")
     signers = {}
+    (tmp / "keys").mkdir()
     for i in range(nodes):
         name = f"node_{i:02d}"
         signers[name] = Signer.load_or_create(tmp / "keys" / f"{name}.key")
