@@ -49,3 +49,11 @@ def test_the_client_needs_a_hub_and_a_token(
     assert "MEDLAB_TOKEN" in capsys.readouterr().err
     code = main(["study", "status", "st_1", "--hub", "http://127.0.0.1:9", "--token", "t"])
     assert code == 2 and "did not answer" in capsys.readouterr().err
+
+
+def test_an_agent_without_a_hub_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.duckdb"
+    assert main(["node", "init", str(store)]) == 0
+    capsys.readouterr()
+    code = main(["node", "agent", str(store), "--hub", "http://127.0.0.1:9", "--once"])
+    assert code == 2 and "the hub did not answer" in capsys.readouterr().err

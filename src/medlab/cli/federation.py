@@ -118,7 +118,7 @@ def agent(
     payloads."""
     import httpx
 
-    from medlab.federation.node.agent import Agent, HubRefused
+    from medlab.federation.node.agent import Agent, HubRefused, HubUnreachable
 
     pem = None if hub_key is None else _pem(hub_key)
     with httpx.Client(base_url=hub, timeout=wait + 60) as client:
@@ -128,6 +128,8 @@ def agent(
             worker.run(once=once, wait=wait)
         except HubRefused as exc:
             raise UsageError(f"the hub refused this node: {exc}") from None
+        except HubUnreachable as exc:
+            raise UsageError(f"the hub did not answer ({exc})") from None
 
 
 def tasks(

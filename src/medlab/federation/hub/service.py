@@ -333,6 +333,8 @@ class Hub:
             if output is not None:
                 if output.site != node or output.key_id != registered.key_id:
                     raise HubError(403, "wrong node", "the output is not this node's")
+                if output.round != task.round:
+                    raise HubError(422, "invalid output", f"the task is round {task.round}")
                 try:
                     verify_output(output, task.envelope["spec_hash"])
                 except VerificationFailed as exc:

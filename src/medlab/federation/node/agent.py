@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from medlab.errors import UsageError
 from medlab.federation.common import auth
 from medlab.federation.node.checks import decide
 from medlab.federation.node.inbox import Inbox, LocalTask
@@ -58,7 +59,10 @@ class Agent:
         pinned = self.inbox.hub_key()
         if hub_key is not None:
             if pinned is not None and pinned[0] != key_id(hub_key):
-                raise ValueError("the hub key given is not the one this node pinned")
+                raise UsageError(
+                    "--hub-key: not the hub key this node pinned on first contact "
+                    f"({pinned[0]}); a hub that changed keys must be re-pinned by the steward"
+                )
             self.inbox.pin_hub_key(key_id(hub_key), hub_key)
         self._hub_key = hub_key or (pinned[1] if pinned else None)
 
