@@ -27,6 +27,7 @@ from medlab.federation.node.inbox import Inbox, LocalTask
 from medlab.ledger import parties
 from medlab.ledger.keys import key_id
 from medlab.privacy.node_policy import node_policy
+from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.local import run_node
 from medlab.studies.spec import StudySpec
 
@@ -55,7 +56,7 @@ class Agent:
         self.name = name or store.stem
         self.inbox = Inbox(store)
         self.say = say or (lambda _: None)
-        self.policy = node_policy(store).policy  # refuses to start on an invalid policy
+        node_policy(store)  # refuses to start on a store without a valid policy
         pinned = self.inbox.hub_key()
         if hub_key is not None:
             if pinned is not None and pinned[0] != key_id(hub_key):
@@ -65,6 +66,12 @@ class Agent:
                 )
             self.inbox.pin_hub_key(key_id(hub_key), hub_key)
         self._hub_key = hub_key or (pinned[1] if pinned else None)
+
+    @property
+    def policy(self) -> ReleasePolicy:
+        """The node's policy as its steward keeps it now (read for every decision, so a
+        policy set while the agent runs applies to the next task)."""
+        return node_policy(self.store).policy
 
     # -- HTTP -----------------------------------------------------------------------
 
