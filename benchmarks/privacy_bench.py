@@ -28,10 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from study_bench import OUTCOME
-from study_bench import _new_users as _users
 
-from medlab.analyses import characterization, comparative, feasibility, incidence, utilization
+from medlab.analyses import (
+    characterization,
+    comparative,
+    comparative_release,
+    feasibility,
+    incidence,
+    utilization,
+)
 from medlab.cdm.loader import load_omop_csv
 from medlab.cdm.store import init_store, open_store
 from medlab.privacy import audit as audit_module
@@ -45,6 +50,8 @@ from medlab.privacy.release import Population
 from medlab.privacy.secret import node_secret
 from medlab.studies.run import run_study
 from medlab.studies.spec import StudySpec, load_spec
+from medlab.synth.cohorts import new_users as _users
+from medlab.synth.cohorts import outcome
 from medlab.synth.generate import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +83,7 @@ class Clock:
         self._undo: list[tuple[Any, str, Callable[..., Any]]] = []
         for module in (characterization, comparative, feasibility, incidence, utilization):
             self.wrap(module, "local", "local steps")
+        for module in (characterization, comparative_release, feasibility, incidence, utilization):
             self.wrap(module, "to_release", "local steps")
         self.wrap(NodeReleaser, "release", "gate")
         self.wrap(audit_module.Auditor, "flagged", "audit")
@@ -154,7 +162,7 @@ def synthetic(tmp: Path, patients: int, releases: int) -> Path:
             "cohorts": [
                 {"id": 1, "name": "apixaban", "definition": _users(43013024)},
                 {"id": 2, "name": "warfarin", "definition": _users(1310149)},
-                {"id": 3, "name": "GI bleed", "definition": OUTCOME},
+                {"id": 3, "name": "GI bleed", "definition": outcome(192671)},
             ],
             "analyses": [
                 {"type": "characterization", "name": "ch", "cohorts": [1, 2]},
