@@ -18,7 +18,7 @@ import httpx
 import pytest
 from tests import federation as fed
 
-from medlab.cdm.store import open_store
+from medlab.cdm.store import open_store, store_lock
 from medlab.cli.main import main
 from medlab.federation import launch
 from medlab.federation.common import auth
@@ -227,7 +227,7 @@ def test_killed_node_and_hub_lose_nothing(
     lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     a = lab.stores[0]
-    fed.federation_policy(a, approval="none")
+    fed.federation_policy(a, approval="each_task")
     lab.start_hub()
     token = lab.token(capsys)
     study = _submit(capsys, lab, token, fed.spec(), "--min-sites", "1")
@@ -235,13 +235,18 @@ def test_killed_node_and_hub_lose_nothing(
     launch.stop(lab.hub, kill=True)
     lab.start_hub()
     lab.start_agent(a)
-    _until(
-        lab,
-        token,
-        study,
-        lambda s: {t["node"]: t["state"] for t in s["tasks"]}["hospital_a"] == "running",
-    )
-    launch.stop(lab.agents["hospital_a"], kill=True)  # mid-task
+
+    def state_of_a(s: dict[str, Any]) -> str:
+        return str({t["node"]: t["state"] for t in s["tasks"]}["hospital_a"])
+
+    _until(lab, token, study, lambda s: state_of_a(s) == "awaiting_approval")
+    # Holding the store, the test makes sure the agent is inside its task when it dies:
+    # approved, it reports "running" and then waits for the store.
+    with store_lock(a):
+        (task,) = Inbox(a).all()
+        assert main(["node", "approve", str(a), task.task_id]) == 0
+        _until(lab, token, study, lambda s: state_of_a(s) == "running")
+        launch.stop(lab.agents["hospital_a"], kill=True)  # mid-task
     assert [t.state for t in Inbox(a).all()] == ["running"]
     lab.start_agent(a)
     for store in lab.stores[1:]:
