@@ -68,6 +68,14 @@ def test_tidy_drops_rare_and_universal_covariates() -> None:
     x[:, 1] = 1  # everyone
     x[: n // 2, 2] = 1
     assert list(pm.tidy(sparse.csr_matrix(x))) == [2]
+    # Continuous covariates (scaled by their maximum) are kept however rarely nonzero, and
+    # dropped only when every row has the same value.
+    age = np.linspace(0.2, 1.0, n)
+    rare_score = np.zeros(n)
+    rare_score[:3] = [0.5, 1.0, 0.25]
+    same = np.full(n, 0.7)
+    columns = np.column_stack([x, age, rare_score, same])
+    assert list(pm.tidy(sparse.csr_matrix(columns))) == [2, 3, 4]
 
 
 def test_separation_is_warned() -> None:

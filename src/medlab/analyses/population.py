@@ -319,7 +319,8 @@ def covariates(
     exclude_ingredients: list[int],
     window: tuple[int, int] = (-365, 0),
 ) -> Covariates:
-    """Demographics, conditions any time before index, the Charlson comorbidity index, and
+    """Demographics (age group, gender, index year, and age in years as a continuous
+    covariate), conditions any time before index, the Charlson comorbidity index, and
     conditions, drugs and procedures in the window before index (drugs descending from
     ``exclude_ingredients`` left out, as CohortMethod leaves out the exposures)."""
     entries = population[["person_id", "start_date"]].copy()
@@ -352,6 +353,10 @@ def covariates(
              AND x.procedure_date BETWEEN e.d + ? AND e.d + ?""",
             [*exclude_ingredients, *window, *window, *window],
         ).fetchall()
+        ages = con.execute(
+            """SELECT e.row, year(CAST(e.start_date AS DATE)) - p.year_of_birth
+               FROM medlab_population e JOIN person p USING (person_id)"""
+        ).fetchall()
         scores = con.execute(
             charlson.scores_sql(
                 "(SELECT row, person_id, CAST(start_date AS DATE) AS index_date"
@@ -367,16 +372,19 @@ def covariates(
     c = np.array([index[name] for _, name in rows], dtype=np.int64)
     binary = sparse.csr_matrix((data, (r, c)), shape=(len(entries), len(ids)))
     binary.data[:] = 1.0  # a concept recorded twice in the window is still one covariate
-    # The Charlson index, scaled to 0..1 by its maximum as FeatureExtraction's tidyCovariates
-    # normalizes continuous covariates before the propensity model.
-    top = max((score for _, score in scores), default=0)
-    if top == 0:
-        return Covariates(binary, ids)
-    score = sparse.csr_matrix(
-        (
-            [s / top for _, s in scores],
-            ([row for row, _ in scores], [0] * len(scores)),
-        ),
-        shape=(len(entries), 1),
-    )
-    return Covariates(sparse.hstack([binary, score], format="csr"), [*ids, "charlson_index"])
+    # Age in years and the Charlson index, each scaled to 0..1 by its maximum as
+    # FeatureExtraction's tidyCovariates normalizes continuous covariates before the
+    # propensity model.
+    columns, names = [binary], list(ids)
+    for name, values in (("age", ages), ("charlson_index", scores)):
+        top = max((float(v) for _, v in values if v is not None), default=0.0)
+        if top <= 0:
+            continue
+        kept = [(r, float(v)) for r, v in values if v is not None and v != 0]
+        column = sparse.csr_matrix(
+            ([v / top for _, v in kept], ([r for r, _ in kept], [0] * len(kept))),
+            shape=(len(entries), 1),
+        )
+        columns.append(column)
+        names.append(name)
+    return Covariates(sparse.hstack(columns, format="csr"), names)

@@ -63,10 +63,21 @@ class PsFit:
 
 
 def tidy(x: sparse.csr_matrix) -> np.ndarray:
-    """The columns tidyCovariateData keeps: present in at least 0.1% of rows, not in all."""
+    """The columns FeatureExtraction's tidyCovariateData keeps: not the same value in every
+    row, and, for a binary covariate, present in at least 0.1% of rows (continuous ones,
+    already scaled by their maximum, are kept whatever their frequency)."""
     n = x.shape[0]
-    present = np.asarray((x != 0).sum(axis=0)).ravel()
-    return np.flatnonzero((present >= MIN_FRACTION * n) & (present < n))
+    csc = x.tocsc()
+    present = np.diff(csc.indptr)
+    high = np.asarray(csc.max(axis=0).todense()).ravel()
+    low = np.asarray(csc.min(axis=0).todense()).ravel()
+    binary = np.array(
+        [np.all(csc.data[csc.indptr[j] : csc.indptr[j + 1]] == 1.0) for j in range(x.shape[1])],
+        dtype=bool,
+    )
+    constant = (present == n) & (high == low)
+    frequent = ~binary | (present >= MIN_FRACTION * n)
+    return np.flatnonzero(frequent & ~constant & (present > 0))
 
 
 def _sklearn_at_least(major: int, minor: int) -> bool:
