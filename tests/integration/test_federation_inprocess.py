@@ -277,3 +277,20 @@ def test_the_deadline_expires_the_silent_and_the_late(lab) -> None:  # type: ign
     late.run(once=True)
     assert Inbox(c).get(task.task_id).state == "expired"
     assert Inbox(c).get(task.task_id).output is None
+
+
+def test_a_combine_that_fails_fails_the_study_with_a_plain_reason(lab, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from medlab.federation.hub import service
+
+    _, http, stores, client = lab
+    fed.federation_policy(stores[0], approval="none")
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug with internals: /secret/path")
+
+    monkeypatch.setattr(service, "combine_study", broken)
+    study = client.submit(fed.spec(), nodes=["hospital_a"])
+    Agent(stores[0], http).run(once=True)
+    status = study.wait(timeout=5)
+    assert status.state == "failed"
+    assert status.reason == "the hub could not combine the released results"

@@ -382,7 +382,17 @@ class Hub:
                     due.append(study.id)
         for found in due:
             with self._combining:  # one combine at a time: a study is combined once
-                self._combine(found)
+                try:
+                    self._combine(found)
+                except Exception as exc:  # the researcher gets a reason without internals
+                    self._fail(found, "the hub could not combine the released results")
+                    self.party.log("combine_failed", study_id=found, error=type(exc).__name__)
+
+    def _fail(self, study_id: str, reason: str) -> None:
+        with db.transaction(self.sessions) as s:
+            study = s.get(db.Study, study_id)
+            if study is not None and study.state == "running":
+                study.state, study.reason = "failed", reason
 
     def _combine(self, study_id: str) -> None:
         """Post the next round, or combine every round over the nodes that answered them
