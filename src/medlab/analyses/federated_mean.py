@@ -45,7 +45,10 @@ def local(
            WHERE c.cohort_definition_id = ?""",
         [cohort_id],
     ).fetchall()
-    center = 0.0 if round_ == 1 else float(params["mean"])
+    center = 0.0 if round_ == 1 else params.get("mean")
+    if not isinstance(center, int | float) or not 0.0 <= float(center) <= MAX_AGE:
+        raise ValueError("round 2 needs the pooled mean age, a number within 0..150")
+    center = float(center)
     values = [a if round_ == 1 else (a - center) ** 2 for _, a in rows]
     return LocalMoments(
         n=len(values),
