@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from medlab.analyses.federated.packing import pack, unpack
+
 Ties = Literal["breslow", "efron"]
 MAX_ITERATIONS = 100
 
@@ -30,18 +32,13 @@ class CoxContribution:
     def flat(self) -> list[float]:
         """As one vector (upper triangle of the information, gradient, log likelihood,
         events)."""
-        upper = self.information[np.triu_indices(len(self.gradient))]
-        return [*upper.tolist(), *self.gradient.tolist(), self.loglik, float(self.events)]
+        return pack(self.information, self.gradient, self.loglik, self.events)
 
     @staticmethod
     def unflat(values: list[float], p: int) -> CoxContribution:
         """The sum of several sites' :meth:`flat` vectors."""
-        k = p * (p + 1) // 2
-        information = np.zeros((p, p))
-        information[np.triu_indices(p)] = values[:k]
-        information = information + np.triu(information, 1).T
-        gradient = np.asarray(values[k : k + p])
-        return CoxContribution(information, gradient, float(values[k + p]), round(values[-1]))
+        information, gradient, (loglik, events) = unpack(values, p, 2)
+        return CoxContribution(information, gradient, loglik, round(events))
 
 
 def contribution(

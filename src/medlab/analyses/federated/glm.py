@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from medlab.analyses.federated.packing import pack, unpack
+
 Family = Literal["logistic", "poisson", "linear"]
 MAX_ITERATIONS = 100
 
@@ -31,18 +33,13 @@ class Contribution:
 
     def flat(self) -> list[float]:
         """As one vector (the upper triangle of the information, the score, deviance, n)."""
-        upper = self.information[np.triu_indices(len(self.score))]
-        return [*upper.tolist(), *self.score.tolist(), self.deviance, float(self.n)]
+        return pack(self.information, self.score, self.deviance, self.n)
 
     @staticmethod
     def unflat(values: list[float], p: int) -> Contribution:
         """The sum of several sites' :meth:`flat` vectors, as a contribution."""
-        k = p * (p + 1) // 2
-        information = np.zeros((p, p))
-        information[np.triu_indices(p)] = values[:k]
-        information = information + np.triu(information, 1).T
-        score = np.asarray(values[k : k + p])
-        return Contribution(information, score, float(values[k + p]), round(values[k + p + 1]))
+        information, score, (deviance, n) = unpack(values, p, 2)
+        return Contribution(information, score, deviance, round(n))
 
 
 def _mean(eta: np.ndarray, family: Family) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from medlab.analyses.federated.packing import pack, unpack
 from medlab.analyses.propensity import Prior
 
 MAX_ITERATIONS = 200
@@ -32,19 +33,14 @@ class PsSums:
     hessian: np.ndarray  # (k + 1, k + 1)
 
     def flat(self) -> list[float]:
-        """As one vector (the Hessian's upper triangle)."""
-        upper = self.hessian[np.triu_indices(len(self.gradient))]
-        return [self.loglik, *self.gradient.tolist(), *upper.tolist()]
+        """As one vector (the Hessian's upper triangle, the gradient, the log-likelihood)."""
+        return pack(self.hessian, self.gradient, self.loglik)
 
     @staticmethod
     def unflat(values: list[float], k: int) -> PsSums:
         """The sum of several sites' :meth:`flat` vectors."""
-        m = k + 1
-        gradient = np.asarray(values[1 : 1 + m])
-        hessian = np.zeros((m, m))
-        hessian[np.triu_indices(m)] = values[1 + m :]
-        hessian = hessian + np.triu(hessian, 1).T
-        return PsSums(float(values[0]), gradient, hessian)
+        hessian, gradient, (loglik,) = unpack(values, k + 1, 1)
+        return PsSums(loglik, gradient, hessian)
 
 
 def sums(
