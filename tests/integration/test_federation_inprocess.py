@@ -294,3 +294,20 @@ def test_a_combine_that_fails_fails_the_study_with_a_plain_reason(lab, monkeypat
     status = study.wait(timeout=5)
     assert status.state == "failed"
     assert status.reason == "the hub could not combine the released results"
+
+
+def test_the_agent_reads_the_policy_the_steward_sets_while_it_runs(lab) -> None:  # type: ignore[no-untyped-def]
+    from medlab.privacy.node_policy import set_policy
+    from medlab.privacy.policy import parse_policy
+
+    _, http, stores, client = lab
+    fed.federation_policy(stores[0], approval="none")
+    agent = Agent(stores[0], http)  # started under a policy that allows everything
+    rules = {"version": "later", "federation": {"approval": "none"}}
+    rules["allowed_analyses"] = ["incidence", "characterization"]
+    set_policy(stores[0], parse_policy(rules))
+    study = client.submit(fed.spec(), nodes=["hospital_a"])
+    agent.run(once=True)
+    (task,) = study.wait(timeout=5).tasks
+    assert task.state == "refused"
+    assert task.reason == "analysis type comparative not allowed at this node"

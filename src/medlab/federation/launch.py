@@ -29,15 +29,20 @@ def free_port() -> int:
 
 def medlab(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """``medlab ARGS`` as a child process (its output into ``log``)."""
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "medlab.cli.main", *args],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    command = [sys.executable, "-m", "medlab.cli.main", *args]
+    if log is None:
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def start_hub(directory: Path, port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
