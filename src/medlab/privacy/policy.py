@@ -40,7 +40,13 @@ from medlab import inputs
 from medlab.errors import MedlabError, PolicyError
 
 AnalysisType = Literal[
-    "incidence", "characterization", "comparative", "feasibility", "utilization", "federated_mean"
+    "incidence",
+    "characterization",
+    "comparative",
+    "feasibility",
+    "utilization",
+    "federated_mean",
+    "federated_model",
 ]
 ALL_ANALYSES: tuple[AnalysisType, ...] = (
     "incidence",
@@ -49,6 +55,7 @@ ALL_ANALYSES: tuple[AnalysisType, ...] = (
     "feasibility",
     "utilization",
     "federated_mean",
+    "federated_model",
 )
 Rounding = Literal["none", "nearest5", "midpoint6"]
 CountProtection = Literal["rounding", "cell_key", "differential_privacy"]

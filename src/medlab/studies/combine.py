@@ -30,6 +30,7 @@ from medlab.ledger import evidence, parties
 from medlab.ledger.keys import key_id, verify_json
 from medlab.privacy import gate
 from medlab.privacy.release import Released
+from medlab.studies import secure
 from medlab.studies.local import NodeOutput
 from medlab.studies.spec import (
     Analysis,
@@ -37,6 +38,7 @@ from medlab.studies.spec import (
     ComparativeAnalysis,
     FeasibilityAnalysis,
     FederatedMeanAnalysis,
+    FederatedModelAnalysis,
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
@@ -229,6 +231,7 @@ def _analysis(
             ],
         )
     else:
+        assert isinstance(a, CharacterizationAnalysis)
         body = _characterization(a, parts)
         for c in body["cohorts"]:
             _write_csv(out / f"{a.name}_cohort{c['cohort']}.csv", c["covariates"])
@@ -274,11 +277,13 @@ def combine_study(
     hub: parties.Party,
     requested: bool = False,
     extra: dict[str, Any] | None = None,
+    history: list[NodeOutput] | None = None,
 ) -> dict[str, Any]:
     """Combine the nodes' outputs (in node order) into the study's results, write them into
     ``out`` and sign them as ``hub``. ``requested``: whether the run asked the nodes for a
     tighter policy than their own; ``extra``: more top-level results keys (the federation's
-    ``sites`` summary)."""
+    ``sites`` summary); ``history``: every output of every round, of the nodes that dropped
+    out too (a pooled model's secure sums hold them; default ``outputs``)."""
     spec_hash = spec.digest()
     for output in outputs:
         verify_output(output, spec_hash)
@@ -306,7 +311,13 @@ def combine_study(
                     )
         for cohort in getattr(analysis, "cohorts", None) or [None]:
             parts.setdefault(cohort, [])
-        body = _analysis(analysis, parts, rounds, out)
+        if isinstance(analysis, FederatedModelAnalysis):
+            every = history if history is not None else outputs
+            last = max((o.round for o in every), default=1)
+            body = secure.state(analysis, every, last).result
+            _write_csv(out / f"{analysis.name}_terms.csv", body.get("terms", []))
+        else:
+            body = _analysis(analysis, parts, rounds, out)
         refusals = {p.site: p.values["refused"] for p in released[first:] if "refused" in p.values}
         if refusals:
             body["refusals"] = refusals  # by node: a setting or a budget, never the data
@@ -356,7 +367,8 @@ def combine_study(
 
 def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[str, Any] | None:
     """The parameters of round ``round_ + 1`` by analysis name, from the released payloads
-    of round ``round_`` (``None``: no analysis needs another round)."""
+    of round ``round_`` (``outputs``: of every round so far, a pooled model reads them all;
+    ``None``: no analysis needs another round)."""
     params = {}
     for analysis in spec.analyses:
         if isinstance(analysis, FederatedMeanAnalysis):
@@ -370,4 +382,8 @@ def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[
             found = federated_mean.next_params(round_, parts)
             if found is not None:
                 params[analysis.name] = found
+        elif isinstance(analysis, FederatedModelAnalysis):
+            asked = secure.state(analysis, outputs, round_).ask
+            if asked is not None:
+                params[analysis.name] = asked
     return params or None

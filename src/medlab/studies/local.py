@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from medlab import __version__
 from medlab.analyses import (
@@ -42,12 +42,14 @@ from medlab.privacy.node_release import NodeReleaser
 from medlab.privacy.policy import ReleasePolicy, tighten
 from medlab.privacy.release import Population
 from medlab.privacy.release import Release as ReleaseRequest
+from medlab.studies.secure_node import node_step
 from medlab.studies.spec import (
     Analysis,
     CharacterizationAnalysis,
     ComparativeAnalysis,
     FeasibilityAnalysis,
     FederatedMeanAnalysis,
+    FederatedModelAnalysis,
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
@@ -82,6 +84,9 @@ class NodeOutput(BaseModel):
     releases: list[NodeRelease]
     log_dir: str | None = None  # single process: the hub reads the node's log at export
     log: dict[str, Any] | None = None  # federated: the node's log entries with their proofs
+    # Pooled models on secure sums, by analysis: readiness (round 1), then each round's
+    # secure-aggregation message (never a site's own numbers).
+    secure: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +111,8 @@ def _steps(
 ) -> list[tuple[int | None, Local]]:
     """The local steps of one analysis at one node in ``round_``, each a release (per cohort,
     for a characterization). After round 1 only multi-round analyses given parameters run."""
+    if isinstance(a, FederatedModelAnalysis):
+        return []  # secure sums, not releases (secure_node)
     if isinstance(a, FederatedMeanAnalysis):
         if round_ > 1 and a.name not in params:
             return []
@@ -232,25 +239,51 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
         "count_protection": policy.count_protection,
         "rounding": policy.rounding,
         "min_sites": policy.federation.min_sites,
+        "min_events_per_parameter": policy.min_events_per_parameter,
+        "ratio_digits": None if policy.precision == "none" else policy.precision.ratio,
+        "p_value_digits": None if policy.precision == "none" else policy.precision.p_value,
     }
 
 
-def _prepare(spec: StudySpec, store: Path, policy: ReleasePolicy) -> tuple[_Node, dict[str, int]]:
-    """Generate the spec's cohorts and key their populations; the node and its DQ summary."""
-    for cohort in spec.cohorts:
+def _prepare(
+    spec: StudySpec, store: Path, policy: ReleasePolicy, round_: int = 1
+) -> tuple[_Node, dict[str, int]]:
+    """Generate the spec's cohorts and key their populations; the node and its DQ summary.
+    Round 1 fingerprints the data anew (and records it when the data changed behind
+    medlab's back); a later round of the same study takes the recorded fingerprint (a load
+    records its own, so the hub sees a load between rounds) and generates only the cohorts
+    not generated from the same definitions already."""
+    done = set() if round_ == 1 else _generated(store, spec)
+    for cohort in (c for c in spec.cohorts if c.id not in done):
         assert cohort.definition is not None
         generate(store, cohort.definition, cohort.id)
     cohort_digests = {c.id: c.definition.digest() for c in spec.cohorts if c.definition}
     entries = {c.id: c.definition.max_entries_per_person for c in spec.cohorts if c.definition}
     with open_store(store) as con:
-        fingerprint = snapshot_fingerprint(con)[0]
-        if recorded_snapshot(con) != fingerprint:  # data changed behind medlab's back
-            record_snapshot(con, fingerprint)
+        fingerprint = (None if round_ == 1 else recorded_snapshot(con)) or ""
+        if not fingerprint:
+            fingerprint = snapshot_fingerprint(con)[0]
+            if recorded_snapshot(con) != fingerprint:  # data changed behind medlab's back
+                record_snapshot(con, fingerprint)
         quality = _quality(con, fingerprint)
         scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
         roots = {c.id: scope.cohort(c.id, _members(con, c.id)) for c in spec.cohorts}
     releaser = NodeReleaser(store, policy, spec.project)
     return _Node(store, store.stem, policy, fingerprint, scope, releaser, roots), quality
+
+
+def _generated(store: Path, spec: StudySpec) -> set[int]:
+    """The spec's cohorts the store holds as generated from the same definitions."""
+    with open_store(store, read_only=True) as con:
+        stored = dict(
+            con.execute(
+                "SELECT cohort_definition_id, cohort_definition_syntax "
+                "FROM results.cohort_definition"
+            ).fetchall()
+        )
+    return {
+        c.id for c in spec.cohorts if c.definition and stored.get(c.id) == c.definition.to_json()
+    }
 
 
 def node_releases_policy(store: Path, request: dict[str, Any] | None) -> ReleasePolicy:
@@ -292,7 +325,7 @@ def _run_node(
     earlier: tuple[int, ...],
 ) -> NodeOutput:
     party = parties.node(store)
-    node, quality = _prepare(spec, store, policy)
+    node, quality = _prepare(spec, store, policy, round_)
     spec_hash = spec.digest()
     party.log("task_run", spec_hash=spec_hash, fingerprint=node.fingerprint, round=round_)
     statement = {
@@ -331,6 +364,23 @@ def _run_node(
             releases.append(
                 NodeRelease(analysis=analysis.name, cohort=cohort, round=round_, **signed)
             )
+    secure = {}
+    for analysis in spec.analyses:
+        if isinstance(analysis, FederatedModelAnalysis):
+            asked = params.get(analysis.name)
+            found = node_step(
+                analysis,
+                store,
+                node.site,
+                policy,
+                party,
+                round_,
+                asked,
+                spec_hash,
+                node.fingerprint,
+            )
+            if found is not None:
+                secure[analysis.name] = found
     indices = [*earlier, *(r.log_index for r in releases)]
     return NodeOutput(
         site=node.site,
@@ -343,4 +393,5 @@ def _run_node(
         releases=releases,
         log_dir=None if publish_log else str(party.log_dir.resolve()),
         log=evidence.log_part(node.site, party.log_dir, indices) if publish_log else None,
+        secure=secure,
     )

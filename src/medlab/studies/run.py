@@ -60,9 +60,8 @@ def run_study(
             if progress:
                 progress(f"node {store.stem}", i, len(nodes))
             outputs.append(run_node(spec, store, request, progress))
-        round_, answered = 1, list(outputs)
-        while (params := next_round(spec, round_, answered)) is not None:
+        round_ = 1
+        while (params := next_round(spec, round_, outputs)) is not None:
             round_ += 1
-            answered = [run_node(spec, s, request, None, False, round_, params) for s in nodes]
-            outputs += answered
+            outputs += [run_node(spec, s, request, None, False, round_, params) for s in nodes]
         return combine_study(spec, outputs, out, hub, requested=request is not None)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medlab.analyses.characterization import CharacterizationSettings
 from medlab.analyses.comparative import ComparativeSettings
+from medlab.analyses.federated.model import ModelSettings
 from medlab.analyses.incidence import IncidenceSettings
 from medlab.analyses.scope import Calendar
 from medlab.analyses.utilization import MAX_PATHWAYS, pathway_count
@@ -122,13 +123,26 @@ class FederatedMeanAnalysis(_Model):
     cohort: CohortId
 
 
+class FederatedModelAnalysis(_Model):
+    """A pooled outcome model (logistic, Poisson or site-stratified Cox) of target vs
+    comparator on an outcome, fitted across the sites on secure sums."""
+
+    type: Literal["federated_model"] = "federated_model"
+    name: AnalysisName
+    target: CohortId
+    comparator: CohortId
+    outcome: CohortId
+    settings: ModelSettings = ModelSettings()
+
+
 Analysis = Annotated[
     IncidenceAnalysis
     | CharacterizationAnalysis
     | ComparativeAnalysis
     | FeasibilityAnalysis
     | UtilizationAnalysis
-    | FederatedMeanAnalysis,
+    | FederatedMeanAnalysis
+    | FederatedModelAnalysis,
     Field(discriminator="type"),
 ]
 

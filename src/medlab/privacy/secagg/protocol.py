@@ -81,6 +81,40 @@ class SecAggNode:
     _signed: tuple[str, ...] | None = None
     _unmasked: bool = False
 
+    def state(self) -> dict[str, Any]:
+        """Everything the node must keep between rounds (its secrets included: the caller
+        stores it where the node's identity key lives)."""
+        return {
+            "name": self.name,
+            "session": self.session,
+            "threshold": self.threshold,
+            "length": self.length,
+            "c": masks.private_bytes(self._c).hex(),
+            "s": masks.private_bytes(self._s).hex(),
+            "b": self._b.hex(),
+            "adverts": self._adverts,
+            "inbox": self._inbox,
+            "own": {k: str(v) for k, v in self._own.items()},
+            "signed": None if self._signed is None else list(self._signed),
+            "unmasked": self._unmasked,
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], signer: Signer, peers: Keys) -> SecAggNode:
+        """The node of :meth:`state`, as it was."""
+        node = cls(
+            state["name"], state["session"], state["threshold"], state["length"], signer, peers
+        )
+        node._c = masks.private_from(bytes.fromhex(state["c"]))
+        node._s = masks.private_from(bytes.fromhex(state["s"]))
+        node._b = bytes.fromhex(state["b"])
+        node._adverts = dict(state["adverts"])
+        node._inbox = dict(state["inbox"])
+        node._own = {k: int(v) for k, v in state["own"].items()}
+        node._signed = None if state["signed"] is None else tuple(state["signed"])
+        node._unmasked = bool(state["unmasked"])
+        return node
+
     # round 0
     def advertise(self) -> dict[str, str]:
         """The node's two public keys, signed."""

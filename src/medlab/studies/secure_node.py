@@ -1,0 +1,112 @@
+"""A node's side of a pooled model fitted on secure sums: in round 1 whether it may
+contribute, then its message of each secure-aggregation round (:mod:`medlab.studies.secure`
+is the hub's side).
+
+Before it answers, the node checks what the hub asks: its own name and key among the
+parties, the threshold no lower than its ``min_sites``, a majority of the parties and 2, and
+its contribution within its own small-count rules (:func:`medlab.analyses.federated.model.
+withheld`). A request that fails a check, or a protocol message that is forged or
+inconsistent, ends this node's part in the analysis (``aborted``, with the reason) and never
+the task. Every message sent is logged in the node's transparency log (its digest, never
+the vector).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from medlab.analyses.federated import model as pooled
+from medlab.cdm.identity import identity
+from medlab.cdm.store import open_store
+from medlab.ledger.keys import canonical
+from medlab.ledger.parties import Party
+from medlab.privacy.policy import ReleasePolicy
+from medlab.privacy.secagg import rounds
+from medlab.privacy.secagg.protocol import SecAggError
+from medlab.studies.spec import FederatedModelAnalysis
+
+
+def sessions_of(store: Path) -> rounds.Sessions:
+    """Where the node of ``store`` keeps its open sessions: beside its identity key."""
+    return rounds.Sessions(identity(store).key.with_suffix(".secagg"))
+
+
+_DESIGNS: dict[tuple[str, str, str], pooled.Design] = {}
+_KEPT = 8
+
+
+def _design(a: FederatedModelAnalysis, store: Path, fingerprint: str) -> pooled.Design:
+    """The analysis's rows at this node, built once per data snapshot within a process
+    (every round of a fit asks for the same rows)."""
+    key = (str(store.resolve()), fingerprint, a.model_dump_json())
+    if key not in _DESIGNS:
+        with open_store(store, read_only=True) as con:
+            _DESIGNS[key] = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
+        while len(_DESIGNS) > _KEPT:
+            _DESIGNS.pop(next(iter(_DESIGNS)))
+    return _DESIGNS[key]
+
+
+def _check(asked: dict[str, Any], site: str, party: Party, policy: ReleasePolicy) -> None:
+    keys = asked.get("keys")
+    request = asked.get("secure")
+    if not isinstance(keys, dict) or not isinstance(request, dict):
+        raise SecAggError("the round names no parties or no secure-aggregation request")
+    if keys.get(site) != party.signer.public_pem:
+        raise SecAggError("the parties the hub names do not include this node under its key")
+    t = request.get("threshold")
+    least = max(2, policy.federation.min_sites, len(keys) // 2 + 1)
+    if not isinstance(t, int) or t < least:
+        raise SecAggError(f"the threshold {t} is below this node's least, {least}")
+
+
+def node_step(
+    a: FederatedModelAnalysis,
+    store: Path,
+    site: str,
+    policy: ReleasePolicy,
+    party: Party,
+    round_: int,
+    asked: dict[str, Any] | None,
+    spec_hash: str,
+    fingerprint: str,
+) -> dict[str, Any] | None:
+    """What this node sends for ``a`` in ``round_`` (None: nothing)."""
+    d = _design(a, store, fingerprint)
+    dp = policy.differential_privacy
+    exact = policy.count_protection != "differential_privacy" or dp.exact_models
+    reason = pooled.withheld(d, a.settings, policy.min_cell_count, exact)
+    if round_ == 1:
+        found: dict[str, Any] = {"withheld": reason} if reason else {"ready": True}
+        party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **found)
+        return found
+    if asked is None or reason is not None:
+        return None
+    try:
+        _check(asked, site, party, policy)
+        keys: dict[str, str] = asked["keys"]
+        message = rounds.node_round(
+            sessions_of(store),
+            site,
+            party.signer,
+            keys.get,
+            asked["secure"],
+            lambda: pooled.contribution(d, a.settings, asked.get("beta", [])),
+        )
+    except (SecAggError, ValueError) as exc:
+        party.log("secure_sum_aborted", spec_hash=spec_hash, analysis=a.name, round=round_)
+        return {"aborted": str(exc)}
+    request = asked["secure"]
+    digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
+    party.log(
+        "secure_sum",
+        spec_hash=spec_hash,
+        analysis=a.name,
+        round=round_,
+        session=request["session"],
+        phase=request["phase"],
+        message=digest,
+    )
+    return {"session": request["session"], "phase": request["phase"], "message": message}
