@@ -35,8 +35,14 @@ POPULATION = {
 def _spec(effect: dict[str, Any]) -> StudySpec:
     def analysis(name: str, model: str) -> dict[str, Any]:
         settings = {"model": model, "population": POPULATION}
-        return {"type": "federated_model", "name": name, "target": 1, "comparator": 2,
-                "outcome": 3, "settings": settings}  # fmt: skip
+        return {
+            "type": "federated_model",
+            "name": name,
+            "target": 1,
+            "comparator": 2,
+            "outcome": 3,
+            "settings": settings,
+        }
 
     return StudySpec.model_validate(
         {
@@ -57,7 +63,7 @@ def _spec(effect: dict[str, Any]) -> StudySpec:
                     "name": "outcome",
                     "definition": outcome(effect["outcome"]["concept_id"]),
                 },
-            ],  # fmt: skip
+            ],
             "analyses": [analysis("cox", "cox"), analysis("logit", "logistic")],
         }
     )

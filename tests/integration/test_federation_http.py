@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from tests import federation as fed
 
@@ -295,3 +296,100 @@ def test_forged_requests_are_refused_and_logged(
     assert "a replayed request (nonce seen before)" in reasons
     assert "unknown node" in reasons and "unknown token" in reasons
     assert reasons.count("the signature does not verify") == 2
+
+
+def test_pooled_models_survive_a_node_killed_after_masking(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three agents fit a logistic and a site-stratified Cox model on secure sums; one is
+    killed once it has sent its masked input. The study completes on the other two, each
+    model equal to the pooled fit over the nodes of its last sums, and the hub's database
+    holds no site's own contribution (only masked vectors and sums)."""
+    import statsmodels.api as sm
+    from statsmodels.duration.hazard_regression import PHReg
+
+    from medlab.analyses.federated import model as pooled
+    from medlab.privacy.node_policy import set_policy
+    from medlab.privacy.policy import parse_policy
+    from medlab.privacy.secagg import ring
+
+    a, b, _ = lab.stores
+    loose = {
+        "version": "small-sites",
+        "min_cell_count": 3,
+        "min_events_per_parameter": 2,
+        "precision": "none",
+        "federation": {"approval": "none"},
+    }
+    for store in lab.stores:
+        set_policy(store, parse_policy(loose))
+    population = {"first_exposure_only": True, "risk_window_start": 1, "risk_window_end": 0}
+    settings = {"population": population, "covariates": ["age"], "round_timeout_s": 4}
+    spec = {
+        "name": "pooled over http",
+        "cohorts": fed.spec()["cohorts"],
+        "analyses": [
+            {
+                "type": "federated_model",
+                "name": name,
+                "target": 1,
+                "comparator": 2,
+                "outcome": 3,
+                "settings": {**settings, "model": model},
+            }
+            for name, model in (("logit", "logistic"), ("cox", "cox"))
+        ],
+    }
+    lab.start_hub()
+    token = lab.token(capsys)
+    for store in lab.stores:
+        lab.start_agent(store)
+    study = _submit(capsys, lab, token, spec, "--min-sites", "2")
+
+    def masked_by_c(s: dict[str, Any]) -> bool:  # round 4: session 1's masked inputs
+        return any(
+            t["node"] == "hospital_c" and t["round"] == 4 and t["state"] == "completed"
+            for t in s["tasks"]
+        )
+
+    _until(lab, token, study, masked_by_c, timeout=120)
+    launch.stop(lab.agents.pop("hospital_c"), kill=True)
+    done = _until(lab, token, study, lambda s: s["state"] != "running", timeout=300)
+    assert done["state"] == "completed", done
+    results = json.loads(
+        httpx.get(
+            f"{lab.url}/api/v1/studies/{study}/files/results.json",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=60,
+        ).text
+    )
+    analyses = {x["name"]: x for x in results["analyses"]}
+    parsed = StudySpec.model_validate(spec)
+    for analysis in parsed.analyses:
+        found = analyses[analysis.name]
+        assert found["converged"] and found["sites"] == ["hospital_a", "hospital_b"], found
+        designs = []
+        for store in (a, b):
+            with open_store(store, read_only=True) as con:
+                designs.append(pooled.design(con, 1, 2, 3, analysis.settings))  # type: ignore[attr-defined]
+        x = np.vstack([d.x for d in designs])
+        y = np.concatenate([d.y for d in designs])
+        if analysis.name == "logit":
+            reference = sm.GLM(y, x, family=sm.families.Binomial()).fit(tol=1e-12).params
+        else:
+            time_ = np.concatenate([d.time for d in designs])
+            strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
+            reference = PHReg(time_, x, status=y, strata=strata, ties="breslow").fit().params
+        got = [np.log(t["estimate"]) for t in found["terms"]]
+        assert np.allclose(got, reference, atol=1e-6), (got, reference)
+    # The hub stored masked vectors: none of them is a node's own contribution vector.
+    stored = _everything_stored(lab.hub_dir / "hub.db")
+    assert '"phase": "mask"' in stored or "'phase': 'mask'" in stored
+    with open_store(a, read_only=True) as con:
+        own = pooled.contribution(
+            pooled.design(con, 1, 2, 3, parsed.analyses[0].settings),  # type: ignore[union-attr]
+            parsed.analyses[0].settings,  # type: ignore[union-attr]
+            [0.0, 0.0, 0.0],
+        )
+    encoded = [format(v, "x") for v in ring.encode(own)]
+    assert not [v for v in encoded if v in stored]

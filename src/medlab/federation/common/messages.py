@@ -115,6 +115,7 @@ class TaskStatus(_Message):
 
     node: str
     task_id: str
+    round: int = 1
     state: TaskState
     reason: str | None = None
     updated_at: str

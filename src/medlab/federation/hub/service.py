@@ -252,7 +252,9 @@ class Hub:
         with self.sessions() as s:
             study = self._study(s, study_id, researcher)
             tasks = s.scalars(
-                select(db.Task).where(db.Task.study_id == study_id).order_by(db.Task.node)
+                select(db.Task)
+                .where(db.Task.study_id == study_id)
+                .order_by(db.Task.node, db.Task.round)
             )
             files = s.scalars(
                 select(db.StudyFile.name)
@@ -270,6 +272,7 @@ class Hub:
                     TaskStatus(
                         node=t.node,
                         task_id=t.id,
+                        round=t.round,
                         state=t.state,  # type: ignore[arg-type]
                         reason=t.reason,
                         updated_at=_iso(t.updated_at),
@@ -374,10 +377,13 @@ class Hub:
             due = []
             for study in s.scalars(query):
                 tasks = list(s.scalars(select(db.Task).where(db.Task.study_id == study.id)))
-                if now >= study.deadline:
-                    for t in tasks:
-                        if t.state not in FINAL:
-                            t.state, t.reason, t.updated_at = "expired", "deadline passed", now
+                for t in tasks:
+                    if t.state in FINAL:
+                        continue
+                    if now >= study.deadline:
+                        t.state, t.reason, t.updated_at = "expired", "deadline passed", now
+                    elif now >= _round_deadline(t):
+                        t.state, t.reason, t.updated_at = "expired", "round deadline passed", now
                 if all(t.state in FINAL for t in tasks):
                     due.append(study.id)
         for found in due:
@@ -427,9 +433,10 @@ class Hub:
         files: dict[str, bytes] = {}
         spec = StudySpec.model_validate(study.spec)
         if len(answered) >= quorum and answered:
-            params = next_round(spec, last, outputs)
+            history = [NodeOutput.model_validate(t.output) for t in tasks if t.state == "completed"]
+            params = next_round(spec, last, history)
             if params is not None:
-                self._post_round(study_id, answered, last + 1, params)
+                self._post_round(study_id, answered, last + 1, params, _round_timeout(spec))
                 return
             names = {t.node for t in answered}
             every = [
@@ -439,7 +446,7 @@ class Hub:
             ]
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp)
-                combine_study(spec, every, out, self.party, extra={"sites": sites})
+                combine_study(spec, every, out, self.party, extra={"sites": sites}, history=history)
                 self._publish_hub_log(out)
                 files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
             state, reason = "completed", summary
@@ -458,10 +465,17 @@ class Hub:
             self.party.log("study_failed", study_id=study_id, reason=reason)
 
     def _post_round(
-        self, study_id: str, answered: list[db.Task], round_: int, params: dict[str, Any]
+        self,
+        study_id: str,
+        answered: list[db.Task],
+        round_: int,
+        params: dict[str, Any],
+        timeout: float | None = None,
     ) -> None:
         """Round ``round_`` for the nodes that answered the round before: the same task with
-        the parameters computed from that round's released aggregates, signed anew."""
+        the parameters computed from that round's released aggregates, signed anew, due
+        within ``timeout`` seconds (a node that misses it drops out; None: the study's
+        deadline)."""
         with db.transaction(self.sessions) as s:
             study = s.get(db.Study, study_id)
             assert study is not None
@@ -476,6 +490,11 @@ class Hub:
                         "params": params,
                         "sites": len(answered),
                         "issued_at": _iso(db.utcnow()),
+                        "deadline": _iso(
+                            study.deadline
+                            if timeout is None
+                            else min(study.deadline, db.utcnow() + dt.timedelta(seconds=timeout))
+                        ),
                         "signature": "",
                     }
                 )
@@ -490,6 +509,17 @@ class Hub:
         hub = record["hub"]
         hub["log"] = log_part("hub", self.party.log_dir, [hub["log_index"]])
         path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _round_timeout(spec: StudySpec) -> float | None:
+    """The shortest round timeout of the study's pooled models (None: none has one)."""
+    found = [a.settings.round_timeout_s for a in spec.analyses if a.type == "federated_model"]
+    return float(min(found)) if found else None  # type: ignore[union-attr]
+
+
+def _round_deadline(task: db.Task) -> dt.datetime:
+    """When a task's own round is due (its signed envelope says)."""
+    return dt.datetime.fromisoformat(str(task.envelope["deadline"])).replace(tzinfo=None)
 
 
 def _moves(state: str) -> set[str]:
