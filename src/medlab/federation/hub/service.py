@@ -415,6 +415,8 @@ class Hub:
                     .order_by(db.Task.round, db.Task.node)
                 )
             )
+        if any(t.state not in FINAL for t in tasks):
+            return  # another settle posted the next round meanwhile: it is under way
         last = max(t.round for t in tasks)
         latest = {t.node: t for t in tasks}  # each node's task of its last round
         answered = [t for t in tasks if t.round == last and t.state == "completed"]
