@@ -27,6 +27,7 @@ from statsmodels.duration.hazard_regression import PHReg
 
 from medlab.analyses.federated import model as pooled
 from medlab.cdm.store import open_store
+from medlab.cohorts.engine import generate
 from medlab.federation import launch
 from medlab.federation.client.sdk import Client
 from medlab.federation.hub.service import init_hub
@@ -110,6 +111,10 @@ def run(tmp: Path, sites: int, patients: int) -> None:
         set_policy(store, parse_policy(POLICY))
     spec_data = _spec()
     spec = StudySpec.model_validate(spec_data)
+    for store in stores:  # the union's rows need the cohorts (the study generates them anew)
+        for cohort in spec.cohorts:
+            assert cohort.definition is not None
+            generate(store, cohort.definition, cohort.id)
     union, union_seconds = _union_fit(stores, spec)
     hub = init_hub(tmp / "hub")
     for store in stores:

@@ -55,6 +55,11 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
     first = {o.site: o for o in history if o.round == 1}
     ready = [first[s] for s in ready_sites]
     base = {"model": a.settings.model, "withheld_by": withheld} if withheld else {}
+    changed = sorted(
+        o.site for o in history if o.site in first and o.fingerprint != first[o.site].fingerprint
+    )
+    if changed:  # one fit, one snapshot per site
+        return State(None, {**base, "withheld": f"the data at {changed[0]} changed during the fit"})
     t = threshold(a, ready)
     if len(ready) < t:
         return State(None, {**base, "withheld": f"{len(ready)} sites may contribute; need {t}"})
