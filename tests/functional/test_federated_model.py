@@ -92,7 +92,7 @@ def _reference(stores: list[Path], spec: StudySpec, name: str) -> Any:
         return sm.GLM(y, x, family=sm.families.Binomial()).fit(tol=1e-12)
     time = np.concatenate([d.time for d in designs])
     strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
-    return PHReg(time, x, status=y, strata=strata, ties="breslow").fit(gtol=1e-12)
+    return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()
 
 
 def _terms(result: dict[str, Any], name: str) -> dict[str, Any]:
