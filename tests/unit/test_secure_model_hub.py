@@ -37,8 +37,8 @@ def test_ready_sites_set_the_threshold_and_the_first_session() -> None:
     history = [_output(s, 1, {"ready": True}) for s in ("a", "b", "c")]
     history.append(_output("d", 1, {"withheld": "rows below 10"}))
     found = secure.state(ANALYSIS, history, 1)
-    assert found.ask is not None and found.ask["secure"]["phase"] == "advertise"
-    assert found.ask["secure"]["threshold"] == 2  # a majority of the three ready sites
+    assert found.ask is not None and [r["phase"] for r in found.ask["secure"]] == ["advertise"]
+    assert found.ask["secure"][0]["threshold"] == 2  # a majority of the three ready sites
     assert set(found.ask["keys"]) == {"a", "b", "c"} and found.ask["beta"] == [0.0, 0.0, 0.0]
 
 
@@ -63,7 +63,7 @@ def test_a_node_refuses_a_threshold_below_its_least_and_a_party_list_without_it(
     policy = ReleasePolicy(federation=FederationPolicy(min_sites=3))
 
     def asked(threshold: int, parties: dict[str, str]) -> dict[str, Any]:
-        return {"keys": parties, "secure": rounds.request("s.1", "advertise", threshold, 4)}
+        return {"keys": parties, "secure": [rounds.request("s.1", "advertise", threshold, 4)]}
 
     _check(asked(3, keys), "a", party, policy)  # its min_sites, and a majority of four
     with pytest.raises(SecAggError, match="below this node's least, 3"):

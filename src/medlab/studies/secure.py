@@ -2,10 +2,12 @@
 outputs of every round so far (the hub keeps no other state).
 
 Round 1: every node says whether it may contribute (``ready``) or why not (``withheld``).
-Then each Newton iteration is one secure-aggregation session of five rounds
+Then each Newton iteration is one secure-aggregation session of five phases
 (:mod:`medlab.privacy.secagg.rounds`) among the ready nodes that are still answering; the
 session's sum gives the next coefficients (:func:`medlab.analyses.federated.model.advance`)
-or the fit. The threshold is the largest of the analysis's ``threshold`` (default a majority
+or the fit. Sessions overlap: the next session advertises its keys with the current one's
+masked inputs and shares them with its consistency round, so a step takes three rounds (the
+first five); the session opened ahead of the last step is abandoned. The threshold is the largest of the analysis's ``threshold`` (default a majority
 of the ready nodes, at least 2) and every ready node's ``min_sites``; a node checks it again.
 """
 
@@ -66,38 +68,44 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
     keys = {o.site: o.public_key for o in ready}
     sessions: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for _, _site, m in sent:
-        if "phase" in m:
-            sessions.setdefault(m["session"], {}).setdefault(m["phase"], []).append(m["message"])
+        for x in m.get("messages", []):
+            sessions.setdefault(x["session"], {}).setdefault(x["phase"], []).append(x["message"])
     order = sorted(sessions, key=lambda s: int(s.rsplit(".", 1)[1]))
     length = pooled.length(a.settings)
     sums: list[list[float]] = []
     members: list[str] = []
+    pending: list[dict[str, Any]] = []  # the open sessions' next requests, oldest first
     try:
         for session in order:
             found = rounds.hub_next(session, t, length, sessions[session])
-            if isinstance(found, dict):  # the session is still open: its next round
-                if session != order[-1]:
-                    raise SecAggError(f"session {session} was left unfinished")
-                return State(_ask(found, keys, sums, a), {})
-            sums.append(found)
-            members = rounds.survivors(sessions[session])
+            if isinstance(found, dict):
+                pending.append(found)
+            elif pending:
+                raise SecAggError(f"session {pending[0]['session']} was left unfinished")
+            else:
+                sums.append(found)
+                members = rounds.survivors(sessions[session])
     except SecAggError as exc:
         return State(None, {**base, "withheld": f"secure aggregation stopped: {exc}"})
     step = pooled.advance(a.settings, sums)
-    if isinstance(step, np.ndarray):
-        if len(order) >= a.settings.max_iterations + 2:
-            return State(None, {**base, "withheld": "the fit did not converge"})
-        session = f"{secrets.token_hex(8)}.{len(order) + 1}"
-        return State(_ask(rounds.request(session, "advertise", t, length), keys, sums, a), {})
-    return State(None, {**base, **_gated(a, step, sums[-1], ready, members, len(order))})
+    if not isinstance(step, np.ndarray):  # done; a session opened ahead is abandoned
+        return State(None, {**base, **_gated(a, step, sums[-1], ready, members, len(sums))})
+    if len(order) >= a.settings.max_iterations + 3 or len(pending) > 2:
+        return State(None, {**base, "withheld": "the fit did not converge"})
 
+    def fresh() -> dict[str, Any]:
+        return rounds.request(f"{secrets.token_hex(8)}.{len(order) + 1}", "advertise", t, length)
 
-def _ask(
-    request: dict[str, Any], keys: dict[str, str], sums: list[list[float]], a: Any
-) -> dict[str, Any]:
-    beta = pooled.advance(a.settings, sums)
-    assert isinstance(beta, np.ndarray)
-    return {"secure": request, "keys": keys, "beta": beta.tolist()}
+    if not pending:
+        return State({"secure": [fresh()], "keys": keys, "beta": step.tolist()})
+    # The next session's keys are set up while the current one finishes: its advertisements
+    # ride with the masked inputs, its shares with the consistency round (3 rounds a step).
+    asks = [pending[0]]
+    if pending[0]["phase"] == "mask" and len(pending) == 1:
+        asks.append(fresh())
+    elif pending[0]["phase"] == "consistency" and len(pending) == 2:
+        asks.append(pending[1])
+    return State({"secure": asks, "keys": keys, "beta": step.tolist()})
 
 
 def _gated(

@@ -52,14 +52,15 @@ def _design(a: FederatedModelAnalysis, store: Path, fingerprint: str) -> pooled.
 def _check(asked: dict[str, Any], site: str, party: Party, policy: ReleasePolicy) -> None:
     keys = asked.get("keys")
     request = asked.get("secure")
-    if not isinstance(keys, dict) or not isinstance(request, dict):
+    if not isinstance(keys, dict) or not isinstance(request, list) or not request:
         raise SecAggError("the round names no parties or no secure-aggregation request")
     if keys.get(site) != party.signer.public_pem:
         raise SecAggError("the parties the hub names do not include this node under its key")
-    t = request.get("threshold")
     least = max(2, policy.federation.min_sites, len(keys) // 2 + 1)
-    if not isinstance(t, int) or t < least:
-        raise SecAggError(f"the threshold {t} is below this node's least, {least}")
+    for one in request:
+        t = one.get("threshold") if isinstance(one, dict) else None
+        if not isinstance(t, int) or t < least:
+            raise SecAggError(f"the threshold {t} is below this node's least, {least}")
 
 
 def node_step(
@@ -84,29 +85,33 @@ def node_step(
         return found
     if asked is None or reason is not None:
         return None
+    sent = []
     try:
         _check(asked, site, party, policy)
         keys: dict[str, str] = asked["keys"]
-        message = rounds.node_round(
-            sessions_of(store),
-            site,
-            party.signer,
-            keys.get,
-            asked["secure"],
-            lambda: pooled.contribution(d, a.settings, asked.get("beta", [])),
-        )
+        for request in asked["secure"]:  # the current session's phase, and the next's
+            message = rounds.node_round(
+                sessions_of(store),
+                site,
+                party.signer,
+                keys.get,
+                request,
+                lambda: pooled.contribution(d, a.settings, asked.get("beta", [])),
+            )
+            digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
+            party.log(
+                "secure_sum",
+                spec_hash=spec_hash,
+                analysis=a.name,
+                round=round_,
+                session=request["session"],
+                phase=request["phase"],
+                message=digest,
+            )
+            sent.append(
+                {"session": request["session"], "phase": request["phase"], "message": message}
+            )
     except (SecAggError, ValueError) as exc:
         party.log("secure_sum_aborted", spec_hash=spec_hash, analysis=a.name, round=round_)
-        return {"aborted": str(exc)}
-    request = asked["secure"]
-    digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
-    party.log(
-        "secure_sum",
-        spec_hash=spec_hash,
-        analysis=a.name,
-        round=round_,
-        session=request["session"],
-        phase=request["phase"],
-        message=digest,
-    )
-    return {"session": request["session"], "phase": request["phase"], "message": message}
+        return {"messages": sent, "aborted": str(exc)}
+    return {"messages": sent}
