@@ -113,6 +113,10 @@ def test_pooled_models_equal_the_fit_on_the_union(world: tuple[Path, list[Path],
     # The hub holds only masked vectors and sums: no site's own numbers in any output.
     written = json.loads((tmp / "out" / "results.json").read_text())
     assert "per_site" not in json.dumps(_terms(written, "cox"))
+    report = (tmp / "out" / "report.html").read_text()
+    treatment = _terms(written, "cox")["terms"][0]
+    assert "cox model on secure sums over hospital_a, hospital_b, hospital_c" in report
+    assert f"<td>treatment</td><td>{treatment['estimate']}</td>" in report
 
 
 def test_a_site_whose_rules_withhold_its_contribution_is_left_out(

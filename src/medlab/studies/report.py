@@ -63,6 +63,15 @@ None: "not evaluated"}[c.pass] }}</td>{% endfor %}<td>{{ e.diagnostics }}</td></
 <th>persons</th></tr>{% for p in a.pathways[:15] %}<tr><td>{{ p.names|join(" → ") }}</td>
 <td>{{ p.persons }}</td></tr>{% endfor %}</table>
 {% for img in a.images %}<img src="{{ img }}" alt="{{ img }}" width="480">{% endfor %}
+{% elif a.type == "federated_model" %}{% if a.withheld %}<p>withheld: {{ a.withheld }}</p>
+{% else %}<p>{{ a.model }} model on secure sums over {{ a.sites|join(", ") }}: {{ a.rows|count }}
+rows, {{ a.events|count }} with the outcome, {{ a.iterations }} Newton steps
+({{ "converged" if a.converged else "not converged" }})</p><table><tr><th>term</th>
+<th>{{ a.scale }}</th><th>95% CI</th><th>p</th></tr>{% for t in a.terms %}<tr>
+<td>{{ t.term }}</td><td>{{ t.estimate }}</td><td>{{ t.ci_low }}–{{ t.ci_high }}</td>
+<td>{{ t.p }}</td></tr>{% endfor %}</table>{% endif %}
+{% for site, why in (a.withheld_by or {}).items() %}<p>{{ site }} did not contribute:
+{{ why }}</p>{% endfor %}
 {% else %}{% for c in a.cohorts %}<p>cohort {{ c.cohort }}: {{ c.entries }} entries,
 {{ c.covariates|length }} covariates</p>{% endfor %}
 {% if a.table1 %}<table><tr><th>covariate (age, Charlson, then largest |SMD|)</th>

@@ -7,8 +7,9 @@ Then each Newton iteration is one secure-aggregation session of five phases
 session's sum gives the next coefficients (:func:`medlab.analyses.federated.model.advance`)
 or the fit. Sessions overlap: the next session advertises its keys with the current one's
 masked inputs and shares them with its consistency round, so a step takes three rounds (the
-first five); the session opened ahead of the last step is abandoned. The threshold is the largest of the analysis's ``threshold`` (default a majority
-of the ready nodes, at least 2) and every ready node's ``min_sites``; a node checks it again.
+first five); the session opened ahead of the last step is abandoned. The threshold is the
+largest of the analysis's ``threshold`` (default a majority of the ready nodes, at least 2)
+and every ready node's ``min_sites``; a node checks it again.
 """
 
 from __future__ import annotations
