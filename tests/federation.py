@@ -57,3 +57,31 @@ def copy_sites(source: Path, target: Path, sites: tuple[str, ...] = SITES) -> li
 def federation_policy(store: Path, **rules: Any) -> None:
     """Set the node's policy: the default release rules with these federation rules."""
     set_policy(store, parse_policy({"version": "test-1", "federation": rules}, "test"))
+
+
+def pooled_reference(stores: list[Path], settings: Any) -> Any:
+    """statsmodels on the union of the sites' rows of a pooled model (``settings``: its
+    ``ModelSettings``): the GLM, or PHReg stratified by site with Breslow ties; the fitted
+    coefficients."""
+    import numpy as np
+    import statsmodels.api as sm
+    from statsmodels.duration.hazard_regression import PHReg
+
+    from medlab.analyses.federated import model as pooled
+    from medlab.cdm.store import open_store
+
+    designs = []
+    for store in stores:
+        with open_store(store, read_only=True) as con:
+            designs.append(pooled.design(con, 1, 2, 3, settings))
+    x = np.vstack([d.x for d in designs])
+    y = np.concatenate([d.y for d in designs])
+    if settings.model != "cox":
+        family = sm.families.Binomial() if settings.model == "logistic" else sm.families.Poisson()
+        offset = (
+            None if settings.model == "logistic" else np.concatenate([d.offset for d in designs])
+        )
+        return sm.GLM(y, x, family=family, offset=offset).fit(tol=1e-12)
+    time = np.concatenate([d.time for d in designs])
+    strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
+    return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()

@@ -9,13 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import statsmodels.api as sm
-from statsmodels.duration.hazard_regression import PHReg
+from tests import federation as fed
 
-from medlab.analyses.federated import model as pooled
-from medlab.cdm.store import open_store
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.run import run_study
@@ -82,17 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], S
 
 def _reference(stores: list[Path], spec: StudySpec, name: str) -> Any:
     analysis = next(a for a in spec.analyses if a.name == name)
-    designs = []
-    for store in stores:
-        with open_store(store, read_only=True) as con:
-            designs.append(pooled.design(con, 1, 2, 3, analysis.settings))  # type: ignore[attr-defined]
-    x = np.vstack([d.x for d in designs])
-    y = np.concatenate([d.y for d in designs])
-    if name == "logit":
-        return sm.GLM(y, x, family=sm.families.Binomial()).fit(tol=1e-12)
-    time = np.concatenate([d.time for d in designs])
-    strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
-    return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()
+    return fed.pooled_reference(stores, analysis.settings)  # type: ignore[attr-defined]
 
 
 def _terms(result: dict[str, Any], name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -48,15 +48,7 @@ AnalysisType = Literal[
     "federated_mean",
     "federated_model",
 ]
-ALL_ANALYSES: tuple[AnalysisType, ...] = (
-    "incidence",
-    "characterization",
-    "comparative",
-    "feasibility",
-    "utilization",
-    "federated_mean",
-    "federated_model",
-)
+ALL_ANALYSES: tuple[AnalysisType, ...] = get_args(AnalysisType)
 Rounding = Literal["none", "nearest5", "midpoint6"]
 CountProtection = Literal["rounding", "cell_key", "differential_privacy"]
 _ROUNDING_ORDER: tuple[Rounding, ...] = ("none", "nearest5", "midpoint6")
