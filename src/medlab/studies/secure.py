@@ -91,8 +91,8 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
     step = pooled.advance(a.settings, sums)
     if not isinstance(step, np.ndarray):  # done; a session opened ahead is abandoned
         return State(None, {**base, **_gated(a, step, sums[-1], ready, members, len(sums))})
-    if len(order) >= a.settings.max_iterations + 3 or len(pending) > 2:
-        return State(None, {**base, "withheld": "the fit did not converge"})
+    if len(pending) > 2:  # never more than the current session and the next one
+        return State(None, {**base, "withheld": "secure aggregation stopped: sessions overlap"})
 
     def fresh() -> dict[str, Any]:
         return rounds.request(f"{secrets.token_hex(8)}.{len(order) + 1}", "advertise", t, length)
