@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from tests import federation as fed
 
+from medlab.ledger import parties
+from medlab.ledger.log import TransparencyLog
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.run import run_study
@@ -99,6 +101,12 @@ def test_pooled_models_equal_the_fit_on_the_union(world: tuple[Path, list[Path],
     # The hub holds only masked vectors and sums: no site's own numbers in any output.
     written = json.loads((tmp / "out" / "results.json").read_text())
     assert "per_site" not in json.dumps(_terms(written, "cox"))
+    # Each node logs a digest of every secure-aggregation message it sent, never the vector.
+    with TransparencyLog(parties.node(stores[0]).log_dir, None) as log:
+        events = [json.loads(log.entry(i)) for i in range(log.size)]
+    sent = [e for e in events if e["type"] == "secure_sum"]
+    assert {e["phase"] for e in sent} == {"advertise", "share", "mask", "consistency", "unmask"}
+    assert all(e["message"].startswith("sha256:") and "y" not in e for e in sent)
     report = (tmp / "out" / "report.html").read_text()
     treatment = _terms(written, "cox")["terms"][0]
     assert "cox model on secure sums over hospital_a, hospital_b, hospital_c" in report
