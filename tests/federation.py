@@ -85,3 +85,76 @@ def pooled_reference(stores: list[Path], settings: Any) -> Any:
     time = np.concatenate([d.time for d in designs])
     strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
     return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()
+
+
+def pooled_comparative_reference(
+    stores: list[Path], settings: Any, chosen: list[str]
+) -> dict[str, Any]:
+    """The pooled comparative algorithm on the union of the sites' rows, with ``site`` as a
+    stratum: the comparative analysis's own penalized PS fit on the stacked rows, the
+    union's caliper spread and target share, matching and PS strata within each site, and
+    one Cox fit (``medlab.analyses.cox.fit``) on the stacked adjusted rows stratified by
+    site (and set/stratum); hazard ratio and Wald interval per adjustment."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
+    from medlab.analyses import cox, estimation, propensity
+    from medlab.analyses.comparative import adjust
+    from medlab.analyses.federated import comparative as pooled
+    from medlab.cdm.store import open_store
+
+    sites = []
+    for store in stores:
+        with open_store(store, read_only=True) as con:
+            sites.append(pooled.site_rows(con, 1, 2, 3, settings))
+    x = sparse.vstack([s.design(chosen) for s in sites], format="csr")
+    y = np.concatenate([s.treatment for s in sites])
+    fit = propensity._fit(x, y, settings.ps_prior, settings.ps_variance)
+    scores = [
+        np.round(
+            propensity._predict(
+                s.design(chosen)[s.population["row_id"].to_numpy() - 1], fit.intercept, fit.beta
+            ),
+            10,
+        )
+        for s in sites
+    ]
+    union = np.concatenate(scores)
+    logit = estimation.logit(union)
+    spread = float(
+        np.std(logit if settings.caliper_scale == "standardized_logit" else union, ddof=1)
+    )
+    arms = np.concatenate([s.population["treatment"].to_numpy() for s in sites])
+    share = float(arms.mean())
+    out: dict[str, Any] = {"intercept": fit.intercept, "beta": fit.beta}
+    for adjustment in settings.adjustments:
+        frames, strata, weights = [], [], []
+        for i, (s, sc) in enumerate(zip(sites, scores, strict=True)):
+            a = adjust(adjustment, s.population, sc, settings, spread, share)
+            frame = a.frame.assign(person_id=a.frame["person_id"].astype(str) + f"@{i}")
+            frames.append(frame)
+            inner = np.zeros(len(frame), dtype=np.int64) if a.stratum is None else a.stratum
+            strata.append(i * 1_000_000 + inner)
+            weights.append(np.ones(len(frame)) if a.weights is None else a.weights)
+        frame = pd.concat(frames, ignore_index=True)
+        weighted = adjustment == "iptw"
+        fitted = cox.fit(
+            frame["days"].to_numpy(),
+            frame["outcome"].to_numpy(),
+            frame["treatment"].to_numpy(dtype=float),
+            weight=np.concatenate(weights) if weighted else None,
+            stratum=np.concatenate(strata),
+            ties=settings.cox_ties,
+            interval="wald",
+            robust=weighted and settings.iptw_variance == "robust",
+            cluster=frame["person_id"].to_numpy() if weighted else None,
+        )
+        out[adjustment] = {
+            "hr": math.exp(fitted.log_hr),
+            "ci_low": math.exp(fitted.low),
+            "ci_high": math.exp(fitted.high),
+        }
+    return out

@@ -69,7 +69,7 @@ def test_breslow_robust_variance_matches_lifelines_without_ties() -> None:
 def test_profile_interval_is_where_the_likelihood_drops_by_half_chi2() -> None:
     t, e, x, s, _ = _data(200)
     fitted = cox.fit(t, e, x, stratum=s, interval="profile")
-    data = cox._Data(t, e, x, None, s)
+    data = cox.RiskData(t, e, x, None, s)
     top = data.sums(fitted.log_hr, "breslow")[0]
     for bound in (fitted.low, fitted.high):
         assert top - data.sums(bound, "breslow")[0] == pytest.approx(

@@ -215,7 +215,9 @@ class _Model(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Adjusted:
+class Adjusted:
+    """One adjustment's rows, strata and weights (node-internal)."""
+
     frame: pd.DataFrame
     stratum: np.ndarray | None
     weights: np.ndarray | None  # outcome-model weights (IPTW)
@@ -223,13 +225,17 @@ class _Adjusted:
     keep: np.ndarray  # which rows of the population the adjustment keeps
 
 
-def _adjust(
+def adjust(
     adjustment: est.Adjustment,
     population: pd.DataFrame,
     ps: np.ndarray,
     settings: ComparativeSettings,
-) -> _Adjusted:
-    """One adjustment on one outcome's population (matching, PS strata or weights)."""
+    spread: float | None = None,
+    share: float | None = None,
+) -> Adjusted:
+    """One adjustment on one outcome's population (matching, PS strata or weights);
+    ``spread`` and ``share``: the caliper's standard deviation and the target share of the
+    weights, when they come from the union of several sites (default: this population's)."""
     treatment = population["treatment"].to_numpy()
     everyone = np.ones(len(population), dtype=bool)
     if adjustment == "matching":
@@ -240,6 +246,7 @@ def _adjust(
             settings.caliper,
             settings.caliper_scale,
             _tiebreak(population),
+            spread,
         )
         keep = sets >= 0
         stratum = sets[keep]
@@ -247,18 +254,18 @@ def _adjust(
         # ATT matching weights: each comparator counts 1/k in a set with k comparators.
         comparators = sizes[stratum] - 1 if keep.any() else np.zeros(0)
         balance = np.where(treatment[keep] == 1, 1.0, 1.0 / np.maximum(comparators, 1))
-        return _Adjusted(population[keep].reset_index(drop=True), stratum, None, balance, keep)
+        return Adjusted(population[keep].reset_index(drop=True), stratum, None, balance, keep)
     if adjustment == "stratification":
         stratum = est.stratify(ps, settings.strata)
         targets = np.bincount(stratum, weights=treatment, minlength=settings.strata)
         comparators = np.bincount(stratum, weights=1 - treatment, minlength=settings.strata)
         ratio = np.divide(targets, comparators, out=np.zeros_like(targets), where=comparators > 0)
         balance = np.where(treatment == 1, 1.0, ratio[stratum])
-        return _Adjusted(population, stratum, None, balance, everyone)
+        return Adjusted(population, stratum, None, balance, everyone)
     if adjustment == "iptw":
-        w = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight)
-        return _Adjusted(population, None, w, w, everyone)
-    return _Adjusted(population, None, None, np.ones(len(population)), everyone)
+        w = est.iptw(ps, treatment, settings.iptw_estimand, settings.max_weight, share)
+        return Adjusted(population, None, w, w, everyone)
+    return Adjusted(population, None, None, np.ones(len(population)), everyone)
 
 
 def _generalizability(
@@ -350,7 +357,7 @@ def local(
     table: dict[str, float] = {}
     general: dict[str, float] = {}
     for adjustment in settings.adjustments:
-        adj = _adjust(adjustment, population, ps, settings)
+        adj = adjust(adjustment, population, ps, settings)
         kept_x, kept_t = x[adj.keep], treatment[adj.keep]
         smd = est.standardized_differences(kept_x, kept_t, adj.balance) if adj.keep.any() else None
         after = float(np.abs(smd).max()) if smd is not None and smd.size else float("nan")
@@ -374,7 +381,7 @@ def local(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", est.EstimationWarning)
             for adjustment in settings.adjustments:
-                adj = _adjust(adjustment, frame, control_ps, settings)
+                adj = adjust(adjustment, frame, control_ps, settings)
                 found.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, None, *model))
                 who[adjustment] = _arms(adj.frame)
         controls.append(Control(control, true_log_hr, found, who))

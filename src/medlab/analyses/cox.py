@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,7 +44,7 @@ class CoxFit:
     p: float
 
 
-class _Data:
+class RiskData:
     """Rows sorted by stratum and time, with the tie groups of event times."""
 
     def __init__(
@@ -124,6 +125,11 @@ class _Data:
 
     def robust_breslow(self, beta: float, info: float, cluster: np.ndarray | None) -> float:
         """Lin-Wei sandwich variance with Breslow's score residuals."""
+        return self.meat(beta, cluster) / info**2
+
+    def meat(self, beta: float, cluster: np.ndarray | None) -> float:
+        """The sandwich's middle: the sum over clusters of their squared weighted Breslow
+        score residuals (additive over strata, so over sites)."""
         risk = np.exp(beta * self.x)
         s0 = self._cumulative(self.w * risk)
         s1 = self._cumulative(self.w * risk * self.x)
@@ -149,7 +155,7 @@ class _Data:
             ids = np.asarray(cluster)[self.order]
             _, inverse = np.unique(ids, return_inverse=True)
             contribution = np.bincount(inverse, weights=contribution)
-        return float(np.sum(contribution**2)) / info**2
+        return float(np.sum(contribution**2))
 
     def _group_stratum(self) -> np.ndarray:
         out = np.zeros(self.n_groups, dtype=np.int64)
@@ -179,29 +185,8 @@ def fit(
     cluster: np.ndarray | None = None,
 ) -> CoxFit:
     """Maximize the (weighted, stratified) partial likelihood of one covariate."""
-    data = _Data(time, event, x, weight, stratum)
-    beta = 0.0
-    ll, score, info, _ = data.sums(beta, ties)
-    for _ in range(100):
-        if info <= 1e-12:
-            raise NoEstimate("no information on the coefficient")
-        step = score / info
-        step = max(-5.0, min(5.0, step))
-        candidate = beta + step
-        new = data.sums(candidate, ties)
-        halvings = 0
-        while new[0] < ll - 1e-12 and halvings < 30:
-            step /= 2
-            candidate = beta + step
-            new = data.sums(candidate, ties)
-            halvings += 1
-        beta, (ll, score, info, _) = candidate, new
-        if abs(step) < 1e-10:
-            break
-        if abs(beta) > 30:
-            raise NoEstimate(f"the log hazard ratio runs off to {beta:+.0f} (monotone likelihood)")
-    if info <= 1e-12 or not math.isfinite(beta):
-        raise NoEstimate("no information on the coefficient")
+    data = RiskData(time, event, x, weight, stratum)
+    beta, ll, info = maximize(lambda b: data.sums(b, ties)[:3])
     se = math.sqrt(1 / info)
     if robust:
         if ties == "efron" and weight is not None:
@@ -216,7 +201,36 @@ def fit(
     return CoxFit(beta, se, low, high, p)
 
 
-def _profile(data: _Data, beta: float, ll: float, se: float, ties: Ties) -> tuple[float, float]:
+def maximize(sums: Callable[[float], tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Newton's method on a log partial likelihood given by ``sums(beta)`` (its value, score
+    and information): steps capped at 5, halved while the likelihood falls; the maximum's
+    beta, log likelihood and information. Raises :class:`NoEstimate` when there is none."""
+    beta = 0.0
+    ll, score, info = sums(beta)
+    for _ in range(100):
+        if info <= 1e-12:
+            raise NoEstimate("no information on the coefficient")
+        step = score / info
+        step = max(-5.0, min(5.0, step))
+        candidate = beta + step
+        new = sums(candidate)
+        halvings = 0
+        while new[0] < ll - 1e-12 and halvings < 30:
+            step /= 2
+            candidate = beta + step
+            new = sums(candidate)
+            halvings += 1
+        beta, (ll, score, info) = candidate, new
+        if abs(step) < 1e-10:
+            break
+        if abs(beta) > 30:
+            raise NoEstimate(f"the log hazard ratio runs off to {beta:+.0f} (monotone likelihood)")
+    if info <= 1e-12 or not math.isfinite(beta):
+        raise NoEstimate("no information on the coefficient")
+    return beta, ll, info
+
+
+def _profile(data: RiskData, beta: float, ll: float, se: float, ties: Ties) -> tuple[float, float]:
     """Where the log partial likelihood falls chi2(0.95, 1) / 2 below its maximum."""
 
     def drop(b: float) -> float:

@@ -64,11 +64,13 @@ def iptw(
     treatment: np.ndarray,
     estimand: Estimand = "att",
     max_weight: float = 10.0,
+    share: float | None = None,
 ) -> np.ndarray:
     """CohortMethod's stabilized weights (``computeIptw``), truncated at ``max_weight`` as
     ``truncateIptw`` does. ATT: target P(T), comparator P(C) ps/(1 - ps); ATE: target
-    P(T)/ps, comparator P(C)/(1 - ps); P(T) and P(C) are the arms' shares of the rows."""
-    share = float(np.mean(treatment == 1))
+    P(T)/ps, comparator P(C)/(1 - ps); P(T) and P(C) are the arms' shares of the rows
+    (``share``: P(T) given, e.g. the union's in a pooled fit)."""
+    share = float(np.mean(treatment == 1)) if share is None else share
     with np.errstate(divide="ignore"):
         if estimand == "ate":
             w = np.where(treatment == 1, share / ps, (1 - share) / (1 - ps))

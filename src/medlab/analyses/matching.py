@@ -43,8 +43,12 @@ def match_on_ps(
     caliper: float = 0.2,
     caliper_scale: CaliperScale = "standardized_logit",
     tiebreak: np.ndarray | None = None,
+    spread: float | None = None,
 ) -> np.ndarray:
-    """A stratum (matched set) id per row, -1 for rows left unmatched."""
+    """A stratum (matched set) id per row, -1 for rows left unmatched. ``spread``: the
+    standard deviation a standardized caliper is scaled by (default this population's; a
+    pooled fit gives the union's, as CohortMethod's ``matchOnPs`` with stratification
+    columns takes it over the whole population before matching within each stratum)."""
     n = len(ps)
     stratum = np.full(n, -1, dtype=np.int64)
     if n == 0:
@@ -56,7 +60,9 @@ def match_on_ps(
         score = _logit(score)
     width = math.inf
     if caliper > 0 and n > 1 and float(np.min(ps)) != float(np.max(ps)):
-        if caliper_scale == "standardized_logit":
+        if spread is not None and caliper_scale in ("standardized_logit", "standardized"):
+            width = caliper * spread
+        elif caliper_scale == "standardized_logit":
             finite = score[np.isfinite(score)]
             width = caliper * float(np.std(finite, ddof=1)) if len(finite) > 1 else math.inf
         elif caliper_scale == "standardized":

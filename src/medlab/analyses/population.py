@@ -318,11 +318,13 @@ def covariates(
     population: pd.DataFrame,
     exclude_ingredients: list[int],
     window: tuple[int, int] = (-365, 0),
+    scales: dict[str, float] | None = None,
 ) -> Covariates:
     """Demographics (age group, gender, index year, and age in years as a continuous
     covariate), conditions any time before index, the Charlson comorbidity index, and
     conditions, drugs and procedures in the window before index (drugs descending from
-    ``exclude_ingredients`` left out, as CohortMethod leaves out the exposures)."""
+    ``exclude_ingredients`` left out, as CohortMethod leaves out the exposures). ``scales``:
+    fixed divisors of the continuous covariates (default: each one's maximum here)."""
     entries = population[["person_id", "start_date"]].copy()
     entries["row"] = np.arange(len(entries))
     con.register("medlab_population", entries)
@@ -378,6 +380,8 @@ def covariates(
     columns, names = [binary], list(ids)
     for name, values in (("age", ages), ("charlson_index", scores)):
         top = max((float(v) for _, v in values if v is not None), default=0.0)
+        if scales is not None:
+            top = scales[name]
         if top <= 0:
             continue
         kept = [(r, float(v)) for r, v in values if v is not None and v != 0]

@@ -21,6 +21,7 @@ from medlab.analyses.federated.packing import pack, unpack
 from medlab.analyses.propensity import Prior
 
 MAX_ITERATIONS = 200
+MAX_STEP = 1.0  # the largest change of any coefficient in one step
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ def fit(
         h[np.diag_indices_from(h)] += 1e-10 * max(1.0, float(np.trace(h)) / len(h))
         gradient = np.r_[g[0], pseudo[free]]
         step = -np.linalg.solve(h, gradient)
+        # Near-collinear covariates make the information nearly singular and the Newton
+        # step huge; capping it (a trust region) spares the line search dozens of rounds.
+        largest = float(np.max(np.abs(step)))
+        if largest > MAX_STEP:
+            step *= MAX_STEP / largest
         orthant = np.where(beta[free] != 0, np.sign(beta[free]), -np.sign(pseudo[free]))
         value, t = objective(current, beta), 1.0
         for _ in range(60):
