@@ -87,8 +87,20 @@ def pooled_reference(stores: list[Path], settings: Any) -> Any:
     return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()
 
 
+def site_rows(stores: list[Path], settings: Any) -> list[Any]:
+    """Each store's rows for pooled comparative estimates (cohorts 1, 2 and 3)."""
+    from medlab.analyses.federated import comparative as pooled
+    from medlab.cdm.store import open_store
+
+    found = []
+    for store in stores:
+        with open_store(store, read_only=True) as con:
+            found.append(pooled.site_rows(con, 1, 2, 3, settings))
+    return found
+
+
 def pooled_comparative_reference(
-    stores: list[Path], settings: Any, chosen: list[str]
+    sites: list[Any], settings: Any, chosen: list[str]
 ) -> dict[str, Any]:
     """The pooled comparative algorithm on the union of the sites' rows, with ``site`` as a
     stratum: the comparative analysis's own penalized PS fit on the stacked rows, the
@@ -103,13 +115,7 @@ def pooled_comparative_reference(
 
     from medlab.analyses import cox, estimation, propensity
     from medlab.analyses.comparative import adjust
-    from medlab.analyses.federated import comparative as pooled
-    from medlab.cdm.store import open_store
 
-    sites = []
-    for store in stores:
-        with open_store(store, read_only=True) as con:
-            sites.append(pooled.site_rows(con, 1, 2, 3, settings))
     x = sparse.vstack([s.design(chosen) for s in sites], format="csr")
     y = np.concatenate([s.treatment for s in sites])
     fit = propensity._fit(x, y, settings.ps_prior, settings.ps_variance)

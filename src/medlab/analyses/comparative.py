@@ -59,6 +59,19 @@ class PositiveControl(BaseModel):
     true_hr: Annotated[PositiveReal, Field(le=1000)]
 
 
+class PooledSettings(BaseModel):
+    """A pooled estimate per adjustment on secure sums across the sites
+    (:mod:`medlab.analyses.federated.comparative`), next to the meta-analysis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_covariates: Annotated[int, Field(ge=1, le=300)] = 50
+    # Secure sums need at least this many sites (default: a majority of the sites asked, at
+    # least 2; the study's and every node's min_sites raise it).
+    threshold: Annotated[int, Field(ge=2, le=1000)] | None = None
+    round_timeout_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+
+
 class ComparativeSettings(BaseModel):
     """Population, propensity model, adjustment, outcome model and control settings, and the
     Kaplan-Meier grid. Defaults are CohortMethod's (see the README for each equivalent)."""
@@ -91,6 +104,7 @@ class ComparativeSettings(BaseModel):
     )
     km_step_days: Annotated[int, Field(ge=1, le=3650)] = 30
     km_horizon_days: Annotated[int, Field(ge=1, le=MAX_DAYS)] = 1800
+    pooled: PooledSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +133,11 @@ class ComparativeSettings(BaseModel):
             raise ValueError("the Kaplan-Meier grid has more than 1,000 points")
         if self.ps_prior == "none" and self.ps_variance is not None:
             raise ValueError("ps_prior none has no variance")
+        if self.pooled is not None and self.ps_prior != "none" and self.ps_variance is None:
+            raise ValueError(
+                "pooled estimates need a fixed ps_variance (cross-validating the prior across "
+                "sites is not built)"
+            )
         controls = [c for c in self.negative_controls if isinstance(c, int)]
         controls += [p.cohort for p in self.positive_controls]
         concepts = [c for c in self.negative_controls if not isinstance(c, int)]

@@ -74,7 +74,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         path.write_text("")
         return
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -311,13 +312,18 @@ def combine_study(
                     )
         for cohort in getattr(analysis, "cohorts", None) or [None]:
             parts.setdefault(cohort, [])
+        every = history if history is not None else outputs
+        last = max((o.round for o in every), default=1)
         if isinstance(analysis, FederatedModelAnalysis):
-            every = history if history is not None else outputs
-            last = max((o.round for o in every), default=1)
             body = secure.state(analysis, every, last).result
             _write_csv(out / f"{analysis.name}_terms.csv", body.get("terms", []))
         else:
             body = _analysis(analysis, parts, rounds, out)
+        if isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled:
+            found = secure.state(analysis, every, last).result
+            body["pooled"] = found.pop("estimates", [])
+            body.update({f"pooled_{k}": v for k, v in found.items()})
+            _write_csv(out / f"{analysis.name}_pooled.csv", body["pooled"])
         refusals = {p.site: p.values["refused"] for p in released[first:] if "refused" in p.values}
         if refusals:
             body["refusals"] = refusals  # by node: a setting or a budget, never the data
@@ -382,7 +388,9 @@ def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[
             found = federated_mean.next_params(round_, parts)
             if found is not None:
                 params[analysis.name] = found
-        elif isinstance(analysis, FederatedModelAnalysis):
+        elif isinstance(analysis, FederatedModelAnalysis) or (
+            isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled
+        ):
             asked = secure.state(analysis, outputs, round_).ask
             if asked is not None:
                 params[analysis.name] = asked

@@ -366,7 +366,9 @@ def _run_node(
             )
     secure = {}
     for analysis in spec.analyses:
-        if isinstance(analysis, FederatedModelAnalysis):
+        if isinstance(analysis, FederatedModelAnalysis) or (
+            isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled
+        ):
             asked = params.get(analysis.name)
             found = node_step(
                 analysis,

@@ -1,31 +1,38 @@
-"""The hub's side of a pooled model fitted on secure sums, rebuilt each round from the nodes'
-outputs of every round so far (the hub keeps no other state).
+"""The hub's side of an analysis fitted on secure sums — a pooled model
+(``federated_model``) or a comparative analysis's pooled estimates — rebuilt each round from
+the nodes' outputs of every round so far (the hub keeps no other state).
 
-Round 1: every node says whether it may contribute (``ready``) or why not (``withheld``).
-Then each Newton iteration is one secure-aggregation session of five phases
+Round 1: every node says whether it may contribute (``ready``, with what the analysis needs
+to set up, e.g. its propensity covariates) or why not (``withheld``). Then each step of the
+estimator is one secure-aggregation session of five phases
 (:mod:`medlab.privacy.secagg.rounds`) among the ready nodes that are still answering; the
-session's sum gives the next coefficients (:func:`medlab.analyses.federated.model.advance`)
-or the fit. Sessions overlap: the next session advertises its keys with the current one's
-masked inputs and shares them with its consistency round, so a step takes three rounds (the
-first five); the session opened ahead of the last step is abandoned. The threshold is the
-largest of the analysis's ``threshold`` (default a majority of the ready nodes, at least 2)
-and every ready node's ``min_sites``; a node checks it again.
+session's sum gives the next query (:func:`medlab.analyses.federated.model.advance`,
+:func:`medlab.analyses.federated.comparative.drive`) or the fit. Sessions overlap: the next
+session advertises its keys with the current one's masked inputs and shares them with its
+consistency round, so a step takes three rounds (the first five); the session opened
+ahead of the last step is abandoned. The threshold is the largest of the analysis's
+``threshold`` (default a majority of the ready nodes, at least 2) and every ready node's
+``min_sites``; a node checks it again.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
 from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
 from medlab.studies.local import NodeOutput
-from medlab.studies.spec import FederatedModelAnalysis
+from medlab.studies.spec import ComparativeAnalysis, FederatedModelAnalysis
+
+SecureAnalysis = FederatedModelAnalysis | ComparativeAnalysis
 
 _ROUNDING = ("none", "nearest5", "midpoint6")
 
@@ -38,18 +45,55 @@ class State:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def threshold(a: FederatedModelAnalysis, ready: list[NodeOutput]) -> int:
+def _wanted(a: SecureAnalysis) -> int | None:
+    if isinstance(a, FederatedModelAnalysis):
+        return a.settings.threshold
+    return a.settings.pooled.threshold if a.settings.pooled else None
+
+
+def threshold(a: SecureAnalysis, ready: list[NodeOutput]) -> int:
     """The secure sums' threshold (the strictest of the analysis and the ready nodes)."""
-    wanted = a.settings.threshold or max(2, len(ready) // 2 + 1)
+    wanted = _wanted(a) or max(2, len(ready) // 2 + 1)
     return max([wanted, *(int(o.policy.get("min_sites", 1)) for o in ready)])
 
 
-def _messages(a: FederatedModelAnalysis, history: list[NodeOutput]) -> list[tuple[int, str, dict]]:
+def _messages(a: SecureAnalysis, history: list[NodeOutput]) -> list[tuple[int, str, dict]]:
     """(round, site, what the site sent for ``a``) over every round."""
     return [(o.round, o.site, o.secure[a.name]) for o in history if a.name in o.secure]
 
 
-def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> State:
+def _prepare(a: SecureAnalysis, setup: dict[str, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """Every session's vector length, and what every query carries (the analysis's set-up
+    from the ready sites' round-1 messages)."""
+    if isinstance(a, FederatedModelAnalysis):
+        return pooled.length(a.settings), {}
+    most = a.settings.pooled.max_covariates if a.settings.pooled else 0
+    listed = {}
+    for site, m in setup.items():
+        names = m.get("covariates")
+        if not isinstance(names, list) or len(names) > most:
+            raise SecAggError(f"{site} lists no covariates or more than {most}")
+        if not all(isinstance(c, str) and 0 < len(c) <= 200 for c in names):
+            raise SecAggError(f"{site} lists a covariate that is not a name")
+        listed[site] = names
+    chosen = pooled_cm.choose(listed, most)
+    return pooled_cm.length(a.settings, len(chosen)), {"covariates": chosen}
+
+
+def _step(
+    a: SecureAnalysis, context: dict[str, Any], sums: list[list[float]]
+) -> dict[str, Any] | pooled.PooledFit | pooled_cm.Finished:
+    """The next query, or the finished fit."""
+    if isinstance(a, FederatedModelAnalysis):
+        found = pooled.advance(a.settings, sums)
+        return {"beta": found.tolist()} if isinstance(found, np.ndarray) else found
+    try:
+        return pooled_cm.drive(a.settings, context["covariates"], sums)
+    except ValueError as exc:
+        raise SecAggError(str(exc)) from exc
+
+
+def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     """The analysis after round ``last``: what round ``last + 1`` asks, or the result."""
     sent = _messages(a, history)
     setup = [(site, m) for r, site, m in sent if r == 1]
@@ -57,7 +101,9 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
     ready_sites = sorted(site for site, m in setup if m.get("ready"))
     first = {o.site: o for o in history if o.round == 1}
     ready = [first[s] for s in ready_sites]
-    base = {"model": a.settings.model, "withheld_by": withheld} if withheld else {}
+    base: dict[str, Any] = {"withheld_by": withheld} if withheld else {}
+    if isinstance(a, FederatedModelAnalysis) and withheld:
+        base["model"] = a.settings.model
     changed = sorted(
         o.site for o in history if o.site in first and o.fingerprint != first[o.site].fingerprint
     )
@@ -72,11 +118,11 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
         for x in m.get("messages", []):
             sessions.setdefault(x["session"], {}).setdefault(x["phase"], []).append(x["message"])
     order = sorted(sessions, key=lambda s: int(s.rsplit(".", 1)[1]))
-    length = pooled.length(a.settings)
     sums: list[list[float]] = []
     members: list[str] = []
     pending: list[dict[str, Any]] = []  # the open sessions' next requests, oldest first
     try:
+        length, context = _prepare(a, {site: m for site, m in setup if site in keys})
         for session in order:
             found = rounds.hub_next(session, t, length, sessions[session])
             if isinstance(found, dict):
@@ -86,19 +132,27 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
             else:
                 sums.append(found)
                 members = rounds.survivors(sessions[session])
+        step = _step(a, context, sums)
     except SecAggError as exc:
         return State(None, {**base, "withheld": f"secure aggregation stopped: {exc}"})
-    step = pooled.advance(a.settings, sums)
-    if not isinstance(step, np.ndarray):  # done; a session opened ahead is abandoned
-        return State(None, {**base, **_gated(a, step, sums[-1], ready, members, len(sums))})
+    if not isinstance(step, dict):  # done; a session opened ahead is abandoned
+        policies = [o.policy for o in ready if o.site in members]
+        if isinstance(step, pooled_cm.Finished):
+            assert isinstance(a, ComparativeAnalysis)
+            body = _gated_comparative(a, step, policies, members)
+        else:
+            assert isinstance(a, FederatedModelAnalysis)
+            body = _gated(a, step, sums[-1], policies, members)
+        return State(None, {**base, **body, "sessions": len(sums)})
     if len(pending) > 2:  # never more than the current session and the next one
         return State(None, {**base, "withheld": "secure aggregation stopped: sessions overlap"})
 
     def fresh() -> dict[str, Any]:
         return rounds.request(f"{secrets.token_hex(8)}.{len(order) + 1}", "advertise", t, length)
 
+    query = {**context, **step}
     if not pending:
-        return State({"secure": [fresh()], "keys": keys, "beta": step.tolist()})
+        return State({"secure": [fresh()], "keys": keys, "query": query})
     # The next session's keys are set up while the current one finishes: its advertisements
     # ride with the masked inputs, its shares with the consistency round (3 rounds a step).
     asks = [pending[0]]
@@ -106,19 +160,12 @@ def state(a: FederatedModelAnalysis, history: list[NodeOutput], last: int) -> St
         asks.append(fresh())
     elif pending[0]["phase"] == "consistency" and len(pending) == 2:
         asks.append(pending[1])
-    return State({"secure": asks, "keys": keys, "beta": step.tolist()})
+    return State({"secure": asks, "keys": keys, "query": query})
 
 
-def _gated(
-    a: FederatedModelAnalysis,
-    fit: pooled.PooledFit,
-    last: list[float],
-    ready: list[NodeOutput],
-    members: list[str],
-    sessions: int,
-) -> dict[str, Any]:
-    """The pooled model through the strictest ready node's rules, or why it is withheld."""
-    policies = [o.policy for o in ready if o.site in members]
+def _strict(policies: Sequence[dict[str, Any]]) -> tuple[ReleasePolicy, int]:
+    """The strictest count rule of the contributing nodes, and their strictest events per
+    parameter."""
     strict = ReleasePolicy(
         min_cell_count=max(int(p.get("min_cell_count", 10)) for p in policies),
         rounding=max(
@@ -129,6 +176,19 @@ def _gated(
         else "midpoint6",
     )
     per_parameter = max(int(p.get("min_events_per_parameter", 10)) for p in policies)
+    return strict, per_parameter
+
+
+def _gated(
+    a: FederatedModelAnalysis,
+    fit: pooled.PooledFit,
+    last: list[float],
+    policies: list[dict[str, Any]],
+    members: list[str],
+) -> dict[str, Any]:
+    """The pooled model through the strictest contributing node's rules, or why it is
+    withheld."""
+    strict, per_parameter = _strict(policies)
     counts = pooled.counts(a.settings, last)
     shown = {"rows": counts["rows"], "events": counts["events"]}
     if a.settings.model == "logistic":
@@ -140,8 +200,38 @@ def _gated(
     if counts["events"] < per_parameter * p:
         return {"withheld": f"fewer than {per_parameter} pooled events per parameter"}
     digits = (_fewest(policies, "ratio_digits"), _fewest(policies, "p_value_digits"))
-    body = pooled.summary(a.settings, fit, counts, strict.round_count, digits, members)
-    return {**body, "sessions": sessions}
+    return pooled.summary(a.settings, fit, counts, strict.round_count, digits, members)
+
+
+def _gated_comparative(
+    a: ComparativeAnalysis,
+    done: pooled_cm.Finished,
+    policies: list[dict[str, Any]],
+    members: list[str],
+) -> dict[str, Any]:
+    """The pooled estimates through the strictest contributing node's rules: the
+    propensity model's rows, then per adjustment its persons and events per arm (counts
+    below the rule withhold that estimate), events per parameter, ratio and p-value
+    precision."""
+    strict, per_parameter = _strict(policies)
+    rows, targets = done.ps_rows
+    for what, n in (("target rows", targets), ("comparator rows", rows - targets)):
+        if n < strict.min_cell_count:
+            return {"withheld": f"the propensity model's {what} fall below the count rule"}
+    digits = (_fewest(policies, "ratio_digits"), _fewest(policies, "p_value_digits"))
+    estimates = [
+        pooled_cm.released(
+            o, strict.round_count, strict.min_cell_count, per_parameter, digits, members
+        )
+        for o in done.outcomes
+    ]
+    ps = {
+        "covariates": len(done.model.coefficients),
+        "nonzero": int(np.count_nonzero(done.model.coefficients)),
+        "converged": done.model.converged,
+        "rows": strict.round_count(rows),
+    }
+    return {"estimates": estimates, "ps": ps}
 
 
 def _fewest(policies: list[dict[str, Any]], key: str) -> int | None:

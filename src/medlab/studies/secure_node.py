@@ -1,22 +1,25 @@
-"""A node's side of a pooled model fitted on secure sums: in round 1 whether it may
-contribute, then its message of each secure-aggregation round (:mod:`medlab.studies.secure`
-is the hub's side).
+"""A node's side of an analysis fitted on secure sums (a pooled model, a comparative
+analysis's pooled estimates): in round 1 whether it may contribute (and what the set-up
+needs: its propensity covariates), then its message of each secure-aggregation round
+(:mod:`medlab.studies.secure` is the hub's side).
 
 Before it answers, the node checks what the hub asks: its own name and key among the
 parties, the threshold no lower than its ``min_sites``, a majority of the parties and 2, and
 its contribution within its own small-count rules (:func:`medlab.analyses.federated.model.
-withheld`). A request that fails a check, or a protocol message that is forged or
-inconsistent, ends this node's part in the analysis (``aborted``, with the reason) and never
-the task. Every message sent is logged in the node's transparency log (its digest, never
-the vector).
+withheld`, :func:`medlab.analyses.federated.comparative.withheld`). A request that fails a
+check, or a protocol message that is forged or inconsistent, ends this node's part in the
+analysis (``aborted``, with the reason) and never the task. Every message sent is logged in
+the node's transparency log (its digest, never the vector).
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
 from medlab.cdm.identity import identity
 from medlab.cdm.store import open_store
@@ -25,7 +28,10 @@ from medlab.ledger.parties import Party
 from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
-from medlab.studies.spec import FederatedModelAnalysis
+from medlab.studies.spec import ComparativeAnalysis, FederatedModelAnalysis
+
+SecureAnalysis = FederatedModelAnalysis | ComparativeAnalysis
+Rows = pooled.Design | pooled_cm.SiteRows
 
 
 def sessions_of(store: Path) -> rounds.Sessions:
@@ -33,17 +39,21 @@ def sessions_of(store: Path) -> rounds.Sessions:
     return rounds.Sessions(identity(store).key.with_suffix(".secagg"))
 
 
-_DESIGNS: dict[tuple[str, str, str], pooled.Design] = {}
+_DESIGNS: dict[tuple[str, str, str], Rows] = {}
 _KEPT = 8
 
 
-def _design(a: FederatedModelAnalysis, store: Path, fingerprint: str) -> pooled.Design:
+def _design(a: SecureAnalysis, store: Path, fingerprint: str) -> Rows:
     """The analysis's rows at this node, built once per data snapshot within a process
     (every round of a fit asks for the same rows)."""
     key = (str(store.resolve()), fingerprint, a.model_dump_json())
     if key not in _DESIGNS:
         with open_store(store, read_only=True) as con:
-            _DESIGNS[key] = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
+            if isinstance(a, FederatedModelAnalysis):
+                found: Rows = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
+            else:
+                found = pooled_cm.site_rows(con, a.target, a.comparator, a.outcome, a.settings)
+            _DESIGNS[key] = found
         while len(_DESIGNS) > _KEPT:
             _DESIGNS.pop(next(iter(_DESIGNS)))
     return _DESIGNS[key]
@@ -63,8 +73,47 @@ def _check(asked: dict[str, Any], site: str, party: Party, policy: ReleasePolicy
             raise SecAggError(f"the threshold {t} is below this node's least, {least}")
 
 
+def _setup(a: SecureAnalysis, d: Rows, policy: ReleasePolicy) -> dict[str, Any]:
+    """Round 1's message: ``withheld`` with the reason, or ``ready`` (and the covariates
+    this site may list, for pooled estimates)."""
+    dp = policy.differential_privacy
+    exact = policy.count_protection != "differential_privacy" or dp.exact_models
+    if isinstance(a, FederatedModelAnalysis):
+        assert isinstance(d, pooled.Design)
+        reason = pooled.withheld(d, a.settings, policy.min_cell_count, exact)
+        return {"withheld": reason} if reason else {"ready": True}
+    assert isinstance(d, pooled_cm.SiteRows) and a.settings.pooled is not None
+    reason = pooled_cm.withheld(d, policy.min_cell_count, exact)
+    if reason:
+        return {"withheld": reason}
+    most = a.settings.pooled.max_covariates
+    return {"ready": True, "covariates": pooled_cm.candidates(d, policy.min_cell_count, most)}
+
+
+def _values(a: SecureAnalysis, d: Rows, query: Any, size: int) -> list[float]:
+    """This node's vector for the round's query."""
+    if not isinstance(query, dict):
+        raise ValueError("the round asks no query")
+    if isinstance(a, FederatedModelAnalysis):
+        assert isinstance(d, pooled.Design)
+        return pooled.contribution(d, a.settings, query.get("beta", []))
+    assert isinstance(d, pooled_cm.SiteRows)
+    chosen = query.get("covariates")
+    most = a.settings.pooled.max_covariates if a.settings.pooled else 0
+    if not isinstance(chosen, list) or len(chosen) > most:
+        raise ValueError(f"the query names no covariates or more than {most}")
+    if not all(isinstance(c, str) for c in chosen):
+        raise ValueError("the query names a covariate that is not a name")
+    return pooled_cm.values(d, a.settings, chosen, query, size)
+
+
+def _size(request: Any) -> int:
+    size = request.get("length") if isinstance(request, dict) else None
+    return size if isinstance(size, int) else 0
+
+
 def node_step(
-    a: FederatedModelAnalysis,
+    a: SecureAnalysis,
     store: Path,
     site: str,
     policy: ReleasePolicy,
@@ -76,14 +125,12 @@ def node_step(
 ) -> dict[str, Any] | None:
     """What this node sends for ``a`` in ``round_`` (None: nothing)."""
     d = _design(a, store, fingerprint)
-    dp = policy.differential_privacy
-    exact = policy.count_protection != "differential_privacy" or dp.exact_models
-    reason = pooled.withheld(d, a.settings, policy.min_cell_count, exact)
+    found = _setup(a, d, policy)
     if round_ == 1:
-        found: dict[str, Any] = {"withheld": reason} if reason else {"ready": True}
-        party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **found)
+        logged = {k: v for k, v in found.items() if k != "covariates"}
+        party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **logged)
         return found
-    if asked is None or reason is not None:
+    if asked is None or "withheld" in found:
         return None
     sent = []
     try:
@@ -96,7 +143,7 @@ def node_step(
                 party.signer,
                 keys.get,
                 request,
-                lambda: pooled.contribution(d, a.settings, asked.get("beta", [])),
+                partial(_values, a, d, asked.get("query"), _size(request)),
             )
             digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
             party.log(

@@ -42,7 +42,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import sparse, stats
 
 from medlab.analyses import cox as coxmodel
 from medlab.analyses import estimation as est
@@ -50,7 +50,9 @@ from medlab.analyses.comparative import ComparativeSettings, adjust
 from medlab.analyses.federated import ps
 from medlab.analyses.population import covariates, exposures, outcome_days, outcome_population
 from medlab.analyses.propensity import _predict
+from medlab.privacy.precision import round_to
 
+_Z = float(stats.norm.ppf(0.975))
 SCALES = {"age": 100.0, "charlson_index": 20.0}
 CONTINUOUS = frozenset(SCALES)
 SLOT = 8  # per adjustment: ll, score, information, meat, persons and events per arm
@@ -397,3 +399,57 @@ def _outcomes(
             se = math.sqrt(last[3]) / info
         out.append(Outcome(adjustment, beta, se, counts))  # type: ignore[arg-type]
     return out
+
+
+def released(
+    outcome: Outcome,
+    round_count: Callable[[int], int],
+    min_cell_count: int,
+    per_parameter: int,
+    digits: tuple[int | None, int | None],
+    sites: list[str],
+) -> dict[str, Any]:
+    """One adjustment's pooled estimate as results show it (``results.json``'s ``pooled``
+    objects): its hazard ratio, Wald interval and p-value at the given precision (ratio,
+    p-value digits), the persons and events per arm as the count rule rounds them, or why it
+    is withheld (an arm's persons or events below ``min_cell_count``, fewer events than
+    ``per_parameter``, no finite estimate)."""
+    ratio_digits, p_digits = digits
+    persons_t, persons_c, events_t, events_c = outcome.counts
+    body: dict[str, Any] = {
+        "adjustment": outcome.adjustment,
+        "hr": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p": None,
+        "method": METHODS[outcome.adjustment],
+        "ci": "wald",
+        "sites": sites,
+    }
+    shown = {
+        "target persons": persons_t,
+        "comparator persons": persons_c,
+        "target events": events_t,
+        "comparator events": events_c,
+    }
+    reason = outcome.reason
+    for what, n in shown.items():
+        if reason is None and n < min_cell_count:
+            reason = f"the pooled {what} fall below {min_cell_count}"
+    if reason is None and events_t + events_c < per_parameter:
+        reason = f"fewer than {per_parameter} pooled events per parameter"
+    if reason is not None or outcome.log_hr is None or outcome.se is None:
+        return {**body, "withheld": reason or "no estimate"}
+    b, se = outcome.log_hr, outcome.se
+    p = 2 * stats.norm.sf(abs(b / se)) if se > 0 else None
+    return {
+        **body,
+        "hr": round_to(math.exp(b), ratio_digits),
+        "ci_low": round_to(math.exp(b - _Z * se), ratio_digits),
+        "ci_high": round_to(math.exp(b + _Z * se), ratio_digits),
+        "p": round_to(p, p_digits),
+        "target_persons": round_count(persons_t),
+        "comparator_persons": round_count(persons_c),
+        "target_events": round_count(events_t),
+        "comparator_events": round_count(events_c),
+    }

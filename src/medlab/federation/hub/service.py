@@ -516,6 +516,11 @@ class Hub:
 def _round_timeout(spec: StudySpec) -> float | None:
     """The shortest round timeout of the study's pooled models (None: none has one)."""
     found = [a.settings.round_timeout_s for a in spec.analyses if a.type == "federated_model"]
+    found += [
+        a.settings.pooled.round_timeout_s
+        for a in spec.analyses
+        if a.type == "comparative" and a.settings.pooled
+    ]
     return float(min(found)) if found else None  # type: ignore[union-attr]
 
 
