@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.table import Table
 
+from medlab.analyses.comparative import PooledSettings
 from medlab.cdm import dq
 from medlab.cdm.fingerprint import snapshot_fingerprint
 from medlab.cdm.loader import load_omop_csv
@@ -39,7 +40,7 @@ from medlab.privacy import budget as budgets
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import DifferentialPrivacy, FederationPolicy, ReleasePolicy
 from medlab.privacy.query import DPQuery, answer
-from medlab.studies.spec import StudySpec, load_spec
+from medlab.studies.spec import ComparativeAnalysis, StudySpec, load_spec
 from medlab.synth.generate import records, synthesize
 
 OUT = Path("demo-output")
@@ -130,7 +131,7 @@ def _study(nodes: list[Path], out: Path) -> None:
     """Run the shipped celecoxib-vs-diclofenac study across every node as separate parties:
     a hub process and one agent process per node on 127.0.0.1, the study submitted through
     the client, one node's steward approving it through the node's CLI."""
-    spec = load_spec(STUDY)
+    spec = _pooled(load_spec(STUDY))
     results = _federated(spec, nodes, out)
     comparative = next(a for a in results["analyses"] if a["type"] == "comparative")
     table = Table(
@@ -148,6 +149,7 @@ def _study(nodes: list[Path], out: Path) -> None:
             "suppressed" if e["comparator_events"] is None else str(e["comparator_events"]),
         )
     stdout.print(table)
+    _print_pooled(comparative)
     disclosure = results["disclosure"]
     report = Table(
         title="disclosure report: what each node's release gate let out (the reasons stay "
@@ -173,6 +175,48 @@ def _study(nodes: list[Path], out: Path) -> None:
     )
 
 
+def _pooled(spec: StudySpec) -> StudySpec:
+    """The study with pooled estimates on secure sums asked of its comparative analysis."""
+    analyses = [
+        a.model_copy(
+            update={"settings": a.settings.model_copy(update={"pooled": PooledSettings()})}
+        )
+        if isinstance(a, ComparativeAnalysis)
+        else a
+        for a in spec.analyses
+    ]
+    return StudySpec.model_validate({**spec.model_dump(), "analyses": analyses})
+
+
+def _print_pooled(comparative: dict[str, Any]) -> None:
+    """The pooled estimates next to the meta-analysis, and which sites each one holds."""
+    meta = {e["adjustment"]: e for e in comparative["estimates"]}
+    if not comparative.get("pooled"):
+        reason = comparative.get("pooled_withheld", "no pooled estimate")
+        stdout.print(f"pooled estimates withheld: {reason}", highlight=False, soft_wrap=True)
+        return
+    table = Table(
+        title="pooled on secure sums (one PS model across the sites, site-stratified Cox) "
+        "vs the meta-analysis of the sites' own models"
+    )
+    for col in ("adjustment", "pooled HR", "95% CI", "sites pooled", "meta HR", "sites in meta"):
+        table.add_column(col, justify="left" if col == "adjustment" else "right")
+    for e in comparative["pooled"]:
+        m = meta.get(e["adjustment"], {})
+        table.add_row(
+            e["adjustment"],
+            _fmt(e["hr"]) if e["hr"] is not None else f"withheld ({e.get('withheld')})",
+            f"{_fmt(e['ci_low'])}-{_fmt(e['ci_high'])}",
+            str(len(e["sites"])),
+            _fmt(m.get("hr")),
+            str(m.get("sites", 0)),
+        )
+    stdout.print(table)
+    left = comparative.get("pooled_withheld_by", {})
+    for site, reason in sorted(left.items()):
+        stdout.print(f"  {site} not pooled: {reason}", highlight=False, soft_wrap=True)
+
+
 def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
     hub_dir, logs = out.parent / "hub", out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -194,17 +238,24 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
         study = client.submit(spec, min_sites=len(nodes))
         stdout.print(f"submitted {spec.name} as {study.id} to {len(nodes)} nodes", highlight=False)
         seen: dict[str, str] = {}
+        shown = 1  # later rounds (the secure sums of the pooled estimates): one line per 10
         while (status := study.status()).state == "running":
             for t in status.tasks:
-                if seen.get(t.node) != t.state:
+                if t.round == 1 and seen.get(t.node) != t.state:
                     seen[t.node] = t.state
                     stdout.print(f"  {t.node}: {t.state}", highlight=False)
                     if t.state == "awaiting_approval":
                         _approve(nodes, t.node, logs)
+            latest = max((t.round for t in status.tasks), default=1)
+            if latest >= shown + 10:
+                shown = latest // 10 * 10
+                stdout.print(f"  secure-aggregation round {shown}", highlight=False)
             time.sleep(0.3)
         for t in status.tasks:
-            if seen.get(t.node) != t.state:
+            if t.round == 1 and seen.get(t.node) != t.state:
                 stdout.print(f"  {t.node}: {t.state}", highlight=False)
+        rounds = max((t.round for t in status.tasks), default=1)
+        stdout.print(f"  {rounds} rounds", highlight=False)
         stdout.print(f"study {status.state}: {status.reason}", highlight=False, soft_wrap=True)
         if status.state != "completed":
             raise SystemExit(1)

@@ -39,7 +39,9 @@ def test_ready_sites_set_the_threshold_and_the_first_session() -> None:
     found = secure.state(ANALYSIS, history, 1)
     assert found.ask is not None and [r["phase"] for r in found.ask["secure"]] == ["advertise"]
     assert found.ask["secure"][0]["threshold"] == 2  # a majority of the three ready sites
-    assert set(found.ask["keys"]) == {"a", "b", "c"} and found.ask["query"] == {"beta": [0.0, 0.0, 0.0]}
+    assert set(found.ask["keys"]) == {"a", "b", "c"} and found.ask["query"] == {
+        "beta": [0.0, 0.0, 0.0]
+    }
 
 
 def test_too_few_ready_sites_withhold_the_model() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from medlab.privacy import gate
 from medlab.privacy.audit import Auditor
 from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import ReleasePolicy
-from medlab.privacy.release import Release, Released
+from medlab.privacy.release import Population, Release, Released
 from medlab.privacy.secret import node_secret
 
 JOURNAL = f"{META_SCHEMA}.release_log"
@@ -94,6 +95,19 @@ class NodeReleaser:
                 )
             refusal = budgets.shortfall(con, self.project, *self._loss())
         return Admission(refused=refusal)
+
+    def audit(self, populations: Sequence[Population], release_id: str) -> bool:
+        """Whether the differencing audit flags any of ``populations`` — the persons behind a
+        contribution to a secure sum, which passes through no gate — recorded as a
+        release's populations are, so that later releases are compared with them."""
+        with open_store(self.store) as con:
+            self.auditor.bind(con)
+            self.auditor.begin(release_id)
+            flagged = [self.auditor.flagged(p) for p in populations]
+            with transaction(con):
+                self.auditor.save()
+            self.auditor.bind(None)
+        return any(flagged)
 
     def release(self, request: Release, release_id: str, context: dict[str, Any]) -> Released:
         """``request`` through the gate; recorded (audit, budget, cache, journal) in one

@@ -14,6 +14,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +381,10 @@ def _run_node(
                 asked,
                 spec_hash,
                 node.fingerprint,
+                partial(
+                    node.releaser.audit, release_id=_release_id(node, analysis, None, 1, "secure")
+                ),
+                node.scope,
             )
             if found is not None:
                 secure[analysis.name] = found

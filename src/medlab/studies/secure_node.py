@@ -15,17 +15,20 @@ the node's transparency log (its digest, never the vector).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
+from medlab.analyses.scope import Scope
 from medlab.cdm.identity import identity
 from medlab.cdm.store import open_store
 from medlab.ledger.keys import canonical
 from medlab.ledger.parties import Party
 from medlab.privacy.policy import ReleasePolicy
+from medlab.privacy.release import Population
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
 from medlab.studies.spec import ComparativeAnalysis, FederatedModelAnalysis
@@ -112,6 +115,28 @@ def _size(request: Any) -> int:
     return size if isinstance(size, int) else 0
 
 
+def _populations(a: SecureAnalysis, d: Rows, scope: Scope) -> list[Population]:
+    """The persons a contribution is about: the study population's arms (its cohorts are
+    audited with the study's other releases)."""
+    if isinstance(d, pooled.Design):
+        persons, arm = d.persons, d.treatment
+    else:
+        persons = d.population["person_id"].to_numpy()
+        arm = d.population["treatment"].to_numpy()
+    roots = (a.target, a.comparator, a.outcome)
+    settings = a.settings.model_dump(mode="json", exclude={"pooled"})
+    return [
+        scope.derived(
+            f"secure_{a.type}",
+            roots,
+            settings,
+            name,
+            persons=frozenset(int(p) for p in persons[arm == value]),
+        )
+        for name, value in (("target", 1), ("comparator", 0))
+    ]
+
+
 def node_step(
     a: SecureAnalysis,
     store: Path,
@@ -122,10 +147,17 @@ def node_step(
     asked: dict[str, Any] | None,
     spec_hash: str,
     fingerprint: str,
+    audit: Callable[[list[Population]], bool] | None = None,
+    scope: Scope | None = None,
 ) -> dict[str, Any] | None:
-    """What this node sends for ``a`` in ``round_`` (None: nothing)."""
+    """What this node sends for ``a`` in ``round_`` (None: nothing). ``audit`` with
+    ``scope``: the node's differencing audit, which sees the populations the contribution
+    is about and withholds it when it flags one."""
     d = _design(a, store, fingerprint)
     found = _setup(a, d, policy)
+    # Every round: the audit gives a population the decision it got the first time.
+    if "ready" in found and audit and scope and audit(_populations(a, d, scope)):
+        found = {"withheld": "the differencing audit flags a population it is about"}
     if round_ == 1:
         logged = {k: v for k, v in found.items() if k != "covariates"}
         party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **logged)

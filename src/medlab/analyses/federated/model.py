@@ -76,6 +76,7 @@ class Design:
     offset: np.ndarray | None  # Poisson: log years at risk
     treatment: np.ndarray
     female: np.ndarray
+    persons: np.ndarray  # each row's person (for the node's differencing audit)
 
 
 def names(settings: ModelSettings) -> list[str]:
@@ -119,6 +120,7 @@ def design(
         offset=np.log(years) if s.model == "poisson" else None,
         treatment=treatment,
         female=female,
+        persons=population["person_id"].to_numpy(),
     )
 
 

@@ -1,0 +1,86 @@
+"""The attacks replayed through secure aggregation: pooled estimates over two nodes, one of
+them the world with or without the secret.
+
+A pooled fit's secure sums reach the hub exactly, so a hub (or researcher) that runs a study
+twice, the second time with a cohort one person smaller, would learn her contribution by
+subtraction. The node's differencing audit sees the populations behind every contribution it
+makes, so the second study's contribution is withheld at the node — the second run shows the
+same thing in both worlds, and the hub gets no second sum at all. A one-person cohort is
+withheld by the node's own count rules; a first, legitimate run gives results of one shape
+in both worlds.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medlab.studies.run import run_study
+from tests.acceptance.attacks import worlds as w
+
+
+def _nodes(tmp: Path, secret: bool) -> list[Path]:
+    """The world (secret or not) and a second hospital without the target."""
+    stores = []
+    for name, holds in (("world", secret), ("other", False)):
+        store = w.build(tmp / name, holds, persons=200 if name == "other" else 160)
+        renamed = store.with_name(f"{name}.duckdb")
+        shutil.move(store, renamed)
+        stores.append(renamed)
+    return stores
+
+
+def _pooled(target: dict, name: str) -> w.StudySpec:
+    cohorts = {1: target, 2: w.cohort(w.DRUG_200), 3: w.cohort(w.OUTCOME, qualified_limit="all")}
+    return w.study(
+        name,
+        cohorts,
+        [
+            {
+                "type": "federated_model",
+                "name": "m",
+                "target": 1,
+                "comparator": 2,
+                "outcome": 3,
+                "settings": {"model": "logistic", "covariates": ["female"]},
+            }
+        ],
+    )
+
+
+def _run(spec: w.StudySpec, stores: list[Path], out: Path) -> dict[str, Any]:
+    run_study(spec, stores, out, hub_dir=out.parent / "hub")
+    return w.view(out)
+
+
+def test_a_second_pooled_run_one_person_apart_is_withheld_at_the_node(tmp_path: Path) -> None:
+    seen, firsts = [], []
+    for secret in (True, False):
+        stores = _nodes(tmp_path / str(secret), secret)
+        first = _run(_pooled(w.cohort(w.DRUG_210), "first"), stores, tmp_path / str(secret) / "1")
+        model = first["results"]["analyses"][0]
+        assert model["terms"] and model["sites"] == ["other", "world"]  # the first is pooled
+        firsts.append(first)
+        less = w.cohort(w.DRUG_210, exclude_marked=True)
+        second = _run(_pooled(less, "second"), stores, tmp_path / str(secret) / "2")
+        found = second["results"]["analyses"][0]
+        assert found["withheld_by"]["world"] == (
+            "the differencing audit flags a population it is about"
+        )
+        assert "terms" not in found and "sessions" not in found  # no secure sum was taken
+        seen.append(second)
+    assert seen[0] == seen[1]
+    assert w.keys(firsts[0]["results"]) == w.keys(firsts[1]["results"])
+
+
+def test_a_pooled_model_of_one_marked_person_is_withheld_in_both_worlds(tmp_path: Path) -> None:
+    seen = []
+    for secret in (True, False):
+        stores = _nodes(tmp_path / str(secret), secret)
+        marked = _pooled(w.cohort(w.MARKED), "marked")
+        view = _run(marked, stores, tmp_path / str(secret) / "m")
+        found = view["results"]["analyses"][0]
+        assert "terms" not in found and "world" in found["withheld_by"]
+        seen.append(view)
+    assert seen[0] == seen[1]
