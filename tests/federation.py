@@ -159,6 +159,8 @@ def pooled_comparative_reference(
             cluster=frame["person_id"].to_numpy() if weighted else None,
         )
         out[adjustment] = {
+            "frame": frame,
+            "weights": np.concatenate(weights),
             "hr": math.exp(fitted.log_hr),
             "ci_low": math.exp(fitted.low),
             "ci_high": math.exp(fitted.high),

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lifelines import KaplanMeierFitter
 from tests import federation as fed
 
 from medlab.analyses.federated import comparative as pooled
+from medlab.cohorts.engine import generate
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.run import run_study
@@ -44,9 +46,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], S
     tmp = tmp_path_factory.mktemp("pooled_cm")
     truth = synthesize(tmp, sites=3, patients=5000, seed=3)
     stores = [tmp / s["store"] for s in records(truth, "sites")]
+    spec = _spec()
     for store in stores:  # full precision, so the pooled fit is compared to 1e-6
         set_policy(store, ReleasePolicy(precision="none", min_events_per_parameter=5))
-    return tmp, stores, _spec()
+        for cohort in spec.cohorts:  # the tests read the sites' rows directly too
+            assert cohort.definition is not None
+            generate(store, cohort.definition, cohort.id)
+    return tmp, stores, spec
 
 
 def _close(found: dict[str, Any], reference: dict[str, float]) -> None:
@@ -71,6 +77,11 @@ def test_pooled_estimates_equal_the_algorithm_on_the_union(
         assert found[adjustment]["sites"] == names and "withheld" not in found[adjustment]
         _close(found[adjustment], reference[adjustment])
     assert analysis["pooled_ps"]["covariates"] == len(chosen)
+    # The pooled curves, through the strictest node's curve rules.
+    curve = analysis["pooled_km"]["none"]["target"]
+    assert curve[0] == {"time": 0.0, "at_risk": found["none"]["target_persons"], "value": 1.0}
+    shown = [p["value"] for p in curve if p["value"] is not None]
+    assert len(shown) > 10 and shown == sorted(shown, reverse=True) and shown[-1] < 1
     assert found["matching"]["target_persons"] < found["none"]["target_persons"]
     # Next to the meta-analysis of the sites' own models, and in the report.
     assert {e["adjustment"] for e in analysis["estimates"]} == set(ADJUSTMENTS)
@@ -97,11 +108,16 @@ def _split(rows: pooled.SiteRows, parts: int, seed: int) -> list[pooled.SiteRows
     return out
 
 
+@pytest.mark.filterwarnings("ignore:It looks like your weights are not integers")
 def test_ten_uneven_sites_give_the_union_estimates(
     world: tuple[Path, list[Path], StudySpec],
 ) -> None:
     _, stores, spec = world
-    settings = spec.analyses[0].settings  # type: ignore[union-attr]
+    # A one-day Kaplan-Meier grid: every event day its own bin, so the pooled binned curve
+    # is the exact (weighted) Kaplan-Meier estimate on the union.
+    settings = spec.analyses[0].settings.model_copy(  # type: ignore[union-attr]
+        update={"km_step_days": 1, "km_horizon_days": 365}
+    )
     whole = fed.site_rows(stores[:1], settings)[0]
     sites = _split(whole, 10, seed=4)
     assert min(len(s.population) for s in sites) * 5 < max(len(s.population) for s in sites)
@@ -121,3 +137,13 @@ def test_ten_uneven_sites_give_the_union_estimates(
             "ci_high": math.exp(o.log_hr + z * o.se),
         }
         _close(found, reference[o.adjustment])
+        frame, weights = reference[o.adjustment]["frame"], reference[o.adjustment]["weights"]
+        for arm, value in (("target", 1), ("comparator", 0)):
+            rows = frame["treatment"].to_numpy() == value
+            km = KaplanMeierFitter().fit(
+                frame["days"][rows], frame["outcome"][rows], weights=weights[rows]
+            )
+            grid = [t for t, *_ in step.km[o.adjustment][arm]]
+            expected = km.survival_function_at_times(grid).to_numpy()
+            curve = np.array([s for *_, s in step.km[o.adjustment][arm]])
+            assert np.allclose(curve, expected, atol=1e-9), (o.adjustment, arm)

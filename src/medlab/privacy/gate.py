@@ -43,6 +43,7 @@ from typing import Any
 
 from medlab.privacy import cellkey, dp
 from medlab.privacy.audit import Auditor
+from medlab.privacy.curves import curve_points
 from medlab.privacy.margins import complementary
 from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import ReleasePolicy
@@ -459,27 +460,17 @@ class _Gate:
                 if hidden:
                     self.record(curve.name, group, "curves not released under DP", "withheld")
                 continue
-            shown: list[dict[str, Any]] = []
-            last: float | None = None
-            pending = 0.0
-            ended = False
-            for time, at_risk, events, value in points:
-                ended = ended or at_risk < policy.min_cell_count
-                if ended:
-                    shown.append({"time": time, "at_risk": None, "value": None})
-                    continue
-                pending += events
-                if last is None or pending >= policy.min_cell_count:
-                    low = policy.count_band(policy.round_count(round(at_risk)))[0]
-                    last = round_to(value, self.digits("proportion"), 1.0 / max(low, 1))
-                    pending = 0.0
-                population = curve.populations.get(group)
-                whole = population is not None and round(at_risk) == len(population)
+            population = curve.populations.get(group)
+
+            def protect(
+                n: int, time: float, population: Population | None = population
+            ) -> int | None:
+                whole = population is not None and n == len(population)
                 if whole and population.key in self.shown:  # type: ignore[union-attr]
-                    at = self.shown[population.key]  # type: ignore[union-attr]
-                else:
-                    at = self.protect(round(at_risk), population, f"at_risk@{time:g}")
-                shown.append({"time": time, "at_risk": at, "value": last})
+                    return self.shown[population.key]  # type: ignore[union-attr]
+                return self.protect(n, population, f"at_risk@{time:g}")
+
+            shown, ended = curve_points(points, policy, self.digits("proportion"), protect)
             if ended:
                 self.record(
                     curve.name, group, f"fewer than {policy.min_cell_count} at risk", "ends"

@@ -243,6 +243,7 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
         "min_events_per_parameter": policy.min_events_per_parameter,
         "ratio_digits": None if policy.precision == "none" else policy.precision.ratio,
         "p_value_digits": None if policy.precision == "none" else policy.precision.p_value,
+        "proportion_digits": None if policy.precision == "none" else policy.precision.proportion,
     }
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
+from medlab.privacy.curves import curve_points
 from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
@@ -225,13 +226,21 @@ def _gated_comparative(
         )
         for o in done.outcomes
     ]
+    share = _fewest(policies, "proportion_digits")
+    km = {
+        adjustment: {
+            arm: curve_points(points, strict, share, lambda n, _t: strict.round_count(n))[0]
+            for arm, points in arms.items()
+        }
+        for adjustment, arms in done.km.items()
+    }
     ps = {
         "covariates": len(done.model.coefficients),
         "nonzero": int(np.count_nonzero(done.model.coefficients)),
         "converged": done.model.converged,
         "rows": strict.round_count(rows),
     }
-    return {"estimates": estimates, "ps": ps}
+    return {"estimates": estimates, "ps": ps, "km": km}
 
 
 def _fewest(policies: list[dict[str, Any]], key: str) -> int | None:

@@ -33,6 +33,7 @@ interval would take a round per likelihood evaluation).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -159,9 +160,69 @@ def ps_length(k: int) -> int:
     return (k + 1) * (k + 2) // 2 + (k + 1) + 1 + 2
 
 
+def km_grid(settings: ComparativeSettings) -> np.ndarray:
+    """The Kaplan-Meier grid: day 0, every ``km_step_days``, up to the horizon."""
+    step, horizon = settings.km_step_days, settings.km_horizon_days
+    return np.arange(0, horizon + step, step, dtype=float)
+
+
+def _km_size(settings: ComparativeSettings) -> int:
+    bins = len(km_grid(settings)) - 1
+    return len(settings.adjustments) * 2 * (4 * bins + 2)
+
+
 def length(settings: ComparativeSettings, k: int) -> int:
     """Every session's vector length (the longest stage's; shorter ones are zero-padded)."""
-    return max(ps_length(k), MOMENTS, SLOT * len(settings.adjustments))
+    outcome = SLOT * len(settings.adjustments) + _km_size(settings)
+    return max(ps_length(k), MOMENTS, outcome)
+
+
+def _km_sums(frame: pd.DataFrame, weights: np.ndarray | None, grid: np.ndarray) -> list[float]:
+    """Per arm, on the grid ``t_0 < t_1 < ...``: the (weighted) persons at risk after each
+    point (days > t_j) and the (weighted) events in each bin (t_(j-1), t_j]; then both
+    unweighted (the gate's rules count persons)."""
+    out: list[float] = []
+    w_all = np.ones(len(frame)) if weights is None else np.asarray(weights, dtype=float)
+    for arm in (1, 0):
+        rows = frame["treatment"].to_numpy() == arm
+        days = frame["days"].to_numpy(dtype=float)[rows]
+        event = frame["outcome"].to_numpy()[rows] == 1
+        for w in (w_all[rows], np.ones(int(rows.sum()))):
+            out += [float(w[days > t].sum()) for t in grid]
+            out += [
+                float(w[event & (days > a) & (days <= b)].sum())
+                for a, b in itertools.pairwise(grid)
+            ]
+    return out
+
+
+def km_curves(
+    settings: ComparativeSettings, values: Sequence[float]
+) -> dict[str, dict[str, list[tuple[float, float, float, float]]]]:
+    """The pooled curves from the summed :func:`_km_sums` of every adjustment: per arm, at
+    each grid point (time, persons at risk after it, events since the previous point,
+    survival ``prod (1 - d_l / n_l)`` over the bins so far, ``n_l`` the weighted persons at
+    risk entering bin ``l``)."""
+    grid = km_grid(settings)
+    bins = len(grid) - 1
+    per_arm = 4 * bins + 2
+    curves: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
+    for j, adjustment in enumerate(settings.adjustments):
+        curves[adjustment] = {}
+        for a, arm in enumerate(("target", "comparator")):
+            start = (2 * j + a) * per_arm
+            part = np.asarray(values[start : start + per_arm])
+            n_w, d_w = part[: bins + 1], part[bins + 1 : 2 * bins + 1]
+            n_u, d_u = part[2 * bins + 1 : 3 * bins + 2], part[3 * bins + 2 :]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(n_w[:-1] > 0, 1 - d_w / np.where(n_w[:-1] > 0, n_w[:-1], 1), 1)
+            survival = np.r_[1.0, np.cumprod(factor)]
+            events = np.r_[0.0, d_u]
+            curves[adjustment][arm] = [
+                (float(t), float(n), float(e), float(s))
+                for t, n, e, s in zip(grid, n_u, events, survival, strict=True)
+            ]
+    return curves
 
 
 def _coefficients(query: Mapping[str, Any], k: int) -> tuple[float, np.ndarray]:
@@ -239,7 +300,7 @@ def values(
         if not isinstance(at, dict):
             raise ValueError("the outcome stage names no coefficients")
         scores = _pooled_scores(rows, x, b0, beta)
-        found = []
+        found, curves = [], []
         for adjustment in settings.adjustments:
             b = at.get(adjustment)
             if b is not None and not (isinstance(b, int | float) and math.isfinite(b)):
@@ -249,6 +310,9 @@ def values(
             )
             robust = adjustment == "iptw" and settings.iptw_variance == "robust"
             found += _outcome_slot(adjusted, b, settings.cox_ties, robust)
+            if query.get("km"):
+                curves += _km_sums(adjusted.frame, adjusted.weights, km_grid(settings))
+        found += curves
     else:
         raise ValueError(f"unknown stage {stage!r}")
     if len(found) > size:
@@ -280,6 +344,7 @@ class Finished:
     ps_rows: tuple[int, int]  # rows and target rows of the propensity model
     moments: list[float]
     outcomes: list[Outcome]
+    km: dict[str, dict[str, list[tuple[float, float, float, float]]]]
     sums: int
 
 
@@ -325,19 +390,21 @@ def drive(
         base = {"stage": "outcome", **coefficients, "spread": spread, "share": share}
         if not (math.isfinite(spread) and math.isfinite(share)):
             raise ValueError("the pooled study population is empty")
-        outcomes = _outcomes(settings, base, take)
+        outcomes, first = _outcomes(settings, base, take)
     except _Pending as pending:
         return pending.query
-    return Finished(model, rows, moments, outcomes, len(sums))
+    km = km_curves(settings, first[SLOT * len(settings.adjustments) :])
+    return Finished(model, rows, moments, outcomes, km, len(sums))
 
 
 def _outcomes(
     settings: ComparativeSettings,
     base: dict[str, Any],
     take: Callable[[dict[str, Any]], list[float]],
-) -> list[Outcome]:
+) -> tuple[list[Outcome], list[float]]:
     """Every adjustment's Newton fit, in lockstep: each round holds a slot per adjustment,
-    evaluated at that fit's next coefficient (None once it is done)."""
+    evaluated at that fit's next coefficient (None once it is done); the first round also
+    holds the Kaplan-Meier sums. The fits, and the first round's sum."""
     adjustments = list(settings.adjustments)
     rounds: list[list[float]] = []
 
@@ -374,7 +441,7 @@ def _outcomes(
         }
         if all(v is None for v in asks.values()):
             break
-        rounds.append(take({**base, "at": asks}))
+        rounds.append(take({**base, "at": asks, **({} if rounds else {"km": True})}))
     out = []
     for j, (adjustment, (kind, found)) in enumerate(zip(adjustments, states, strict=True)):
         slot = rounds[-1][SLOT * j : SLOT * (j + 1)] if rounds else [0.0] * SLOT
@@ -398,7 +465,7 @@ def _outcomes(
                 continue
             se = math.sqrt(last[3]) / info
         out.append(Outcome(adjustment, beta, se, counts))  # type: ignore[arg-type]
-    return out
+    return out, rounds[0] if rounds else []
 
 
 def released(
