@@ -80,6 +80,11 @@ class NodeReleaser:
         """Settle what can be settled before any data is read."""
         if analysis not in self.policy.allowed_analyses:
             return Admission(refused="analysis type not allowed by the node's policy")
+        if not self.policy.federation.release_site_level:
+            return Admission(
+                refused="the node releases pooled numbers only "
+                "(its policy's federation.release_site_level is false)"
+            )
         if not self._dp:
             return Admission()
         with open_store(self.store, read_only=True) as con:
@@ -96,9 +101,9 @@ class NodeReleaser:
             refusal = budgets.shortfall(con, self.project, *self._loss())
         return Admission(refused=refusal)
 
-    def audit(self, populations: Sequence[Population], release_id: str) -> bool:
-        """Whether the differencing audit flags any of ``populations`` — the persons behind a
-        contribution to a secure sum, which passes through no gate — recorded as a
+    def audit(self, populations: Sequence[Population], release_id: str) -> list[bool]:
+        """Whether the differencing audit flags each of ``populations`` — the persons behind
+        a contribution to a secure sum, which passes through no gate — recorded as a
         release's populations are, so that later releases are compared with them."""
         with open_store(self.store) as con:
             self.auditor.bind(con)
@@ -107,7 +112,7 @@ class NodeReleaser:
             with transaction(con):
                 self.auditor.save()
             self.auditor.bind(None)
-        return any(flagged)
+        return flagged
 
     def release(self, request: Release, release_id: str, context: dict[str, Any]) -> Released:
         """``request`` through the gate; recorded (audit, budget, cache, journal) in one

@@ -128,8 +128,10 @@ class FederationPolicy(_Settings):
     researchers allowed (absent: any the hub registered), the fewest sites a study must have,
     whether the steward approves each task (``approval: each_task``, the default; projects in
     ``pre_approved_projects`` run without it) or trusts every allowed task (``none``),
-    whether the steward reviews the released payload before it is uploaded, and whether a
-    submission must carry its researcher's signature."""
+    whether the steward reviews the released payload before it is uploaded, whether a
+    submission must carry its researcher's signature, and whether the node releases its own
+    site-level numbers at all (``release_site_level: false``: only its contributions to
+    secure sums leave it, so results hold pooled numbers and no table of this site's)."""
 
     allowed_projects: Annotated[list[Name], Field(max_length=1000)] | None = None
     allowed_researchers: Annotated[list[Name], Field(max_length=1000)] | None = None
@@ -140,6 +142,7 @@ class FederationPolicy(_Settings):
     )
     review_results: bool = False
     require_researcher_signature: bool = False
+    release_site_level: bool = True
 
 
 class ReleasePolicy(_Settings):
@@ -328,6 +331,7 @@ def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
         problems.append("$.federation.approval none, the node's steward approves each task")
     if set(wanted.pre_approved_projects) - set(ours.pre_approved_projects):
         problems.append("$.federation.pre_approved_projects adds projects the node did not")
+    not_on("federation.release_site_level", ours.release_site_level, wanted.release_site_level)
     for name in ("review_results", "require_researcher_signature"):
         if getattr(ours, name) and not getattr(wanted, name):
             problems.append(f"$.federation.{name} is false, the node's is true")

@@ -314,11 +314,27 @@ def combine_study(
             parts.setdefault(cohort, [])
         every = history if history is not None else outputs
         last = max((o.round for o in every), default=1)
+        summed: dict[str, Any] = {}
+        if isinstance(analysis, IncidenceAnalysis | CharacterizationAnalysis):
+            # Tables summed on secure aggregation (a node releases no site-level numbers):
+            # the pooled releases stand for every site's.
+            summed = secure.state(analysis, every, last).result
+            pooled_parts = [gate.restore(p) for p in summed.get("parts", [])]
+            if pooled_parts:
+                by_cohort = isinstance(analysis, CharacterizationAnalysis)
+                parts = {c: [] for c in getattr(analysis, "cohorts", None) or [None]}
+                for p in pooled_parts:
+                    parts.setdefault(p.labels.get("cohort") if by_cohort else None, []).append(p)
+                released.extend(pooled_parts)
         if isinstance(analysis, FederatedModelAnalysis):
             body = secure.state(analysis, every, last).result
             _write_csv(out / f"{analysis.name}_terms.csv", body.get("terms", []))
         else:
             body = _analysis(analysis, parts, rounds, out)
+        if summed.get("sites"):
+            body["sites_pooled"] = summed["sites"]
+        elif summed:
+            body.update({f"pooled_{k}": v for k, v in summed.items()})
         if isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled:
             found = secure.state(analysis, every, last).result
             body["pooled"] = found.pop("estimates", [])
@@ -388,9 +404,9 @@ def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[
             found = federated_mean.next_params(round_, parts)
             if found is not None:
                 params[analysis.name] = found
-        elif isinstance(analysis, FederatedModelAnalysis) or (
-            isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled
-        ):
+        elif isinstance(
+            analysis, FederatedModelAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+        ) or (isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled):
             asked = secure.state(analysis, outputs, round_).ask
             if asked is not None:
                 params[analysis.name] = asked

@@ -244,6 +244,12 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
         "ratio_digits": None if policy.precision == "none" else policy.precision.ratio,
         "p_value_digits": None if policy.precision == "none" else policy.precision.p_value,
         "proportion_digits": None if policy.precision == "none" else policy.precision.proportion,
+        "release_site_level": policy.federation.release_site_level,
+        "precision": policy.precision
+        if policy.precision == "none"
+        else policy.precision.model_dump(mode="json"),
+        "allow_zeros": policy.allow_zeros,
+        "min_group_size": policy.min_group_size,
     }
 
 
@@ -272,6 +278,54 @@ def _prepare(
         roots = {c.id: scope.cohort(c.id, _members(con, c.id)) for c in spec.cohorts}
     releaser = NodeReleaser(store, policy, spec.project)
     return _Node(store, store.stem, policy, fingerprint, scope, releaser, roots), quality
+
+
+def _secure(
+    spec: StudySpec,
+    node: _Node,
+    party: parties.Party,
+    round_: int,
+    params: dict[str, Any],
+    computed: dict[str, list[ReleaseRequest]],
+) -> dict[str, dict[str, Any]]:
+    """This node's messages for the analyses on secure sums (pooled models and estimates;
+    incidence and characterization tables, summed when a node releases no site-level
+    numbers)."""
+    secure = {}
+    for analysis in spec.analyses:
+        if not (
+            isinstance(
+                analysis, FederatedModelAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+            )
+            or (isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled)
+        ):
+            continue
+
+        def tables(a: Analysis = analysis) -> list[ReleaseRequest]:
+            if a.name in computed:
+                return computed[a.name]
+            return [
+                replace(local(), roots=tuple(node.roots[c] for c in _cohorts_of(a, cohort)))
+                for cohort, local in _steps(a, spec, node, 1, {})
+            ]
+
+        found = node_step(
+            analysis,
+            node.store,
+            node.site,
+            node.policy,
+            party,
+            round_,
+            params.get(analysis.name),
+            spec.digest(),
+            node.fingerprint,
+            partial(node.releaser.audit, release_id=_release_id(node, analysis, None, 1, "secure")),
+            node.scope,
+            tables,
+        )
+        if found is not None:
+            secure[analysis.name] = found
+    return secure
 
 
 def _generated(store: Path, spec: StudySpec) -> set[int]:
@@ -338,6 +392,7 @@ def _run_node(
         "round": round_,
     }
     releases = []
+    computed: dict[str, list[ReleaseRequest]] = {}  # the local steps' requests, by analysis
     for i, analysis in enumerate(spec.analyses):
         if progress:
             progress(f"{analysis.name} on {node.site}", i, len(spec.analyses))
@@ -353,6 +408,7 @@ def _run_node(
                     warnings.simplefilter("always")
                     request_ = local()
                 roots = tuple(node.roots[c] for c in _cohorts_of(analysis, cohort))
+                computed.setdefault(analysis.name, []).append(replace(request_, roots=roots))
                 # Warnings speak of the data; they go to the node's journal, for its steward.
                 context = {
                     "study": spec.name,
@@ -366,29 +422,7 @@ def _run_node(
             releases.append(
                 NodeRelease(analysis=analysis.name, cohort=cohort, round=round_, **signed)
             )
-    secure = {}
-    for analysis in spec.analyses:
-        if isinstance(analysis, FederatedModelAnalysis) or (
-            isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled
-        ):
-            asked = params.get(analysis.name)
-            found = node_step(
-                analysis,
-                store,
-                node.site,
-                policy,
-                party,
-                round_,
-                asked,
-                spec_hash,
-                node.fingerprint,
-                partial(
-                    node.releaser.audit, release_id=_release_id(node, analysis, None, 1, "secure")
-                ),
-                node.scope,
-            )
-            if found is not None:
-                secure[analysis.name] = found
+    secure = _secure(spec, node, party, round_, params, computed)
     indices = [*earlier, *(r.log_index for r in releases)]
     return NodeOutput(
         site=node.site,

@@ -26,14 +26,31 @@ import numpy as np
 
 from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
+from medlab.privacy import gate, secure_tables
 from medlab.privacy.curves import curve_points
-from medlab.privacy.policy import ReleasePolicy
+from medlab.privacy.policy import Precision, ReleasePolicy
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
 from medlab.studies.local import NodeOutput
-from medlab.studies.spec import ComparativeAnalysis, FederatedModelAnalysis
+from medlab.studies.spec import (
+    CharacterizationAnalysis,
+    ComparativeAnalysis,
+    FederatedModelAnalysis,
+    IncidenceAnalysis,
+)
 
-SecureAnalysis = FederatedModelAnalysis | ComparativeAnalysis
+SecureAnalysis = (
+    FederatedModelAnalysis | ComparativeAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+)
+Tabled = (IncidenceAnalysis, CharacterizationAnalysis)
+
+
+@dataclass(frozen=True)
+class TablesSum:
+    """The summed numbers of an incidence or characterization analysis's tables."""
+
+    values: list[float]
+
 
 _ROUNDING = ("none", "nearest5", "midpoint6")
 
@@ -49,7 +66,9 @@ class State:
 def _wanted(a: SecureAnalysis) -> int | None:
     if isinstance(a, FederatedModelAnalysis):
         return a.settings.threshold
-    return a.settings.pooled.threshold if a.settings.pooled else None
+    if isinstance(a, ComparativeAnalysis) and a.settings.pooled:
+        return a.settings.pooled.threshold
+    return None
 
 
 def threshold(a: SecureAnalysis, ready: list[NodeOutput]) -> int:
@@ -68,6 +87,18 @@ def _prepare(a: SecureAnalysis, setup: dict[str, dict[str, Any]]) -> tuple[int, 
     from the ready sites' round-1 messages)."""
     if isinstance(a, FederatedModelAnalysis):
         return pooled.length(a.settings), {}
+    if isinstance(a, Tabled):
+        shapes = [m["shape"] for m in setup.values() if "shape" in m]
+        shape = shapes[0]
+        wanted = secure_tables.digest({"tables": shape})
+        if any(m.get("shape_digest") != wanted for m in setup.values()) or any(
+            s != shape for s in shapes
+        ):
+            raise SecAggError("the sites' tables differ in shape")
+        withheld = sorted({tuple(r) for m in setup.values() for r in m.get("withheld_rows", [])})
+        context = {"shape": shape, "withheld": [list(r) for r in withheld]}
+        return sum(secure_tables.size(s) for s in shape), context
+    assert isinstance(a, ComparativeAnalysis)
     most = a.settings.pooled.max_covariates if a.settings.pooled else 0
     listed = {}
     for site, m in setup.items():
@@ -83,11 +114,14 @@ def _prepare(a: SecureAnalysis, setup: dict[str, dict[str, Any]]) -> tuple[int, 
 
 def _step(
     a: SecureAnalysis, context: dict[str, Any], sums: list[list[float]]
-) -> dict[str, Any] | pooled.PooledFit | pooled_cm.Finished:
+) -> dict[str, Any] | pooled.PooledFit | pooled_cm.Finished | TablesSum:
     """The next query, or the finished fit."""
+    if isinstance(a, Tabled):
+        return TablesSum(sums[0]) if sums else {"stage": "tables"}
     if isinstance(a, FederatedModelAnalysis):
         found = pooled.advance(a.settings, sums)
         return {"beta": found.tolist()} if isinstance(found, np.ndarray) else found
+    assert isinstance(a, ComparativeAnalysis)
     try:
         return pooled_cm.drive(a.settings, context["covariates"], sums)
     except ValueError as exc:
@@ -102,6 +136,8 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     ready_sites = sorted(site for site, m in setup if m.get("ready"))
     first = {o.site: o for o in history if o.round == 1}
     ready = [first[s] for s in ready_sites]
+    if isinstance(a, Tabled) and not any("shape" in m for _, m in setup):
+        return State(None, {})  # every node releases its own tables: nothing to sum
     base: dict[str, Any] = {"withheld_by": withheld} if withheld else {}
     if isinstance(a, FederatedModelAnalysis) and withheld:
         base["model"] = a.settings.model
@@ -138,7 +174,9 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
         return State(None, {**base, "withheld": f"secure aggregation stopped: {exc}"})
     if not isinstance(step, dict):  # done; a session opened ahead is abandoned
         policies = [o.policy for o in ready if o.site in members]
-        if isinstance(step, pooled_cm.Finished):
+        if isinstance(step, TablesSum):
+            body = _gated_tables(context, step, policies, members)
+        elif isinstance(step, pooled_cm.Finished):
             assert isinstance(a, ComparativeAnalysis)
             body = _gated_comparative(a, step, policies, members)
         else:
@@ -151,7 +189,7 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     def fresh() -> dict[str, Any]:
         return rounds.request(f"{secrets.token_hex(8)}.{len(order) + 1}", "advertise", t, length)
 
-    query = {**context, **step}
+    query = {k: v for k, v in context.items() if k not in ("shape", "withheld")} | step
     if not pending:
         return State({"secure": [fresh()], "keys": keys, "query": query})
     # The next session's keys are set up while the current one finishes: its advertisements
@@ -165,9 +203,17 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
 
 
 def _strict(policies: Sequence[dict[str, Any]]) -> tuple[ReleasePolicy, int]:
-    """The strictest count rule of the contributing nodes, and their strictest events per
-    parameter."""
+    """The strictest rules of the contributing nodes (counts, rounding, precision, zeros,
+    group sizes), and their strictest events per parameter."""
+    given = [p["precision"] for p in policies if isinstance(p.get("precision"), dict)]
+    precision: Precision | str = "none"
+    if given or not all(p.get("precision") == "none" for p in policies):
+        digits = {k: min([d[k] for d in given if k in d], default=v) for k, v in Precision()}
+        precision = Precision(**digits)
     strict = ReleasePolicy(
+        precision=precision,  # type: ignore[arg-type]
+        allow_zeros=all(bool(p.get("allow_zeros", False)) for p in policies),
+        min_group_size=max(int(p.get("min_group_size", 10)) for p in policies),
         min_cell_count=max(int(p.get("min_cell_count", 10)) for p in policies),
         rounding=max(
             (p.get("rounding", "midpoint6") for p in policies),
@@ -241,6 +287,28 @@ def _gated_comparative(
         "rows": strict.round_count(rows),
     }
     return {"estimates": estimates, "ps": ps, "km": km}
+
+
+def _gated_tables(
+    context: dict[str, Any],
+    summed: TablesSum,
+    policies: list[dict[str, Any]],
+    members: list[str],
+) -> dict[str, Any]:
+    """The summed tables as releases of the pooled sites, each through the gate under the
+    strictest contributing node's rules, the rows any node's audit flagged withheld
+    (payloads, as nodes upload theirs)."""
+    strict, _ = _strict(policies)
+    parts, start = [], 0
+    for i, s in enumerate(context["shape"]):
+        end = start + secure_tables.size(s)
+        flagged = {(str(e), str(r)) for j, e, r in context["withheld"] if j == i}
+        release = secure_tables.rebuild(s, summed.values[start:end], "pooled", flagged)
+        keys = {f"withheld:{e}:{r}" for e, r in flagged}
+        side = gate.NodeSide(auditor=secure_tables.Withheld(keys))  # type: ignore[arg-type]
+        parts.append(gate.payload(gate.apply(strict, release, side)))
+        start = end
+    return {"parts": parts, "sites": members}
 
 
 def _fewest(policies: list[dict[str, Any]], key: str) -> int | None:

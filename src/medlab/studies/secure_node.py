@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,32 @@ from medlab.cdm.identity import identity
 from medlab.cdm.store import open_store
 from medlab.ledger.keys import canonical
 from medlab.ledger.parties import Party
+from medlab.privacy import secure_tables
 from medlab.privacy.policy import ReleasePolicy
-from medlab.privacy.release import Population
+from medlab.privacy.release import Population, Release
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
-from medlab.studies.spec import ComparativeAnalysis, FederatedModelAnalysis
+from medlab.studies.spec import (
+    CharacterizationAnalysis,
+    ComparativeAnalysis,
+    FederatedModelAnalysis,
+    IncidenceAnalysis,
+)
 
-SecureAnalysis = FederatedModelAnalysis | ComparativeAnalysis
-Rows = pooled.Design | pooled_cm.SiteRows
+SecureAnalysis = (
+    FederatedModelAnalysis | ComparativeAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """An incidence or characterization analysis's releases at this node (node-internal),
+    before any gate: summed across sites when a node releases no site-level numbers."""
+
+    releases: tuple[Release, ...]
+
+
+Rows = pooled.Design | pooled_cm.SiteRows | Tables
 
 
 def sessions_of(store: Path) -> rounds.Sessions:
@@ -46,17 +65,29 @@ _DESIGNS: dict[tuple[str, str, str], Rows] = {}
 _KEPT = 8
 
 
-def _design(a: SecureAnalysis, store: Path, fingerprint: str) -> Rows:
+def _design(
+    a: SecureAnalysis,
+    store: Path,
+    fingerprint: str,
+    tables: Callable[[], list[Release]] | None,
+) -> Rows:
     """The analysis's rows at this node, built once per data snapshot within a process
-    (every round of a fit asks for the same rows)."""
+    (every round of a fit asks for the same rows); ``tables``: an incidence or
+    characterization analysis's local steps."""
     key = (str(store.resolve()), fingerprint, a.model_dump_json())
     if key not in _DESIGNS:
-        with open_store(store, read_only=True) as con:
-            if isinstance(a, FederatedModelAnalysis):
-                found: Rows = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
-            else:
-                found = pooled_cm.site_rows(con, a.target, a.comparator, a.outcome, a.settings)
-            _DESIGNS[key] = found
+        found: Rows
+        if isinstance(a, IncidenceAnalysis | CharacterizationAnalysis):
+            if tables is None:
+                raise ValueError(f"{a.name}: the node gives no local steps for its tables")
+            found = Tables(tuple(tables()))
+        else:
+            with open_store(store, read_only=True) as con:
+                if isinstance(a, FederatedModelAnalysis):
+                    found = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
+                else:
+                    found = pooled_cm.site_rows(con, a.target, a.comparator, a.outcome, a.settings)
+        _DESIGNS[key] = found
         while len(_DESIGNS) > _KEPT:
             _DESIGNS.pop(next(iter(_DESIGNS)))
     return _DESIGNS[key]
@@ -81,11 +112,23 @@ def _setup(a: SecureAnalysis, d: Rows, policy: ReleasePolicy) -> dict[str, Any]:
     this site may list, for pooled estimates)."""
     dp = policy.differential_privacy
     exact = policy.count_protection != "differential_privacy" or dp.exact_models
+    if isinstance(d, Tables):
+        if policy.count_protection == "differential_privacy":
+            return {"withheld": "the node protects counts by differential privacy"}
+        try:
+            shape = [secure_tables.skeleton(r) for r in d.releases]
+        except secure_tables.NotATable as exc:
+            return {"withheld": str(exc)}
+        # The full skeleton from a node that releases no site-level numbers (the reason the
+        # tables are summed at all); every node's digest, which all must share.
+        found = {"ready": True, "shape_digest": secure_tables.digest({"tables": shape})}
+        return found if policy.federation.release_site_level else {**found, "shape": shape}
     if isinstance(a, FederatedModelAnalysis):
         assert isinstance(d, pooled.Design)
         reason = pooled.withheld(d, a.settings, policy.min_cell_count, exact)
         return {"withheld": reason} if reason else {"ready": True}
-    assert isinstance(d, pooled_cm.SiteRows) and a.settings.pooled is not None
+    assert isinstance(a, ComparativeAnalysis) and isinstance(d, pooled_cm.SiteRows)
+    assert a.settings.pooled is not None
     reason = pooled_cm.withheld(d, policy.min_cell_count, exact)
     if reason:
         return {"withheld": reason}
@@ -97,10 +140,15 @@ def _values(a: SecureAnalysis, d: Rows, query: Any, size: int) -> list[float]:
     """This node's vector for the round's query."""
     if not isinstance(query, dict):
         raise ValueError("the round asks no query")
+    if isinstance(d, Tables):
+        found = [v for r in d.releases for v in secure_tables.numbers(r)]
+        if len(found) != size:
+            raise ValueError(f"{len(found)} numbers do not fit the session's {size}")
+        return found
     if isinstance(a, FederatedModelAnalysis):
         assert isinstance(d, pooled.Design)
         return pooled.contribution(d, a.settings, query.get("beta", []))
-    assert isinstance(d, pooled_cm.SiteRows)
+    assert isinstance(a, ComparativeAnalysis) and isinstance(d, pooled_cm.SiteRows)
     chosen = query.get("covariates")
     most = a.settings.pooled.max_covariates if a.settings.pooled else 0
     if not isinstance(chosen, list) or len(chosen) > most:
@@ -116,8 +164,10 @@ def _size(request: Any) -> int:
 
 
 def _populations(a: SecureAnalysis, d: Rows, scope: Scope) -> list[Population]:
-    """The persons a contribution is about: the study population's arms (its cohorts are
-    audited with the study's other releases)."""
+    """The persons a model's contribution is about: its study population by arm (its cohorts
+    are audited with the study's other releases)."""
+    assert not isinstance(d, Tables)
+    assert not isinstance(a, IncidenceAnalysis | CharacterizationAnalysis)
     if isinstance(d, pooled.Design):
         persons, arm = d.persons, d.treatment
     else:
@@ -137,6 +187,29 @@ def _populations(a: SecureAnalysis, d: Rows, scope: Scope) -> list[Population]:
     ]
 
 
+_FLAGGED = "the differencing audit flags a population it is about"
+
+
+def _audit_tables(
+    d: Tables, found: dict[str, Any], audit: Callable[[list[Population]], list[bool]]
+) -> tuple[dict[str, Any], Tables]:
+    """The audit over the tables' cohorts (one flagged withholds the contribution) and their
+    rows and sums (a flagged one is contributed as nobody's, and named for the hub to
+    withhold): the set-up message and the tables to contribute."""
+    roots = [p for r in d.releases for p in r.roots]
+    items = [(i, item, p) for i, r in enumerate(d.releases) for item, p in secure_tables.items(r)]
+    flags = audit([*roots, *(p for _, _, p in items)])
+    if any(flags[: len(roots)]):
+        return {"withheld": _FLAGGED}, d
+    flagged = [(i, item) for (i, item, _), f in zip(items, flags[len(roots) :], strict=True) if f]
+    kept = tuple(
+        secure_tables.without(r, {item for j, item in flagged if j == i})
+        for i, r in enumerate(d.releases)
+    )
+    rows = [[i, element, row] for i, (element, row) in flagged]
+    return {**found, "withheld_rows": rows}, Tables(kept)
+
+
 def node_step(
     a: SecureAnalysis,
     store: Path,
@@ -147,17 +220,21 @@ def node_step(
     asked: dict[str, Any] | None,
     spec_hash: str,
     fingerprint: str,
-    audit: Callable[[list[Population]], bool] | None = None,
+    audit: Callable[[list[Population]], list[bool]] | None = None,
     scope: Scope | None = None,
+    tables: Callable[[], list[Release]] | None = None,
 ) -> dict[str, Any] | None:
     """What this node sends for ``a`` in ``round_`` (None: nothing). ``audit`` with
     ``scope``: the node's differencing audit, which sees the populations the contribution
-    is about and withholds it when it flags one."""
-    d = _design(a, store, fingerprint)
+    is about and withholds it when it flags one (a table's flagged rows: those rows)."""
+    d = _design(a, store, fingerprint, tables)
     found = _setup(a, d, policy)
     # Every round: the audit gives a population the decision it got the first time.
-    if "ready" in found and audit and scope and audit(_populations(a, d, scope)):
-        found = {"withheld": "the differencing audit flags a population it is about"}
+    if "ready" in found and audit and scope:
+        if isinstance(d, Tables):
+            found, d = _audit_tables(d, found, audit)
+        elif any(audit(_populations(a, d, scope))):
+            found = {"withheld": _FLAGGED}
     if round_ == 1:
         logged = {k: v for k, v in found.items() if k != "covariates"}
         party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **logged)
