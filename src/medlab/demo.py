@@ -191,9 +191,12 @@ def _pooled(spec: StudySpec) -> StudySpec:
 def _print_pooled(comparative: dict[str, Any]) -> None:
     """The pooled estimates next to the meta-analysis, and which sites each one holds."""
     meta = {e["adjustment"]: e for e in comparative["estimates"]}
+    left = comparative.get("pooled_withheld_by", {})
     if not comparative.get("pooled"):
         reason = comparative.get("pooled_withheld", "no pooled estimate")
         stdout.print(f"pooled estimates withheld: {reason}", highlight=False, soft_wrap=True)
+        for site, why in sorted(left.items()):
+            stdout.print(f"  {site} not pooled: {why}", highlight=False, soft_wrap=True)
         return
     table = Table(
         title="pooled on secure sums (one PS model across the sites, site-stratified Cox) "
@@ -212,7 +215,6 @@ def _print_pooled(comparative: dict[str, Any]) -> None:
             str(m.get("sites", 0)),
         )
     stdout.print(table)
-    left = comparative.get("pooled_withheld_by", {})
     for site, reason in sorted(left.items()):
         stdout.print(f"  {site} not pooled: {reason}", highlight=False, soft_wrap=True)
 

@@ -30,6 +30,10 @@ def test_demo_prints_one_row_per_node(
     assert "hub serving on http://127.0.0.1:" in printed
     assert "eunomia: awaiting_approval" in printed and "medlab node approve" in printed
     assert "hospital_a: completed" in printed and "study completed: answered 4 of 4" in printed
+    # Pooled estimates on secure sums are asked for; the demo test's small synthetic sites
+    # cannot take part, so they are withheld, with each site's reason.
+    assert "pooled estimates withheld: 1 sites may contribute; need 2" in printed
+    assert "hospital_a not pooled: its contribution would show" in printed
     assert "disclosure report" in printed and (out / "study" / "disclosure.json").exists()
     assert "privacy budget of demo-project" in printed and "cache: True" in printed
     assert "offline checks pass" in printed and (out / "evidence.zip").exists()

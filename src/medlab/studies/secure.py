@@ -89,6 +89,8 @@ def _prepare(a: SecureAnalysis, setup: dict[str, dict[str, Any]]) -> tuple[int, 
         return pooled.length(a.settings), {}
     if isinstance(a, Tabled):
         shapes = [m["shape"] for m in setup.values() if "shape" in m]
+        if not shapes:
+            raise SecAggError("no node that releases only pooled numbers may contribute")
         shape = shapes[0]
         wanted = secure_tables.digest({"tables": shape})
         if any(m.get("shape_digest") != wanted for m in setup.values()) or any(

@@ -61,7 +61,7 @@ def sessions_of(store: Path) -> rounds.Sessions:
     return rounds.Sessions(identity(store).key.with_suffix(".secagg"))
 
 
-_DESIGNS: dict[tuple[str, str, str], Rows] = {}
+_DESIGNS: dict[tuple[str, str, str, str], Rows] = {}
 _KEPT = 8
 
 
@@ -69,12 +69,14 @@ def _design(
     a: SecureAnalysis,
     store: Path,
     fingerprint: str,
+    spec_hash: str,
     tables: Callable[[], list[Release]] | None,
 ) -> Rows:
-    """The analysis's rows at this node, built once per data snapshot within a process
-    (every round of a fit asks for the same rows); ``tables``: an incidence or
-    characterization analysis's local steps."""
-    key = (str(store.resolve()), fingerprint, a.model_dump_json())
+    """The analysis's rows at this node, built once per study and data snapshot within a
+    process (every round of a fit asks for the same rows; another study may give its
+    cohort ids other definitions); ``tables``: an incidence or characterization analysis's
+    local steps."""
+    key = (str(store.resolve()), fingerprint, spec_hash, a.model_dump_json())
     if key not in _DESIGNS:
         found: Rows
         if isinstance(a, IncidenceAnalysis | CharacterizationAnalysis):
@@ -113,8 +115,6 @@ def _setup(a: SecureAnalysis, d: Rows, policy: ReleasePolicy) -> dict[str, Any]:
     dp = policy.differential_privacy
     exact = policy.count_protection != "differential_privacy" or dp.exact_models
     if isinstance(d, Tables):
-        if policy.count_protection == "differential_privacy":
-            return {"withheld": "the node protects counts by differential privacy"}
         try:
             shape = [secure_tables.skeleton(r) for r in d.releases]
         except secure_tables.NotATable as exc:
@@ -227,7 +227,15 @@ def node_step(
     """What this node sends for ``a`` in ``round_`` (None: nothing). ``audit`` with
     ``scope``: the node's differencing audit, which sees the populations the contribution
     is about and withholds it when it flags one (a table's flagged rows: those rows)."""
-    d = _design(a, store, fingerprint, tables)
+    if round_ > 1 and asked is None:
+        return None  # nothing asked of this analysis in this round
+    tabled = isinstance(a, IncidenceAnalysis | CharacterizationAnalysis)
+    if tabled and policy.count_protection == "differential_privacy":
+        found: dict[str, Any] = {"withheld": "the node protects counts by differential privacy"}
+        if round_ == 1:
+            party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=1, **found)
+        return found if round_ == 1 else None
+    d = _design(a, store, fingerprint, spec_hash, tables)
     found = _setup(a, d, policy)
     # Every round: the audit gives a population the decision it got the first time.
     if "ready" in found and audit and scope:
@@ -236,7 +244,7 @@ def node_step(
         elif any(audit(_populations(a, d, scope))):
             found = {"withheld": _FLAGGED}
     if round_ == 1:
-        logged = {k: v for k, v in found.items() if k != "covariates"}
+        logged = {k: v for k, v in found.items() if k in ("ready", "withheld", "shape_digest")}
         party.log("secure_model", spec_hash=spec_hash, analysis=a.name, round=round_, **logged)
         return found
     if asked is None or "withheld" in found:
