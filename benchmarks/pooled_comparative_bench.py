@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' union reference
 
 from tests import federation as fed
 from tests.functional.test_pooled_comparative import _spec, _split

@@ -17,6 +17,7 @@ ahead of the last step is abandoned. The threshold is the largest of the analysi
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 
 from medlab.analyses.federated import comparative as pooled_cm
 from medlab.analyses.federated import model as pooled
+from medlab.ledger.keys import canonical
 from medlab.privacy import gate, secure_tables
 from medlab.privacy.curves import curve_points
 from medlab.privacy.policy import Precision, ReleasePolicy
@@ -130,6 +132,28 @@ def _step(
         raise SecAggError(str(exc)) from exc
 
 
+_FINISHED: dict[str, list[float]] = {}  # finished sessions' sums, by their messages' digest
+_KEPT = 512
+
+
+def _next(
+    session: str, t: int, length: int, messages: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any] | list[float]:
+    """:func:`medlab.privacy.secagg.rounds.hub_next`, a finished session's sum remembered
+    (the hub rebuilds every round from all the messages; unmasking every earlier session
+    again made a fit's cost grow with the square of its rounds)."""
+    if set(messages) != set(rounds.PHASES):
+        return rounds.hub_next(session, t, length, messages)
+    key = hashlib.sha256(canonical([session, t, length, messages])).hexdigest()
+    if key not in _FINISHED:
+        found = rounds.hub_next(session, t, length, messages)
+        assert isinstance(found, list)
+        _FINISHED[key] = found
+        while len(_FINISHED) > _KEPT:
+            _FINISHED.pop(next(iter(_FINISHED)))
+    return list(_FINISHED[key])
+
+
 def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     """The analysis after round ``last``: what round ``last + 1`` asks, or the result."""
     sent = _messages(a, history)
@@ -163,7 +187,7 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     try:
         length, context = _prepare(a, {site: m for site, m in setup if site in keys})
         for session in order:
-            found = rounds.hub_next(session, t, length, sessions[session])
+            found = _next(session, t, length, sessions[session])
             if isinstance(found, dict):
                 pending.append(found)
             elif pending:
