@@ -59,10 +59,10 @@ def federation_policy(store: Path, **rules: Any) -> None:
     set_policy(store, parse_policy({"version": "test-1", "federation": rules}, "test"))
 
 
-def pooled_reference(stores: list[Path], settings: Any) -> Any:
+def pooled_reference(stores: list[Path], settings: Any, bin_days: int = 30) -> Any:
     """statsmodels on the union of the sites' rows of a pooled model (``settings``: its
-    ``ModelSettings``): the GLM, or PHReg stratified by site with Breslow ties; the fitted
-    coefficients."""
+    ``ModelSettings``): the GLM, PHReg stratified by site with Breslow ties, or (binned) PHReg
+    on the times rounded up to their ``bin_days`` bin; the fitted coefficients."""
     import numpy as np
     import statsmodels.api as sm
     from statsmodels.duration.hazard_regression import PHReg
@@ -76,13 +76,18 @@ def pooled_reference(stores: list[Path], settings: Any) -> Any:
             designs.append(pooled.design(con, 1, 2, 3, settings))
     x = np.vstack([d.x for d in designs])
     y = np.concatenate([d.y for d in designs])
-    if settings.model != "cox":
+    if settings.model not in ("cox", "cox_binned"):
         family = sm.families.Binomial() if settings.model == "logistic" else sm.families.Poisson()
         offset = (
             None if settings.model == "logistic" else np.concatenate([d.offset for d in designs])
         )
         return sm.GLM(y, x, family=family, offset=offset).fit(tol=1e-12)
     time = np.concatenate([d.time for d in designs])
+    if settings.model == "cox_binned":  # times rounded up to their bin's end, unstratified
+        width, end = bin_days, bin_days * pooled.Grid.of(settings, bin_days).count
+        status = y * (time <= end)
+        binned = np.minimum(np.ceil(time / width) * width, end)
+        return PHReg(binned, x, status=status, ties="breslow").fit()
     strata = np.concatenate([np.full(len(d.y), i) for i, d in enumerate(designs)])
     return PHReg(time, x, status=y, strata=strata, ties="breslow").fit()
 

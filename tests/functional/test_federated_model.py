@@ -62,7 +62,11 @@ def _spec(effect: dict[str, Any]) -> StudySpec:
                     "definition": outcome(effect["outcome"]["concept_id"]),
                 },
             ],
-            "analyses": [analysis("cox", "cox"), analysis("logit", "logistic")],
+            "analyses": [
+                analysis("cox", "cox"),
+                analysis("logit", "logistic"),
+                analysis("binned", "cox_binned"),
+            ],
         }
     )
 
@@ -90,7 +94,8 @@ def _terms(result: dict[str, Any], name: str) -> dict[str, Any]:
 def test_pooled_models_equal_the_fit_on_the_union(world: tuple[Path, list[Path], StudySpec]):
     tmp, stores, spec = world
     result = run_study(spec, stores, tmp / "out", hub_dir=tmp / "hub")
-    for name in ("cox", "logit"):
+    assert _terms(result, "binned")["bin_days"] == 30  # the nodes' event_bin_days
+    for name in ("cox", "logit", "binned"):
         found = _terms(result, name)
         assert found["converged"] and found["sites"] == sorted(s.stem for s in stores)
         reference = _reference(stores, spec, name)

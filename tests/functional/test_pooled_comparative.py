@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def test_pooled_estimates_equal_the_algorithm_on_the_union(
     written = json.loads((tmp / "out" / "results.json").read_text())
     assert written["analyses"][0]["pooled"] == analysis["pooled"]
     assert (tmp / "out" / f"{analysis['name']}_pooled.csv").exists()
+    report = (tmp / "out" / "report.html").read_text()
+    assert "pooled on secure sums" in report
+    assert re.search(rf"<td>matching</td>\s*<td>{found['matching']['hr']:.2f}</td>", report)
 
 
 def _split(rows: pooled.SiteRows, parts: int, seed: int) -> list[pooled.SiteRows]:

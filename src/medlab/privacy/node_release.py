@@ -28,6 +28,7 @@ from medlab.cdm import outbox
 from medlab.cdm.store import META_SCHEMA, open_store, rows_if_recorded, transaction
 from medlab.privacy import budget as budgets
 from medlab.privacy import gate
+from medlab.privacy.audit import TABLE as AUDIT_TABLE
 from medlab.privacy.audit import Auditor
 from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import ReleasePolicy
@@ -104,7 +105,21 @@ class NodeReleaser:
     def audit(self, populations: Sequence[Population], release_id: str) -> list[bool]:
         """Whether the differencing audit flags each of ``populations`` — the persons behind
         a contribution to a secure sum, which passes through no gate — recorded as a
-        release's populations are, so that later releases are compared with them."""
+        release's populations are, so that later releases are compared with them. Populations
+        audited before get the decision they got then (looked up by key: every round of a
+        fit asks again)."""
+        keys = [p.key for p in populations]
+        with open_store(self.store, read_only=True) as con:
+            known: dict[str, bool] = dict(
+                rows_if_recorded(
+                    con,
+                    f"SELECT population_key, flagged FROM {AUDIT_TABLE} "
+                    f"WHERE population_key IN ({', '.join('?' for _ in keys) or 'NULL'})",
+                    keys,
+                )
+            )
+        if all(p.key in known or len(p) == 0 for p in populations):
+            return [bool(known.get(p.key, False)) for p in populations]
         with open_store(self.store) as con:
             self.auditor.bind(con)
             self.auditor.begin(release_id)

@@ -159,6 +159,9 @@ class ReleasePolicy(_Settings):
     min_degrees_of_freedom: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     min_events_per_parameter: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     min_group_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    # Event times leave a node only binned to this many days (the unstratified pooled Cox
+    # model on secure sums); the coarsest node's width wins.
+    event_bin_days: Annotated[int, Field(ge=1, le=3650)] = 30
     differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy)
     allowed_analyses: list[AnalysisType] = Field(default_factory=lambda: list(ALL_ANALYSES))
     record_level_export: bool = False
@@ -303,7 +306,8 @@ def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
     at_least("dominance.n", node.dominance.n, asked.dominance.n)
     at_most("dominance.k", node.dominance.k, asked.dominance.k)
     at_least("dominance.p", node.dominance.p, asked.dominance.p)
-    for name in ("min_degrees_of_freedom", "min_events_per_parameter", "min_group_size"):
+    names = ("min_degrees_of_freedom", "min_events_per_parameter", "min_group_size")
+    for name in (*names, "event_bin_days"):
         at_least(name, getattr(node, name), getattr(asked, name))
     mine, theirs = node.differential_privacy, asked.differential_privacy
     not_on("differential_privacy.enabled", mine.enabled, theirs.enabled)

@@ -245,6 +245,7 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
         "p_value_digits": None if policy.precision == "none" else policy.precision.p_value,
         "proportion_digits": None if policy.precision == "none" else policy.precision.proportion,
         "release_site_level": policy.federation.release_site_level,
+        "event_bin_days": policy.event_bin_days,
         "precision": policy.precision
         if policy.precision == "none"
         else policy.precision.model_dump(mode="json"),

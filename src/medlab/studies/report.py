@@ -36,6 +36,19 @@ e.calibrated_ci_high|num }})</td><td>{{ e.calibrated_p|num("%.3g") }}</td>
 <td>{{ e.target_persons|count }}</td>
 <td>{{ e.comparator_persons|count }}</td><td>{{ e.target_events|count }}</td>
 <td>{{ e.comparator_events|count }}</td></tr>{% endfor %}</table>
+{% if a.pooled %}<h3>pooled on secure sums (one PS model across the sites)</h3><table><tr>
+<th>adjustment</th><th>HR</th><th>95% CI (Wald)</th><th>p</th><th>method</th><th>sites</th>
+<th>target persons</th><th>comparator persons</th><th>target events</th>
+<th>comparator events</th></tr>{% for e in a.pooled %}<tr><td>{{ e.adjustment }}</td>
+{% if e.withheld %}<td colspan="9">withheld: {{ e.withheld }}</td>{% else %}
+<td>{{ e.hr|num }}</td><td>{{ e.ci_low|num }}&ndash;{{ e.ci_high|num }}</td>
+<td>{{ e.p|num("%.3g") }}</td><td>{{ e.method }}</td><td>{{ e.sites|join(", ") }}</td>
+<td>{{ e.target_persons|count }}</td><td>{{ e.comparator_persons|count }}</td>
+<td>{{ e.target_events|count }}</td><td>{{ e.comparator_events|count }}</td>{% endif %}
+</tr>{% endfor %}</table>{% elif a.pooled_withheld %}<p>pooled estimates withheld:
+{{ a.pooled_withheld }}</p>{% endif %}
+{% for site, why in (a.pooled_withheld_by or {}).items() %}<p>{{ site }} not pooled:
+{{ why }}</p>{% endfor %}
 {% for site in a.per_site %}<h3>{{ site.site }}: attrition</h3><table><tr><th>step</th>
 <th>target persons</th><th>comparator persons</th></tr>{% for x in site.attrition %}<tr>
 <td>{{ x.step }}</td><td>{{ x.target_persons|count }}</td>

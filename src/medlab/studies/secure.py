@@ -88,7 +88,14 @@ def _prepare(a: SecureAnalysis, setup: dict[str, dict[str, Any]]) -> tuple[int, 
     """Every session's vector length, and what every query carries (the analysis's set-up
     from the ready sites' round-1 messages)."""
     if isinstance(a, FederatedModelAnalysis):
-        return pooled.length(a.settings), {}
+        if a.settings.model != "cox_binned":
+            return pooled.length(a.settings), {}
+        widths = [m.get("bin_days") for m in setup.values()]
+        if not all(isinstance(w, int) and 1 <= w <= 3650 for w in widths):
+            raise SecAggError("a site names no event-time bin width")
+        width = max(widths)  # type: ignore[type-var]
+        grid = pooled.Grid.of(a.settings, width)  # type: ignore[arg-type]
+        return pooled.length(a.settings, grid), {"bin_days": width}
     if isinstance(a, Tabled):
         shapes = [m["shape"] for m in setup.values() if "shape" in m]
         if not shapes:
@@ -123,7 +130,7 @@ def _step(
     if isinstance(a, Tabled):
         return TablesSum(sums[0]) if sums else {"stage": "tables"}
     if isinstance(a, FederatedModelAnalysis):
-        found = pooled.advance(a.settings, sums)
+        found = pooled.advance(a.settings, sums, _grid(a, context))
         return {"beta": found.tolist()} if isinstance(found, np.ndarray) else found
     assert isinstance(a, ComparativeAnalysis)
     try:
@@ -152,6 +159,13 @@ def _next(
         while len(_FINISHED) > _KEPT:
             _FINISHED.pop(next(iter(_FINISHED)))
     return list(_FINISHED[key])
+
+
+def _grid(a: FederatedModelAnalysis, context: dict[str, Any]) -> pooled.Grid | None:
+    """The event-time bins of an unstratified pooled Cox model (None: another model)."""
+    if a.settings.model != "cox_binned":
+        return None
+    return pooled.Grid.of(a.settings, int(context["bin_days"]))
 
 
 def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
@@ -207,7 +221,7 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
             body = _gated_comparative(a, step, policies, members)
         else:
             assert isinstance(a, FederatedModelAnalysis)
-            body = _gated(a, step, sums[-1], policies, members)
+            body = _gated(a, step, sums[-1], policies, members, _grid(a, context))
         return State(None, {**base, **body, "sessions": len(sums)})
     if len(pending) > 2:  # never more than the current session and the next one
         return State(None, {**base, "withheld": "secure aggregation stopped: sessions overlap"})
@@ -258,11 +272,12 @@ def _gated(
     last: list[float],
     policies: list[dict[str, Any]],
     members: list[str],
+    grid: pooled.Grid | None = None,
 ) -> dict[str, Any]:
     """The pooled model through the strictest contributing node's rules, or why it is
     withheld."""
     strict, per_parameter = _strict(policies)
-    counts = pooled.counts(a.settings, last)
+    counts = pooled.counts(a.settings, last, grid)
     shown = {"rows": counts["rows"], "events": counts["events"]}
     if a.settings.model == "logistic":
         shown["rows without the outcome"] = counts["rows"] - counts["events"]
@@ -273,7 +288,8 @@ def _gated(
     if counts["events"] < per_parameter * p:
         return {"withheld": f"fewer than {per_parameter} pooled events per parameter"}
     digits = (_fewest(policies, "ratio_digits"), _fewest(policies, "p_value_digits"))
-    return pooled.summary(a.settings, fit, counts, strict.round_count, digits, members)
+    body = pooled.summary(a.settings, fit, counts, strict.round_count, digits, members)
+    return {**body, **({"bin_days": int(grid.width)} if grid else {})}
 
 
 def _gated_comparative(

@@ -126,7 +126,10 @@ def _setup(a: SecureAnalysis, d: Rows, policy: ReleasePolicy) -> dict[str, Any]:
     if isinstance(a, FederatedModelAnalysis):
         assert isinstance(d, pooled.Design)
         reason = pooled.withheld(d, a.settings, policy.min_cell_count, exact)
-        return {"withheld": reason} if reason else {"ready": True}
+        if reason:
+            return {"withheld": reason}
+        binned = a.settings.model == "cox_binned"
+        return {"ready": True, **({"bin_days": policy.event_bin_days} if binned else {})}
     assert isinstance(a, ComparativeAnalysis) and isinstance(d, pooled_cm.SiteRows)
     assert a.settings.pooled is not None
     reason = pooled_cm.withheld(d, policy.min_cell_count, exact)
@@ -136,7 +139,9 @@ def _setup(a: SecureAnalysis, d: Rows, policy: ReleasePolicy) -> dict[str, Any]:
     return {"ready": True, "covariates": pooled_cm.candidates(d, policy.min_cell_count, most)}
 
 
-def _values(a: SecureAnalysis, d: Rows, query: Any, size: int) -> list[float]:
+def _values(
+    a: SecureAnalysis, d: Rows, query: Any, size: int, policy: ReleasePolicy
+) -> list[float]:
     """This node's vector for the round's query."""
     if not isinstance(query, dict):
         raise ValueError("the round asks no query")
@@ -147,7 +152,16 @@ def _values(a: SecureAnalysis, d: Rows, query: Any, size: int) -> list[float]:
         return found
     if isinstance(a, FederatedModelAnalysis):
         assert isinstance(d, pooled.Design)
-        return pooled.contribution(d, a.settings, query.get("beta", []))
+        grid = None
+        if a.settings.model == "cox_binned":
+            width = query.get("bin_days")
+            if not isinstance(width, int) or not policy.event_bin_days <= width <= 3650:
+                raise ValueError(
+                    f"the event-time bins of {width} days are finer than this node's "
+                    f"{policy.event_bin_days}"
+                )
+            grid = pooled.Grid.of(a.settings, width)
+        return pooled.contribution(d, a.settings, query.get("beta", []), grid)
     assert isinstance(a, ComparativeAnalysis) and isinstance(d, pooled_cm.SiteRows)
     chosen = query.get("covariates")
     most = a.settings.pooled.max_covariates if a.settings.pooled else 0
@@ -260,7 +274,7 @@ def node_step(
                 party.signer,
                 keys.get,
                 request,
-                partial(_values, a, d, asked.get("query"), _size(request)),
+                partial(_values, a, d, asked.get("query"), _size(request), policy),
             )
             digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
             party.log(

@@ -16,6 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from medlab.errors import PolicyError
+from medlab.privacy.policy import parse_policy, tighten
 from medlab.studies.run import run_study
 from tests.acceptance.attacks import worlds as w
 
@@ -84,3 +88,10 @@ def test_a_pooled_model_of_one_marked_person_is_withheld_in_both_worlds(tmp_path
         assert "terms" not in found and "world" in found["withheld_by"]
         seen.append(view)
     assert seen[0] == seen[1]
+
+
+def test_a_request_cannot_turn_site_level_releases_back_on() -> None:
+    node = parse_policy({"federation": {"release_site_level": False}}, "node")
+    with pytest.raises(PolicyError, match=r"release_site_level is true, the node's is false"):
+        tighten(node, {"federation": {"release_site_level": True}}, "the request")
+    assert not tighten(node, {"min_cell_count": 20}, "the request").federation.release_site_level

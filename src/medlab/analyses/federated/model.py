@@ -35,13 +35,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
-from medlab.analyses.federated import cox, glm
+from medlab.analyses.federated import binned, cox, glm
 from medlab.analyses.federated.packing import unpack
 from medlab.analyses.population import PopulationSettings, exposures, outcome_days
 from medlab.analyses.population import outcome_population as build_population
 from medlab.privacy.precision import round_to
 
-Model = Literal["logistic", "poisson", "cox"]
+Model = Literal["logistic", "poisson", "cox", "cox_binned"]
 Covariate = Literal["age", "female"]
 FEMALE = 8532
 COLUMNS = {"age": "age_per_decade", "female": "female"}
@@ -64,6 +64,22 @@ class ModelSettings(BaseModel):
     threshold: Annotated[int, Field(ge=2, le=1000)] | None = None
     round_timeout_s: Annotated[int, Field(ge=1, le=86_400)] = 300
     max_iterations: Annotated[int, Field(ge=1, le=100)] = 25
+    # cox_binned: the grid's end (an event after it counts as censored there); the bins'
+    # width is the coarsest contributing node's event_bin_days.
+    horizon_days: Annotated[int, Field(ge=1, le=36_500)] = 1800
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The event-time bins of an unstratified pooled Cox model (None: another model)."""
+
+    width: float
+    count: int
+
+    @staticmethod
+    def of(s: ModelSettings, width: int) -> Grid:
+        """Bins of ``width`` days up to the settings' horizon."""
+        return Grid(float(width), max(1, math.ceil(s.horizon_days / width)))
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class Design:
 
 def names(settings: ModelSettings) -> list[str]:
     """The coefficients' names, in order."""
-    base = [] if settings.model == "cox" else ["intercept"]
+    base = [] if settings.model in ("cox", "cox_binned") else ["intercept"]
     return [*base, "treatment", *(COLUMNS[c] for c in settings.covariates)]
 
 
@@ -107,7 +123,7 @@ def design(
     female = np.array([f for _, f in people], dtype=float).reshape(-1)
     treatment = population["treatment"].to_numpy(dtype=float)
     columns = [treatment] + [age if c == "age" else female for c in s.covariates]
-    if s.model != "cox":
+    if s.model not in ("cox", "cox_binned"):
         columns.insert(0, np.ones(len(population)))
     x = np.column_stack(columns) if len(population) else np.zeros((0, len(columns)))
     event = population["outcome"].to_numpy(dtype=float)
@@ -151,18 +167,27 @@ def withheld(d: Design, s: ModelSettings, min_cell_count: int, exact: bool) -> s
     return None
 
 
-def length(s: ModelSettings) -> int:
+def length(s: ModelSettings, grid: Grid | None = None) -> int:
     """The length of one contribution vector: the estimator's sums and one count (events
     for a GLM, rows for Cox, whose sums hold the other)."""
     p = len(names(s))
+    if s.model == "cox_binned":
+        assert grid is not None
+        return grid.count * (2 + 2 * p + p * p) + 1
     return p * (p + 1) // 2 + p + 3
 
 
-def contribution(d: Design, s: ModelSettings, beta: Sequence[float]) -> list[float]:
-    """The site's sums at ``beta``, as one vector."""
+def contribution(
+    d: Design, s: ModelSettings, beta: Sequence[float], grid: Grid | None = None
+) -> list[float]:
+    """The site's sums at ``beta``, as one vector (``grid``: the bins of ``cox_binned``)."""
     b = np.asarray(beta, dtype=float)
     if b.shape != (d.x.shape[1],) or not np.all(np.isfinite(b)):
         raise ValueError(f"the coefficients must be {d.x.shape[1]} finite numbers")
+    if s.model == "cox_binned":
+        assert grid is not None
+        found = binned.risk_sums(d.time, d.y, d.x, b, grid.width, grid.count).flat()
+        return [*found, float(len(d.y))]
     if s.model == "cox":
         sums = cox.contribution(d.time, d.y.astype(bool), d.x, b, s.cox_ties).flat()
         return [*sums, float(len(d.y))]
@@ -186,7 +211,9 @@ class PooledFit:
     converged: bool
 
 
-def advance(s: ModelSettings, sums: Sequence[Sequence[float]]) -> np.ndarray | PooledFit:
+def advance(
+    s: ModelSettings, sums: Sequence[Sequence[float]], grid: Grid | None = None
+) -> np.ndarray | PooledFit:
     """The coefficients the next sum is to be taken at, or the fit when ``sums`` (one per
     iteration so far, in order) finish it."""
     p = len(names(s))
@@ -199,6 +226,18 @@ def advance(s: ModelSettings, sums: Sequence[Sequence[float]]) -> np.ndarray | P
         return list(found)[:-1]
 
     try:
+        if s.model == "cox_binned":
+            assert grid is not None
+            count = grid.count
+            fit_b = cox.fit(
+                binned.cox_round(lambda b: binned.RiskSums.unflat(take(b), count, p)),
+                p,
+                1e-9,
+                s.max_iterations,
+            )
+            return PooledFit(
+                fit_b.coefficients, fit_b.standard_errors, fit_b.iterations, fit_b.converged
+            )
         if s.model == "cox":
             fit_c = cox.fit(
                 lambda b: cox.CoxContribution.unflat(take(b), p), p, 1e-9, s.max_iterations
@@ -217,9 +256,13 @@ def advance(s: ModelSettings, sums: Sequence[Sequence[float]]) -> np.ndarray | P
         return pending.beta
 
 
-def counts(s: ModelSettings, last: Sequence[float]) -> dict[str, int]:
+def counts(s: ModelSettings, last: Sequence[float], grid: Grid | None = None) -> dict[str, int]:
     """The pooled rows and events a sum holds."""
     p = len(names(s))
+    if s.model == "cox_binned":
+        assert grid is not None
+        sums = binned.RiskSums.unflat(list(last[:-1]), grid.count, p)
+        return {"rows": round(last[-1]), "events": round(float(sums.d.sum()))}
     *_, (_, count) = unpack(list(last[:-1]), p, 2)
     extra = round(last[-1])
     if s.model == "cox":
@@ -252,7 +295,8 @@ def summary(
                 "p": round_to(p, p_digits),
             }
         )
-    scale = {"cox": "hazard ratio", "poisson": "rate ratio", "logistic": "odds ratio"}[s.model]
+    scales = {"poisson": "rate ratio", "logistic": "odds ratio"}
+    scale = scales.get(s.model, "hazard ratio")
     return {
         "model": s.model,
         "scale": scale,
