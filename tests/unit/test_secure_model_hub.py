@@ -74,3 +74,17 @@ def test_a_node_refuses_a_threshold_below_its_least_and_a_party_list_without_it(
         _check(asked(3, {**keys, "a": "an impostor's"}), "a", party, policy)
     with pytest.raises(SecAggError, match="below this node's least, 3"):
         _check(asked(2, keys), "a", party, ReleasePolicy())  # a majority of four is 3
+
+
+def test_a_node_signs_one_survivor_set_per_query(tmp_path: Any) -> None:
+    from medlab.studies.secure_node import guard_survivors, remember_query
+
+    remember_query(tmp_path, "s.1", "q" * 64)
+    guard_survivors(tmp_path, "s.1", ["a", "b", "c"])
+    guard_survivors(tmp_path, "s.1", ["c", "b", "a"])  # the same set, in any order
+    remember_query(tmp_path, "t.1", "q" * 64)  # the same query in another session (a rerun)
+    guard_survivors(tmp_path, "t.1", ["a", "b", "c"])
+    with pytest.raises(SecAggError, match="summed over other survivors before"):
+        guard_survivors(tmp_path, "t.1", ["a", "b"])
+    remember_query(tmp_path, "u.1", "r" * 64)  # another query: its own set
+    guard_survivors(tmp_path, "u.1", ["a", "b"])

@@ -303,11 +303,12 @@ def _secure(
             continue
 
         def tables(a: Analysis = analysis) -> list[ReleaseRequest]:
-            if a.name in computed:
+            steps = _steps(a, spec, node, 1, {})
+            if len(computed.get(a.name, [])) == len(steps):  # the release path made them
                 return computed[a.name]
             return [
                 replace(local(), roots=tuple(node.roots[c] for c in _cohorts_of(a, cohort)))
-                for cohort, local in _steps(a, spec, node, 1, {})
+                for cohort, local in steps
             ]
 
         found = node_step(

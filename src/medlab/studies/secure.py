@@ -12,7 +12,8 @@ session advertises its keys with the current one's masked inputs and shares them
 consistency round, so a step takes three rounds (the first five); the session opened
 ahead of the last step is abandoned. The threshold is the largest of the analysis's
 ``threshold`` (default a majority of the ready nodes, at least 2) and every ready node's
-``min_sites``; a node checks it again.
+``min_sites``; a node checks it again. A node that refuses a request (``aborted``: a check
+failed, or its guard against summing one query over two survivor sets) ends the fit.
 """
 
 from __future__ import annotations
@@ -186,6 +187,10 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     )
     if changed:  # one fit, one snapshot per site
         return State(None, {**base, "withheld": f"the data at {changed[0]} changed during the fit"})
+    aborted = sorted((site, m["aborted"]) for _, site, m in sent if m.get("aborted"))
+    if aborted:  # a node refused a request: a hub's misstep or a node's guard ends the fit
+        site, why = aborted[0]
+        return State(None, {**base, "withheld": f"secure aggregation stopped: {site}: {why}"})
     t = threshold(a, ready)
     if len(ready) < t:
         return State(None, {**base, "withheld": f"{len(ready)} sites may contribute; need {t}"})

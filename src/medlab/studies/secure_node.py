@@ -15,6 +15,8 @@ the node's transparency log (its digest, never the vector).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -204,6 +206,59 @@ def _populations(a: SecureAnalysis, d: Rows, scope: Scope) -> list[Population]:
 _FLAGGED = "the differencing audit flags a population it is about"
 
 
+def _what(a: SecureAnalysis, scope: Scope | None, fingerprint: str, query: Any) -> str:
+    """What a session's sum is of: the analysis (not its name), its cohorts' definitions,
+    the data snapshot and the query."""
+    cohorts = [getattr(a, k) for k in ("target", "comparator", "outcome") if hasattr(a, k)]
+    cohorts += list(getattr(a, "cohorts", []) or [])
+    digests = {c: scope.cohorts.get(c) for c in cohorts} if scope else {}
+    body = {
+        "analysis": a.model_dump(mode="json", exclude={"name"}),
+        "cohorts": digests,
+        "snapshot": fingerprint,
+        "query": query,
+    }
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial_path = path.with_suffix(".partial")
+    fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data))
+    partial_path.replace(path)
+
+
+def _name(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def remember_query(directory: Path, session: str, what: str) -> None:
+    """Record which query this node masked its input for in ``session``."""
+    _write(directory / "queries" / f"{_name(session)}.json", {"what": what})
+
+
+def guard_survivors(directory: Path, session: str, survivors: Any) -> None:
+    """Refuse to sign, for ``session``, a survivor set other than the one an earlier session
+    of the very same query was summed over (at this node, in any study): two sums of one
+    query over sets one node apart give that node's contribution by subtraction."""
+    asked = directory / "queries" / f"{_name(session)}.json"
+    if not asked.exists() or not isinstance(survivors, list):
+        return
+    what = json.loads(asked.read_text())["what"]
+    ledger = directory / "answered" / f"{what[:32]}.json"
+    wanted = sorted(str(s) for s in survivors)
+    if ledger.exists():
+        if json.loads(ledger.read_text())["survivors"] != wanted:
+            raise SecAggError(
+                "this query was summed over other survivors before; a second set would give "
+                "a node's contribution by subtraction"
+            )
+        return
+    _write(ledger, {"survivors": wanted})
+
+
 def _audit_tables(
     d: Tables, found: dict[str, Any], audit: Callable[[list[Population]], list[bool]]
 ) -> tuple[dict[str, Any], Tables]:
@@ -267,7 +322,10 @@ def node_step(
     try:
         _check(asked, site, party, policy)
         keys: dict[str, str] = asked["keys"]
+        directory = sessions_of(store).directory
         for request in asked["secure"]:  # the current session's phase, and the next's
+            if request.get("phase") == "consistency":
+                guard_survivors(directory, str(request.get("session")), request.get("survivors"))
             message = rounds.node_round(
                 sessions_of(store),
                 site,
@@ -276,6 +334,9 @@ def node_step(
                 request,
                 partial(_values, a, d, asked.get("query"), _size(request), policy),
             )
+            if request.get("phase") == "mask":
+                what = _what(a, scope, fingerprint, asked.get("query"))
+                remember_query(directory, str(request["session"]), what)
             digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
             party.log(
                 "secure_sum",

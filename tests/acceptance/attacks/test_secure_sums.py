@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from medlab.errors import PolicyError
+from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import parse_policy, tighten
 from medlab.studies.run import run_study
 from tests.acceptance.attacks import worlds as w
@@ -95,3 +96,25 @@ def test_a_request_cannot_turn_site_level_releases_back_on() -> None:
     with pytest.raises(PolicyError, match=r"release_site_level is true, the node's is false"):
         tighten(node, {"federation": {"release_site_level": True}}, "the request")
     assert not tighten(node, {"min_cell_count": 20}, "the request").federation.release_site_level
+
+
+def test_the_same_pooled_study_without_one_node_is_refused(tmp_path: Path) -> None:
+    """Run 1 sums the model's queries over three nodes; run 2, the same study with the third
+    node withheld (its steward tightened its policy, or the hub left it out), would sum the
+    same first query over two: the difference is the third node's contribution. The two
+    remaining nodes refuse to sign the smaller survivor set, so run 2 yields no model."""
+    seen = []
+    for secret in (True, False):
+        stores = _nodes(tmp_path / str(secret), secret)
+        third = w.build(tmp_path / str(secret) / "third", False, persons=180)
+        stores.append(shutil.move(third, third.with_name("third.duckdb")))
+        spec = _pooled(w.cohort(w.DRUG_210), "three")
+        first = _run(spec, stores, tmp_path / str(secret) / "1")["results"]["analyses"][0]
+        assert first["sites"] == ["other", "third", "world"]
+        set_policy(stores[2], parse_policy({"min_cell_count": 100_000}, "steward"))
+        second = _run(spec, stores, tmp_path / str(secret) / "2")
+        found = second["results"]["analyses"][0]
+        assert "terms" not in found
+        assert "summed over other survivors before" in found["withheld"]
+        seen.append(second)
+    assert seen[0] == seen[1]
