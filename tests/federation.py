@@ -118,7 +118,7 @@ def pooled_comparative_reference(
     import pandas as pd
     from scipy import sparse
 
-    from medlab.analyses import cox, estimation, propensity
+    from medlab.analyses import cox, propensity
     from medlab.analyses.comparative import adjust
 
     x = sparse.vstack([s.design(chosen) for s in sites], format="csr")
@@ -134,10 +134,11 @@ def pooled_comparative_reference(
         for s in sites
     ]
     union = np.concatenate(scores)
-    logit = estimation.logit(union)
-    spread = float(
-        np.std(logit if settings.caliper_scale == "standardized_logit" else union, ddof=1)
-    )
+    with np.errstate(divide="ignore"):
+        logit = np.log(union / (1 - union))
+    finite = logit[np.isfinite(logit)]  # as matchOnPs: the SD over the finite logits
+    on_logit = settings.caliper_scale == "standardized_logit"
+    spread = float(np.std(finite if on_logit else union, ddof=1))
     arms = np.concatenate([s.population["treatment"].to_numpy() for s in sites])
     share = float(arms.mean())
     out: dict[str, Any] = {"intercept": fit.intercept, "beta": fit.beta}

@@ -46,7 +46,6 @@ import pandas as pd
 from scipy import sparse, stats
 
 from medlab.analyses import cox as coxmodel
-from medlab.analyses import estimation as est
 from medlab.analyses.comparative import ComparativeSettings, adjust
 from medlab.analyses.federated import ps
 from medlab.analyses.population import covariates, exposures, outcome_days, outcome_population
@@ -282,7 +281,11 @@ def values(
     elif stage == "moments":
         scores = _pooled_scores(rows, x, b0, beta)
         arm = rows.population["treatment"].to_numpy()
-        logit = est.logit(scores)
+        # CohortMethod's matchOnPs takes the SD over the finite logits (a score of exactly 0
+        # or 1 has none), as match_on_ps does.
+        with np.errstate(divide="ignore"):
+            raw = np.log(scores / (1 - scores))
+        logit = raw[np.isfinite(raw)]
         found = [
             float(len(scores)),
             float((arm == 1).sum()),
