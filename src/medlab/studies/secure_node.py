@@ -1,7 +1,9 @@
 """A node's side of an analysis fitted on secure sums (a pooled model, a comparative
-analysis's pooled estimates): in round 1 whether it may contribute (and what the set-up
-needs: its propensity covariates), then its message of each secure-aggregation round
-(:mod:`medlab.studies.secure` is the hub's side).
+analysis's pooled estimates, incidence and characterization tables summed when a node
+releases no site-level numbers): in round 1 whether it may contribute (and what the set-up
+needs: its propensity covariates, its tables' skeleton), then its message of each
+secure-aggregation round (:mod:`medlab.studies.secure` is the hub's side). It signs one
+survivor set per query (:func:`guard_survivors`).
 
 Before it answers, the node checks what the hub asks: its own name and key among the
 parties, the threshold no lower than its ``min_sites``, a majority of the parties and 2, and
