@@ -42,6 +42,7 @@ from medlab.studies.spec import (
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
+    on_secure_sums,
 )
 
 _CALIBRATED = (
@@ -404,9 +405,7 @@ def next_round(spec: StudySpec, round_: int, outputs: list[NodeOutput]) -> dict[
             found = federated_mean.next_params(round_, parts)
             if found is not None:
                 params[analysis.name] = found
-        elif isinstance(
-            analysis, FederatedModelAnalysis | IncidenceAnalysis | CharacterizationAnalysis
-        ) or (isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled):
+        elif on_secure_sums(analysis):
             asked = secure.state(analysis, outputs, round_).ask
             if asked is not None:
                 params[analysis.name] = asked

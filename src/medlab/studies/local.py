@@ -54,6 +54,7 @@ from medlab.studies.spec import (
     IncidenceAnalysis,
     StudySpec,
     UtilizationAnalysis,
+    on_secure_sums,
 )
 
 
@@ -294,12 +295,7 @@ def _secure(
     numbers)."""
     secure = {}
     for analysis in spec.analyses:
-        if not (
-            isinstance(
-                analysis, FederatedModelAnalysis | IncidenceAnalysis | CharacterizationAnalysis
-            )
-            or (isinstance(analysis, ComparativeAnalysis) and analysis.settings.pooled)
-        ):
+        if not on_secure_sums(analysis):
             continue
 
         def tables(a: Analysis = analysis) -> list[ReleaseRequest]:

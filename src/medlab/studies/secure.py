@@ -40,11 +40,9 @@ from medlab.studies.spec import (
     ComparativeAnalysis,
     FederatedModelAnalysis,
     IncidenceAnalysis,
+    SecureAnalysis,
 )
 
-SecureAnalysis = (
-    FederatedModelAnalysis | ComparativeAnalysis | IncidenceAnalysis | CharacterizationAnalysis
-)
 Tabled = (IncidenceAnalysis, CharacterizationAnalysis)
 
 

@@ -42,10 +42,7 @@ from medlab.studies.spec import (
     ComparativeAnalysis,
     FederatedModelAnalysis,
     IncidenceAnalysis,
-)
-
-SecureAnalysis = (
-    FederatedModelAnalysis | ComparativeAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+    SecureAnalysis,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -145,6 +145,20 @@ Analysis = Annotated[
     | FederatedModelAnalysis,
     Field(discriminator="type"),
 ]
+
+# The analyses that take part in secure sums (pooled models and estimates; incidence and
+# characterization tables, summed when a node releases no site-level numbers).
+SecureAnalysis = (
+    FederatedModelAnalysis | ComparativeAnalysis | IncidenceAnalysis | CharacterizationAnalysis
+)
+
+
+def on_secure_sums(a: Analysis) -> TypeGuard[SecureAnalysis]:
+    """Whether ``a`` takes part in secure sums (a comparative analysis when it asks for
+    pooled estimates)."""
+    if isinstance(a, ComparativeAnalysis):
+        return a.settings.pooled is not None
+    return isinstance(a, FederatedModelAnalysis | IncidenceAnalysis | CharacterizationAnalysis)
 
 
 class StudySpec(_Model):
