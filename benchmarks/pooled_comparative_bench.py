@@ -46,7 +46,7 @@ def run(label: str, sites: list[pooled.SiteRows], settings, tmp: Path) -> None: 
     sums: list[list[float]] = []
     while not isinstance(step := pooled.drive(settings, chosen, sums), pooled.Finished):
         vectors = {
-            n: pooled.values(s, settings, chosen, step, size)
+            n: pooled.values(s, settings, chosen, step, size, 10)
             for n, s in zip(names, sites, strict=True)
         }
         sums.append(secure_sum(vectors, signers, f"{label}.{len(sums)}"))

@@ -104,8 +104,41 @@ def site_rows(stores: list[Path], settings: Any) -> list[Any]:
     return found
 
 
+def cross_validated_variance(
+    sites: list[Any], settings: Any, chosen: list[str], min_cell_count: int = 10
+) -> tuple[float, list[float]]:
+    """The comparative analysis's cross-validation of the prior variance on the union of
+    the sites' rows with folds cut within each site (a site too small to hold
+    ``min_cell_count`` persons of each arm out in every fold holds none out): for each fold
+    and grid variance the local penalized fit on the stacked training rows, its held-out
+    log-likelihood, the variance with the highest mean."""
+    import numpy as np
+    from scipy import sparse
+
+    from medlab.analyses import propensity
+    from medlab.analyses.federated.ps_cv import site_folds
+
+    x = sparse.vstack([s.design(chosen) for s in sites], format="csr")
+    y = np.concatenate([s.treatment for s in sites])
+    folds = settings.ps_cv_folds
+    fold = np.concatenate(
+        [site_folds(s.treatment, folds, settings.ps_cv_seed, min_cell_count) for s in sites]
+    )
+    totals: list[list[float]] = [[] for _ in propensity.GRID]
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        if not test.any() or len(set(y[train])) < 2:
+            continue
+        for i, variance in enumerate(propensity.GRID):
+            fit = propensity._fit(x[train], y[train], settings.ps_prior, variance)
+            p = np.clip(propensity._predict(x[test], fit.intercept, fit.beta), 1e-15, 1 - 1e-15)
+            totals[i].append(float(np.sum(y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p))))
+    means = [float(np.mean(t)) for t in totals]
+    return propensity.GRID[int(np.argmax(means))], means
+
+
 def pooled_comparative_reference(
-    sites: list[Any], settings: Any, chosen: list[str]
+    sites: list[Any], settings: Any, chosen: list[str], variance: float | None = None
 ) -> dict[str, Any]:
     """The pooled comparative algorithm on the union of the sites' rows, with ``site`` as a
     stratum: the comparative analysis's own penalized PS fit on the stacked rows, the
@@ -123,7 +156,7 @@ def pooled_comparative_reference(
 
     x = sparse.vstack([s.design(chosen) for s in sites], format="csr")
     y = np.concatenate([s.treatment for s in sites])
-    fit = propensity._fit(x, y, settings.ps_prior, settings.ps_variance)
+    fit = propensity._fit(x, y, settings.ps_prior, variance or settings.ps_variance)
     scores = [
         np.round(
             propensity._predict(

@@ -17,6 +17,7 @@ from lifelines import KaplanMeierFitter
 from tests import federation as fed
 
 from medlab.analyses.federated import comparative as pooled
+from medlab.analyses.federated import ps_cv
 from medlab.cohorts.engine import generate
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import ReleasePolicy
@@ -129,7 +130,7 @@ def test_ten_uneven_sites_give_the_union_estimates(
     size = pooled.length(settings, len(chosen))
     sums: list[list[float]] = []
     while not isinstance(step := pooled.drive(settings, chosen, sums), pooled.Finished):
-        sums.append(np.sum([pooled.values(s, settings, chosen, step, size) for s in sites], 0))
+        sums.append(np.sum([pooled.values(s, settings, chosen, step, size, 10) for s in sites], 0))
     reference = fed.pooled_comparative_reference(sites, settings, chosen)
     assert step.model.converged
     for o in step.outcomes:
@@ -151,3 +152,58 @@ def test_ten_uneven_sites_give_the_union_estimates(
             expected = km.survival_function_at_times(grid).to_numpy()
             curve = np.array([s for *_, s in step.km[o.adjustment][arm]])
             assert np.allclose(curve, expected, atol=1e-9), (o.adjustment, arm)
+
+
+def test_the_prior_variance_cross_validated_across_sites_is_the_union_s(
+    world: tuple[Path, list[Path], StudySpec],
+) -> None:
+    """Folds cut within each site, a site too small to hold persons out in every fold
+    holding none out: the federated lockstep cross-validation picks the union's variance,
+    with the union's held-out log-likelihoods, and the estimates at it."""
+    _, stores, spec = world
+    settings = spec.analyses[0].settings.model_copy(  # type: ignore[union-attr]
+        update={"ps_variance": None, "ps_cv_folds": 3, "adjustments": ["none"]}
+    )
+    rows = fed.site_rows(stores, settings)
+    sites = [*_split(rows[0], 3, seed=5), *rows[1:]]  # 5 sites, 19 to 197 rows
+    least = 5  # the nodes' min_cell_count
+    kept = [ps_cv.site_folds(s.treatment, 3, 1, least).max() for s in sites]
+    assert kept == [-1, -1, 2, 2, 2]  # the two smallest hold no fold out
+    chosen = pooled.candidates(rows[1], 10, 8)
+    sums: list[list[float]] = []
+    while not isinstance(step := pooled.drive(settings, chosen, sums), pooled.Finished):
+        size = pooled.length(settings, len(chosen), step.get("stage"))
+        sums.append(
+            np.sum([pooled.values(s, settings, chosen, step, size, least) for s in sites], 0)
+        )
+    variance, means = fed.cross_validated_variance(sites, settings, chosen, least)
+    assert step.variance == variance
+    replayed = iter(sums)
+    _, found = ps_cv.cross_validate(len(chosen), "laplace", 3, lambda _q: list(next(replayed)))
+    assert np.allclose(found, means, rtol=1e-7)
+    reference = fed.pooled_comparative_reference(sites, settings, chosen, variance)
+    (o,) = step.outcomes
+    assert o.log_hr == pytest.approx(math.log(reference["none"]["hr"]), abs=1e-6)
+
+
+def test_a_study_cross_validates_the_pooled_prior_on_secure_sums(
+    world: tuple[Path, list[Path], StudySpec],
+) -> None:
+    tmp, stores, spec = world
+    data = spec.model_dump(mode="json")
+    data["analyses"][0]["settings"].update(
+        {"ps_variance": None, "ps_cv_folds": 3, "adjustments": ["none"]}
+    )
+    data["analyses"][0]["settings"]["pooled"]["max_covariates"] = 6
+    cv_spec = StudySpec.model_validate(data)
+    result = run_study(cv_spec, stores, tmp / "cv", hub_dir=tmp / "hub")
+    analysis = result["analyses"][0]
+    settings = cv_spec.analyses[0].settings  # type: ignore[union-attr]
+    sites = fed.site_rows(stores, settings)
+    chosen = pooled.choose({str(i): pooled.candidates(s, 10, 6) for i, s in enumerate(sites)}, 6)
+    variance, _ = fed.cross_validated_variance(sites, settings, chosen)
+    assert analysis["pooled_ps"]["variance"] == variance
+    assert analysis["pooled_ps"]["variance_from"] == "cross-validation"
+    reference = fed.pooled_comparative_reference(sites, settings, chosen, variance)
+    (found,) = analysis["pooled"]
+    _close(found, reference["none"])

@@ -88,3 +88,24 @@ def test_a_node_signs_one_survivor_set_per_query(tmp_path: Any) -> None:
         guard_survivors(tmp_path, "t.1", ["a", "b"])
     remember_query(tmp_path, "u.1", "r" * 64)  # another query: its own set
     guard_survivors(tmp_path, "u.1", ["a", "b"])
+
+
+def test_a_fit_goes_on_only_over_fewer_nodes(tmp_path: Any) -> None:
+    from medlab.studies.secure_node import guard_survivors, remember_query
+
+    def step(session: str, survivors: list[str], after: str = "continue") -> list[str]:
+        remember_query(tmp_path, session, session * 64, "f" * 64)  # one fit, its own query
+        return guard_survivors(tmp_path, session, survivors, after)
+
+    assert step("1", ["a", "b", "c", "d"]) == []
+    assert step("2", ["a", "b", "c"]) == ["d"]  # d dropped: the fit goes on without it
+    with pytest.raises(SecAggError, match="only fewer of them"):
+        step("3", ["a", "b", "c", "d"])  # d never comes back into the fit
+    with pytest.raises(SecAggError, match="only fewer of them"):
+        step("4", ["a", "b", "e"])  # nor does another take its place
+    with pytest.raises(SecAggError, match="no other set"):
+        step("5", ["a", "b"], "end")
+    assert step("6", ["a", "b", "c"], "end") == []  # the same set is always fine
+    assert step("7", ["a", "b"]) == ["c"]
+    remember_query(tmp_path, "8", "8" * 64, "g" * 64)  # another fit: its own set
+    assert guard_survivors(tmp_path, "8", ["a", "b", "c", "d"]) == []

@@ -133,11 +133,6 @@ class ComparativeSettings(BaseModel):
             raise ValueError("the Kaplan-Meier grid has more than 1,000 points")
         if self.ps_prior == "none" and self.ps_variance is not None:
             raise ValueError("ps_prior none has no variance")
-        if self.pooled is not None and self.ps_prior != "none" and self.ps_variance is None:
-            raise ValueError(
-                "pooled estimates need a fixed ps_variance (cross-validating the prior across "
-                "sites is not built)"
-            )
         controls = [c for c in self.negative_controls if isinstance(c, int)]
         controls += [p.cohort for p in self.positive_controls]
         concepts = [c for c in self.negative_controls if not isinstance(c, int)]

@@ -124,14 +124,16 @@ Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f
 
 class FederationPolicy(_Settings):
     """What the node's agent accepts from the hub, checked at the node before anything runs
-    (a single-process ``study run`` is the steward's own and skips these): the projects and
-    researchers allowed (absent: any the hub registered), the fewest sites a study must have,
-    whether the steward approves each task (``approval: each_task``, the default; projects in
-    ``pre_approved_projects`` run without it) or trusts every allowed task (``none``),
-    whether the steward reviews the released payload before it is uploaded, whether a
-    submission must carry its researcher's signature, and whether the node releases its own
-    site-level numbers at all (``release_site_level: false``: only its contributions to
-    secure sums leave it, so results hold pooled numbers and no table of this site's)."""
+        (a single-process ``study run`` is the steward's own and skips these): the projects and
+        researchers allowed (absent: any the hub registered), the fewest sites a study must have,
+        whether the steward approves each task (``approval: each_task``, the default; projects in
+        ``pre_approved_projects`` run without it) or trusts every allowed task (``none``),
+        whether the steward reviews the released payload before it is uploaded, whether a
+        submission must carry its researcher's signature, and whether the node releases its own
+        site-level numbers at all (``release_site_level: false``: only its contributions to
+        secure sums leave it, so results hold pooled numbers and no table of this site's), and
+    whether a pooled fit may go on over fewer nodes after one drops between its steps
+    (``after_dropout``)."""
 
     allowed_projects: Annotated[list[Name], Field(max_length=1000)] | None = None
     allowed_researchers: Annotated[list[Name], Field(max_length=1000)] | None = None
@@ -143,6 +145,9 @@ class FederationPolicy(_Settings):
     review_results: bool = False
     require_researcher_signature: bool = False
     release_site_level: bool = True
+    # Whether a pooled fit goes on over the nodes left when one drops between its steps
+    # (``end``: the fit is withheld; a node releasing no site-level numbers always ends).
+    after_dropout: Literal["continue", "end"] = "continue"
 
 
 class ReleasePolicy(_Settings):
@@ -336,6 +341,8 @@ def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
     if set(wanted.pre_approved_projects) - set(ours.pre_approved_projects):
         problems.append("$.federation.pre_approved_projects adds projects the node did not")
     not_on("federation.release_site_level", ours.release_site_level, wanted.release_site_level)
+    if ours.after_dropout == "end" and wanted.after_dropout != "end":
+        problems.append("$.federation.after_dropout continue, the node's is end")
     for name in ("review_results", "require_researcher_signature"):
         if getattr(ours, name) and not getattr(wanted, name):
             problems.append(f"$.federation.{name} is false, the node's is true")

@@ -160,6 +160,24 @@ def _next(
     return list(_FINISHED[key])
 
 
+def _length_of(session: str, default: int) -> int:
+    """A session's vector length: named in its id (``token.length.index``), else
+    ``default``."""
+    parts = session.split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else default
+
+
+def _stage_length(
+    a: SecureAnalysis, context: dict[str, Any], step: dict[str, Any], default: int
+) -> int:
+    """The length of a session opened now: a cross-validation round's while the pooled
+    propensity prior is being cross-validated (the session opened ahead of the last such
+    round is one too, zero-padded), else ``default``."""
+    if isinstance(a, ComparativeAnalysis) and step.get("stage") == "cv":
+        return pooled_cm.length(a.settings, len(context["covariates"]), "cv")
+    return default
+
+
 def _grid(a: FederatedModelAnalysis, context: dict[str, Any]) -> pooled.Grid | None:
     """The event-time bins of an unstratified pooled Cox model (None: another model)."""
     if a.settings.model != "cox_binned":
@@ -197,14 +215,14 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
     for _, _site, m in sent:
         for x in m.get("messages", []):
             sessions.setdefault(x["session"], {}).setdefault(x["phase"], []).append(x["message"])
-    order = sorted(sessions, key=lambda s: int(s.rsplit(".", 1)[1]))
+    order = sorted(sessions, key=lambda s: int(s.rsplit(".", 1)[1]))  # token[.length].index
     sums: list[list[float]] = []
     members: list[str] = []
     pending: list[dict[str, Any]] = []  # the open sessions' next requests, oldest first
     try:
         length, context = _prepare(a, {site: m for site, m in setup if site in keys})
         for session in order:
-            found = _next(session, t, length, sessions[session])
+            found = _next(session, t, _length_of(session, length), sessions[session])
             if isinstance(found, dict):
                 pending.append(found)
             elif pending:
@@ -230,7 +248,9 @@ def state(a: SecureAnalysis, history: list[NodeOutput], last: int) -> State:
         return State(None, {**base, "withheld": "secure aggregation stopped: sessions overlap"})
 
     def fresh() -> dict[str, Any]:
-        return rounds.request(f"{secrets.token_hex(8)}.{len(order) + 1}", "advertise", t, length)
+        size = _stage_length(a, context, step, length)  # type: ignore[arg-type]
+        session = f"{secrets.token_hex(8)}.{size}.{len(order) + 1}"
+        return rounds.request(session, "advertise", t, size)
 
     query = {k: v for k, v in context.items() if k not in ("shape", "withheld")} | step
     if not pending:
@@ -330,6 +350,8 @@ def _gated_comparative(
         "nonzero": int(np.count_nonzero(done.model.coefficients)),
         "converged": done.model.converged,
         "rows": strict.round_count(rows),
+        "variance": done.variance,
+        "variance_from": "fixed" if a.settings.ps_variance is not None else "cross-validation",
     }
     return {"estimates": estimates, "ps": ps, "km": km}
 

@@ -3,7 +3,9 @@ analysis's pooled estimates, incidence and characterization tables summed when a
 releases no site-level numbers): in round 1 whether it may contribute (and what the set-up
 needs: its propensity covariates, its tables' skeleton), then its message of each
 secure-aggregation round (:mod:`medlab.studies.secure` is the hub's side). It signs one
-survivor set per query (:func:`guard_survivors`).
+survivor set per query, and per fit (any sum over the same people) a set that only ever
+shrinks, by dropouts, or (policy ``federation.after_dropout: end``, and always when it
+releases no site-level numbers) never changes (:func:`guard_survivors`).
 
 Before it answers, the node checks what the hub asks: its own name and key among the
 parties, the threshold no lower than its ``min_sites``, a majority of the parties and 2, and
@@ -170,7 +172,7 @@ def _values(
         raise ValueError(f"the query names no covariates or more than {most}")
     if not all(isinstance(c, str) for c in chosen):
         raise ValueError("the query names a covariate that is not a name")
-    return pooled_cm.values(d, a.settings, chosen, query, size)
+    return pooled_cm.values(d, a.settings, chosen, query, size, policy.min_cell_count)
 
 
 def _size(request: Any) -> int:
@@ -205,12 +207,23 @@ def _populations(a: SecureAnalysis, d: Rows, scope: Scope) -> list[Population]:
 _FLAGGED = "the differencing audit flags a population it is about"
 
 
+def _digests(a: SecureAnalysis, scope: Scope | None) -> dict[int, str | None]:
+    cohorts = [getattr(a, k) for k in ("target", "comparator", "outcome") if hasattr(a, k)]
+    cohorts += list(getattr(a, "cohorts", []) or [])
+    return {c: scope.cohorts.get(c) for c in cohorts} if scope else {}
+
+
+def _fit_of(a: SecureAnalysis, scope: Scope | None, fingerprint: str) -> str:
+    """Whose sums a session's are, whatever the analysis, its settings or step: the people
+    of these cohort definitions in this data snapshot."""
+    people = sorted({str(d) for d in _digests(a, scope).values()})
+    return hashlib.sha256(canonical({"cohorts": people, "snapshot": fingerprint})).hexdigest()
+
+
 def _what(a: SecureAnalysis, scope: Scope | None, fingerprint: str, query: Any) -> str:
     """What a session's sum is of: the analysis (not its name), its cohorts' definitions,
     the data snapshot and the query."""
-    cohorts = [getattr(a, k) for k in ("target", "comparator", "outcome") if hasattr(a, k)]
-    cohorts += list(getattr(a, "cohorts", []) or [])
-    digests = {c: scope.cohorts.get(c) for c in cohorts} if scope else {}
+    digests = _digests(a, scope)
     body = {
         "analysis": a.model_dump(mode="json", exclude={"name"}),
         "cohorts": digests,
@@ -218,6 +231,11 @@ def _what(a: SecureAnalysis, scope: Scope | None, fingerprint: str, query: Any) 
         "query": query,
     }
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def _after_dropout(policy: ReleasePolicy) -> str:
+    """``end`` when the node releases no site-level numbers, else its policy's choice."""
+    return policy.federation.after_dropout if policy.federation.release_site_level else "end"
 
 
 def _write(path: Path, data: Any) -> None:
@@ -233,29 +251,56 @@ def _name(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def remember_query(directory: Path, session: str, what: str) -> None:
-    """Record which query this node masked its input for in ``session``."""
-    _write(directory / "queries" / f"{_name(session)}.json", {"what": what})
+def remember_query(directory: Path, session: str, what: str, fit: str | None = None) -> None:
+    """Record which query (of which fit: the analysis, cohorts and snapshot, any step) this
+    node masked its input for in ``session``."""
+    _write(directory / "queries" / f"{_name(session)}.json", {"what": what, "fit": fit})
 
 
-def guard_survivors(directory: Path, session: str, survivors: Any) -> None:
+def _recorded(path: Path) -> list[str] | None:
+    return json.loads(path.read_text())["survivors"] if path.exists() else None
+
+
+def guard_survivors(
+    directory: Path, session: str, survivors: Any, after_dropout: str = "continue"
+) -> list[str]:
     """Refuse to sign, for ``session``, a survivor set other than the one an earlier session
     of the very same query was summed over (at this node, in any study): two sums of one
-    query over sets one node apart give that node's contribution by subtraction."""
+    query over sets one node apart give that node's contribution by subtraction. Across
+    every sum over the same people (the steps of a fit, its reruns with other settings,
+    other analyses of the same cohorts on the same snapshot: two sums at nearby points are
+    nearly one query) the set may only shrink (``after_dropout: continue``) or never change
+    (``end``): a hub that leaves a live node out of one step, claiming it dropped, learns
+    at most its sums near one point, and never gets it back into these sums.
+    Returns the parties dropped since the fit's last set (logged by the caller)."""
     asked = directory / "queries" / f"{_name(session)}.json"
     if not asked.exists() or not isinstance(survivors, list):
-        return
-    what = json.loads(asked.read_text())["what"]
-    ledger = directory / "answered" / f"{what[:32]}.json"
+        return []
+    memo = json.loads(asked.read_text())
     wanted = sorted(str(s) for s in survivors)
-    if ledger.exists():
-        if json.loads(ledger.read_text())["survivors"] != wanted:
-            raise SecAggError(
-                "this query was summed over other survivors before; a second set would give "
-                "a node's contribution by subtraction"
-            )
-        return
-    _write(ledger, {"survivors": wanted})
+    ledger = directory / "answered" / f"{memo['what'][:32]}.json"
+    before = _recorded(ledger)
+    if before is not None and before != wanted:
+        raise SecAggError(
+            "this query was summed over other survivors before; a second set would give "
+            "a node's contribution by subtraction"
+        )
+    fit = directory / "fits" / f"{str(memo.get('fit'))[:32]}.json"
+    earlier = _recorded(fit) if memo.get("fit") else None
+    dropped = sorted(set(earlier) - set(wanted)) if earlier is not None else []
+    if (earlier is not None and earlier != wanted) and (
+        after_dropout == "end" or not set(wanted) < set(earlier)
+    ):
+        raise SecAggError(
+            f"this fit was summed over {', '.join(earlier)} before; this node signs "
+            + ("no other set" if after_dropout == "end" else "only fewer of them")
+            + " (a second set would give a node's sums by subtraction)"
+        )
+    if before is None:
+        _write(ledger, {"survivors": wanted})
+    if memo.get("fit") and earlier != wanted:
+        _write(fit, {"survivors": wanted})
+    return dropped
 
 
 def _audit_tables(
@@ -324,7 +369,20 @@ def node_step(
         directory = sessions_of(store).directory
         for request in asked["secure"]:  # the current session's phase, and the next's
             if request.get("phase") == "consistency":
-                guard_survivors(directory, str(request.get("session")), request.get("survivors"))
+                dropped = guard_survivors(
+                    directory,
+                    str(request.get("session")),
+                    request.get("survivors"),
+                    _after_dropout(policy),
+                )
+                if dropped:
+                    party.log(
+                        "secure_survivors_shrank",
+                        spec_hash=spec_hash,
+                        analysis=a.name,
+                        session=request["session"],
+                        dropped=dropped,
+                    )
             message = rounds.node_round(
                 sessions_of(store),
                 site,
@@ -335,7 +393,8 @@ def node_step(
             )
             if request.get("phase") == "mask":
                 what = _what(a, scope, fingerprint, asked.get("query"))
-                remember_query(directory, str(request["session"]), what)
+                fit = _fit_of(a, scope, fingerprint)
+                remember_query(directory, str(request["session"]), what, fit)
             digest = "sha256:" + hashlib.sha256(canonical(message)).hexdigest()
             party.log(
                 "secure_sum",

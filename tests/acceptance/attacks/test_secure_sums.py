@@ -36,7 +36,7 @@ def _nodes(tmp: Path, secret: bool) -> list[Path]:
     return stores
 
 
-def _pooled(target: dict, name: str) -> w.StudySpec:
+def _pooled(target: dict, name: str, **settings: Any) -> w.StudySpec:
     cohorts = {1: target, 2: w.cohort(w.DRUG_200), 3: w.cohort(w.OUTCOME, qualified_limit="all")}
     return w.study(
         name,
@@ -48,7 +48,7 @@ def _pooled(target: dict, name: str) -> w.StudySpec:
                 "target": 1,
                 "comparator": 2,
                 "outcome": 3,
-                "settings": {"model": "logistic", "covariates": ["female"]},
+                "settings": {"model": "logistic", "covariates": ["female"], **settings},
             }
         ],
     )
@@ -102,12 +102,18 @@ def test_the_same_pooled_study_without_one_node_is_refused(tmp_path: Path) -> No
     """Run 1 sums the model's queries over three nodes; run 2, the same study with the third
     node withheld (its steward tightened its policy, or the hub left it out), would sum the
     same first query over two: the difference is the third node's contribution. The two
-    remaining nodes refuse to sign the smaller survivor set, so run 2 yields no model."""
+    remaining nodes refuse to sign the smaller survivor set, so run 2 yields no model.
+    Run 3 changes a setting that steers only the fitting (every query is then another): its
+    first sums, at the same point, would still differ by the third node's. Nodes whose
+    policy ends a fit after a dropout sign one set for all sums over the same people, so
+    run 3 yields no model either — each identically in both worlds."""
     seen = []
     for secret in (True, False):
         stores = _nodes(tmp_path / str(secret), secret)
         third = w.build(tmp_path / str(secret) / "third", False, persons=180)
         stores.append(shutil.move(third, third.with_name("third.duckdb")))
+        for store in stores[:2]:
+            set_policy(store, parse_policy({"federation": {"after_dropout": "end"}}, "steward"))
         spec = _pooled(w.cohort(w.DRUG_210), "three")
         first = _run(spec, stores, tmp_path / str(secret) / "1")["results"]["analyses"][0]
         assert first["sites"] == ["other", "third", "world"]
@@ -116,5 +122,12 @@ def test_the_same_pooled_study_without_one_node_is_refused(tmp_path: Path) -> No
         found = second["results"]["analyses"][0]
         assert "terms" not in found
         assert "summed over other survivors before" in found["withheld"]
-        seen.append(second)
+        again = _pooled(w.cohort(w.DRUG_210), "three", round_timeout_s=301)
+        third_run = _run(again, stores, tmp_path / str(secret) / "3")["results"]["analyses"][0]
+        assert "terms" not in third_run
+        assert (
+            "summed over other, third, world before; this node signs no other set"
+            in (third_run["withheld"])
+        )
+        seen.append((second, third_run))
     assert seen[0] == seen[1]

@@ -47,7 +47,7 @@ from scipy import sparse, stats
 
 from medlab.analyses import cox as coxmodel
 from medlab.analyses.comparative import ComparativeSettings, adjust
-from medlab.analyses.federated import ps
+from medlab.analyses.federated import ps, ps_cv
 from medlab.analyses.population import covariates, exposures, outcome_days, outcome_population
 from medlab.analyses.propensity import _predict
 from medlab.privacy.precision import round_to
@@ -170,8 +170,11 @@ def _km_size(settings: ComparativeSettings) -> int:
     return len(settings.adjustments) * 2 * (4 * bins + 2)
 
 
-def length(settings: ComparativeSettings, k: int) -> int:
-    """Every session's vector length (the longest stage's; shorter ones are zero-padded)."""
+def length(settings: ComparativeSettings, k: int, stage: str | None = None) -> int:
+    """A session's vector length: a cross-validation round's (``stage`` cv), or the longest
+    other stage's (shorter ones are zero-padded)."""
+    if stage == "cv":
+        return ps_cv.length(k, settings.ps_cv_folds)
     outcome = SLOT * len(settings.adjustments) + _km_size(settings)
     return max(ps_length(k), MOMENTS, outcome)
 
@@ -270,11 +273,23 @@ def values(
     chosen: Sequence[str],
     query: Mapping[str, Any],
     size: int,
+    min_cell_count: int,
 ) -> list[float]:
-    """The site's vector for one round (see the module's stages), zero-padded to ``size``."""
+    """The site's vector for one round (see the module's stages), zero-padded to ``size``
+    (``min_cell_count``: the node's, below which it holds no fold out)."""
     x = rows.design(chosen)
-    b0, beta = _coefficients(query, len(chosen))
     stage = query.get("stage")
+    if stage == "cv":
+        found = ps_cv.values(
+            x,
+            rows.treatment,
+            query.get("points"),
+            settings.ps_cv_folds,
+            settings.ps_cv_seed,
+            min_cell_count,
+        )
+        return _padded(found, size)
+    b0, beta = _coefficients(query, len(chosen))
     if stage == "ps":
         y = rows.treatment
         found = [*ps.sums(x, y, b0, beta).flat(), float(len(y)), float(y.sum())]
@@ -318,6 +333,10 @@ def values(
         found += curves
     else:
         raise ValueError(f"unknown stage {stage!r}")
+    return _padded(found, size)
+
+
+def _padded(found: list[float], size: int) -> list[float]:
     if len(found) > size:
         raise ValueError(f"{len(found)} values do not fit the session's {size}")
     return [*found, *([0.0] * (size - len(found)))]
@@ -344,6 +363,7 @@ class Finished:
     """The pooled analysis's fits."""
 
     model: ps.FederatedPs
+    variance: float | None  # the prior variance: fixed, or chosen by cross-validation
     ps_rows: tuple[int, int]  # rows and target rows of the propensity model
     moments: list[float]
     outcomes: list[Outcome]
@@ -383,8 +403,11 @@ def drive(
         return ps.PsSums.unflat(got[:-2], k)
 
     taken: list[list[float]] = []
+    variance = settings.ps_variance
     try:
-        model = ps.fit(ps_round, k, settings.ps_prior, settings.ps_variance)
+        if settings.ps_prior != "none" and variance is None:
+            variance, _ = ps_cv.cross_validate(k, settings.ps_prior, settings.ps_cv_folds, take)
+        model = ps.fit(ps_round, k, settings.ps_prior, variance)
         rows = (round(taken[-1][-2]), round(taken[-1][-1]))
         coefficients = {"intercept": model.intercept, "beta": model.coefficients.tolist()}
         moments = take({"stage": "moments", **coefficients})[:MOMENTS]
@@ -397,7 +420,7 @@ def drive(
     except _Pending as pending:
         return pending.query
     km = km_curves(settings, first[SLOT * len(settings.adjustments) :])
-    return Finished(model, rows, moments, outcomes, km, len(sums))
+    return Finished(model, variance, rows, moments, outcomes, km, len(sums))
 
 
 def _outcomes(

@@ -11,7 +11,7 @@ normal prior and none. The optimum is the pooled fit's (the objective is convex)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,25 @@ def sums(
     return PsSums(loglik, gradient, hessian)
 
 
+def _newton(
+    hessian: np.ndarray, g0: float, pseudo: np.ndarray, free: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (capped) Newton step over the intercept and the ``free`` coefficients, and the
+    (pseudo-)gradient it is for."""
+    index = np.r_[0, free + 1]
+    h = hessian[np.ix_(index, index)].copy()
+    h[1:, 1:] += ridge * np.eye(len(free))
+    h[np.diag_indices_from(h)] += 1e-10 * max(1.0, float(np.trace(h)) / len(h))
+    gradient = np.r_[g0, pseudo[free]]
+    step = -np.linalg.solve(h, gradient)
+    # Near-collinear covariates make the information nearly singular and the Newton step
+    # huge; capping it (a trust region) spares the line search dozens of rounds.
+    largest = float(np.max(np.abs(step)))
+    if largest > MAX_STEP:
+        step *= MAX_STEP / largest
+    return step, gradient
+
+
 @dataclass(frozen=True)
 class FederatedPs:
     """The pooled penalized fit."""
@@ -78,20 +97,35 @@ def fit(
     tolerance: float = 1e-8,
 ) -> FederatedPs:
     """The penalized maximum-likelihood fit from summed rounds (``total(intercept, beta)``)."""
+    walk = steps(k, prior, variance, tolerance)
+    point = next(walk)
+    while True:
+        try:
+            point = walk.send(total(*point))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+Steps = Generator[tuple[float, np.ndarray], PsSums, FederatedPs]
+
+
+def steps(k: int, prior: Prior, variance: float | None, tolerance: float = 1e-8) -> Steps:
+    """:func:`fit` as a generator: it yields each point (intercept, coefficients) whose
+    summed sums it is sent, and returns the fit (so that many fits run side by side)."""
     lam = math.sqrt(2 / variance) if prior == "laplace" and variance else 0.0
     ridge = 1 / variance if prior == "normal" and variance else 0.0
     rounds = 0
 
-    def round_(b0: float, beta: np.ndarray) -> PsSums:
+    def round_(b0: float, beta: np.ndarray) -> Generator[tuple[float, np.ndarray], PsSums, PsSums]:
         nonlocal rounds
         rounds += 1
-        return total(b0, beta)
+        return (yield b0, beta)
 
     def objective(s: PsSums, beta: np.ndarray) -> float:
         return -s.loglik + lam * float(np.abs(beta).sum()) + ridge * float(beta @ beta) / 2
 
     b0, beta = 0.0, np.zeros(k)
-    current = round_(b0, beta)
+    current = yield from round_(b0, beta)
     n = float(current.hessian[0, 0]) * 4  # the intercept's information at p = 1/2 is n/4
     for _ in range(MAX_ITERATIONS):
         g = current.gradient.copy()
@@ -109,18 +143,16 @@ def fit(
         ):
             return FederatedPs(b0, beta, rounds, True)
         free = np.flatnonzero((beta != 0) | (pseudo != 0))
-        index = np.r_[0, free + 1]
-        h = current.hessian[np.ix_(index, index)].copy()
-        h[1:, 1:] += ridge * np.eye(len(free))
-        h[np.diag_indices_from(h)] += 1e-10 * max(1.0, float(np.trace(h)) / len(h))
-        gradient = np.r_[g[0], pseudo[free]]
-        step = -np.linalg.solve(h, gradient)
-        # Near-collinear covariates make the information nearly singular and the Newton
-        # step huge; capping it (a trust region) spares the line search dozens of rounds.
-        largest = float(np.max(np.abs(step)))
-        if largest > MAX_STEP:
-            step *= MAX_STEP / largest
-        orthant = np.where(beta[free] != 0, np.sign(beta[free]), -np.sign(pseudo[free]))
+        while True:
+            step, gradient = _newton(current.hessian, g[0], pseudo, free, ridge)
+            orthant = np.where(beta[free] != 0, np.sign(beta[free]), -np.sign(pseudo[free]))
+            # A coefficient at zero whose Newton move leaves its orthant would be projected
+            # back to zero at once, and the other moves (solved with it) be no descent: the
+            # line search would halve the step dozens of rounds. Solve without it.
+            leaving = (beta[free] == 0) & (step[1:] * orthant < 0)
+            if not leaving.any():
+                break
+            free = free[~leaving]
         value, t = objective(current, beta), 1.0
         for _ in range(60):
             moved = beta[free] + t * step[1:]
@@ -128,7 +160,7 @@ def fit(
                 moved[moved * orthant < 0] = 0.0
             candidate = beta.copy()
             candidate[free] = moved
-            trial = round_(b0 + t * step[0], candidate)
+            trial = yield from round_(b0 + t * step[0], candidate)
             new = objective(trial, candidate)
             if new <= value - 1e-4 * t * abs(float(gradient @ step)) or new < value:
                 break

@@ -28,6 +28,7 @@ from medlab.privacy.secagg.protocol import Keys, SecAggError, SecAggHub, SecAggN
 
 PHASES = ("advertise", "share", "mask", "consistency", "unmask")
 STALE_SECONDS = 7 * 24 * 3600  # an open session older than this is abandoned
+MAX_LENGTH = 2_000_000  # the longest vector a node masks (16 MB of ring elements)
 
 
 class Sessions:
@@ -99,6 +100,8 @@ def node_round(
         raise SecAggError(f"not a secure-aggregation round: phase {phase!r}")
     if not isinstance(threshold, int) or not isinstance(length, int) or length < 1:
         raise SecAggError("the round names no threshold or vector length")
+    if length > MAX_LENGTH:
+        raise SecAggError(f"a vector of {length} values is longer than a node masks")
     stored = sessions.load(session)
     if phase == "advertise":
         if stored is not None:
