@@ -13,7 +13,8 @@ means the same.
 Then every round is one secure sum, of one of three stages (:func:`values`):
 
 1. ``ps``: the federated propensity model (:mod:`.ps`: the comparative analysis's Laplace or
-   normal prior at its fixed ``ps_variance``), every site's log-likelihood, gradient and
+   normal prior at its ``ps_variance``, fixed or cross-validated across sites first in
+   ``cv`` rounds, :mod:`.ps_cv`), every site's log-likelihood, gradient and
    information at the current coefficients, with its rows and target rows;
 2. ``moments``: on each site's study population scored by that model, the rows, target rows
    and the sums of the logit score and of its square (and of the score and its square) —
