@@ -164,7 +164,10 @@ def _length_of(session: str, default: int) -> int:
     """A session's vector length: named in its id (``token.length.index``), else
     ``default``."""
     parts = session.split(".")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else default
+    length = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else default
+    if length > rounds.MAX_LENGTH:  # a session id no hub of ours names
+        raise SecAggError(f"session {session[:40]} names a vector longer than nodes mask")
+    return length
 
 
 def _stage_length(
