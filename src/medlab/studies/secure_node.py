@@ -252,8 +252,8 @@ def _name(text: str) -> str:
 
 
 def remember_query(directory: Path, session: str, what: str, fit: str | None = None) -> None:
-    """Record which query (of which fit: the analysis, cohorts and snapshot, any step) this
-    node masked its input for in ``session``."""
+    """Record which query, and whose sums (``fit``: the cohorts and snapshot, any
+    analysis or step, :func:`_fit_of`), this node masked its input for in ``session``."""
     _write(directory / "queries" / f"{_name(session)}.json", {"what": what, "fit": fit})
 
 
