@@ -54,7 +54,7 @@ def eunomia_round_trip(tmp: Path) -> None:
     started = time.perf_counter()
     run_study(spec, [store], tmp / "local", hub_dir=tmp / "local-hub")
     local = time.perf_counter() - started
-    hub = init_hub(tmp / "hub")
+    hub = init_hub(tmp / "hub", governance="open")
     hub.add_node("eunomia", parties.node(store).signer.public_pem)
     token = hub.add_researcher("bench")
     port = launch.free_port()
@@ -80,7 +80,7 @@ def eunomia_round_trip(tmp: Path) -> None:
 
 
 def hub_throughput(tmp: Path, studies: int, nodes: int = 50) -> None:
-    hub = init_hub(tmp / "hub-load")
+    hub = init_hub(tmp / "hub-load", governance="open")
     signers = {}
     (tmp / "keys").mkdir()
     for i in range(nodes):

@@ -110,7 +110,7 @@ def run(tmp: Path, sites: int, patients: int) -> None:
         set_policy(store, parse_policy(POLICY))
     spec_data = _spec()
     spec = StudySpec.model_validate(spec_data)
-    hub = init_hub(tmp / "hub")
+    hub = init_hub(tmp / "hub", governance="open")
     for store in stores:
         hub.add_node(store.stem, parties.node(store).signer.public_pem)
     token = hub.add_researcher("bench")

@@ -222,7 +222,7 @@ def _print_pooled(comparative: dict[str, Any]) -> None:
 def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
     hub_dir, logs = out.parent / "hub", out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    hub = init_hub(hub_dir)
+    hub = init_hub(hub_dir, governance="open")
     for store in nodes:
         hub.add_node(store.stem, parties.node(store).signer.public_pem)
         if store.stem != "eunomia":  # these stewards trust the policy; Eunomia's approves

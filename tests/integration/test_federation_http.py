@@ -39,7 +39,7 @@ class Lab:
         self.hub_dir = root / "hub"
         self.port = launch.free_port()
         self.url = f"http://{launch.LOOPBACK}:{self.port}"
-        assert main(["hub", "init", str(self.hub_dir)]) == 0
+        assert main(["hub", "init", str(self.hub_dir), "--open"]) == 0
         for store in stores:
             pem = root / f"{store.stem}.pem"
             assert main(["node", "key", str(store), "--out", str(pem)]) == 0

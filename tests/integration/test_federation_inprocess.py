@@ -31,7 +31,7 @@ from medlab.studies.spec import StudySpec
 @pytest.fixture
 def lab(synth_small: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     stores = fed.copy_sites(synth_small, tmp_path / "nodes")
-    hub = init_hub(tmp_path / "hub")
+    hub = init_hub(tmp_path / "hub", governance="open")
     http = TestClient(create_app(hub), base_url="http://hub")
     for store in stores:
         hub.add_node(store.stem, parties.node(store).signer.public_pem)
@@ -280,7 +280,7 @@ def test_the_deadline_expires_the_silent_and_the_late(lab) -> None:  # type: ign
 
 
 def test_a_combine_that_fails_fails_the_study_with_a_plain_reason(lab, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from medlab.federation.hub import service
+    from medlab.federation.hub import combining
 
     _, http, stores, client = lab
     fed.federation_policy(stores[0], approval="none")
@@ -288,7 +288,7 @@ def test_a_combine_that_fails_fails_the_study_with_a_plain_reason(lab, monkeypat
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug with internals: /secret/path")
 
-    monkeypatch.setattr(service, "combine_study", broken)
+    monkeypatch.setattr(combining, "combine_study", broken)
     study = client.submit(fed.spec(), nodes=["hospital_a"])
     Agent(stores[0], http).run(once=True)
     status = study.wait(timeout=5)

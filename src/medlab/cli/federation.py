@@ -33,12 +33,33 @@ def _pem(path: Path) -> str:
 
 
 @hub_app.command("init")
-def hub_init(directory: DirArg, db: DbOpt = None) -> None:
-    """Create the hub: its directory, signing key, transparency log and database."""
+def hub_init(
+    directory: DirArg,
+    db: DbOpt = None,
+    open_: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="No governance: any registered researcher's study is dispatched at once "
+            "(a single lab's own testing).",
+        ),
+    ] = False,
+    operator: Annotated[
+        str, typer.Option("--operator", help="The first operator's name (a governed hub).")
+    ] = "operator",
+) -> None:
+    """Create the hub: its directory, signing key, transparency log and database. A governed
+    hub (the default) prints its first operator's token once, alone on the last line."""
     from medlab.federation.hub.service import init_hub
 
-    hub = init_hub(directory, db)
-    stdout.print(f"hub ready in {directory} (key {hub.party.signer.key_id})", highlight=False)
+    hub = init_hub(directory, db, "open" if open_ else "authorized")
+    stdout.print(
+        f"hub ready in {directory} (key {hub.party.signer.key_id}; {hub.mode})", highlight=False
+    )
+    if hub.governed:
+        token = _hub_call(lambda: hub.bootstrap(operator))
+        stdout.print(f"operator {operator} added; token (shown once):", highlight=False)
+        print(token)
 
 
 @hub_app.command("serve")
@@ -65,11 +86,14 @@ def hub_add_node(
     name: Annotated[str, typer.Argument(help="The node's name (its store's name).")],
     key: Annotated[Path, typer.Option("--key", help="The node's public key (medlab node key).")],
     db: DbOpt = None,
+    organisation: Annotated[
+        str | None, typer.Option("--organisation", help="Its hospital (a governed hub).")
+    ] = None,
 ) -> None:
-    """Register a node by its Ed25519 public key."""
+    """Register a node by its Ed25519 public key (on the hub's own machine, no server)."""
     from medlab.federation.hub.service import Hub
 
-    kid = _hub_call(lambda: Hub(directory, db).add_node(name, _pem(key)))
+    kid = _hub_call(lambda: Hub(directory, db).add_node(name, _pem(key), organisation))
     stdout.print(f"node {name} added (key {kid})", highlight=False)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from medlab import __version__
-from medlab.cli import cohort, evidence, federation, node, privacy, study, synth
+from medlab.cli import cohort, evidence, federation, governance, node, privacy, study, synth
 from medlab.cli.output import stderr
 from medlab.errors import MedlabError
 
@@ -33,6 +33,17 @@ study.app.command("submit")(federation.submit)
 study.app.command("status")(federation.status)
 study.app.command("key")(federation.key)
 study.app.command("fetch")(federation.fetch)
+federation.hub_app.add_typer(governance.user_app, name="user")
+federation.hub_app.add_typer(governance.organisation_app, name="organisation")
+federation.hub_app.add_typer(governance.hub_node_app, name="node")
+federation.hub_app.add_typer(governance.project_app, name="project")
+federation.hub_app.add_typer(governance.agreement_app, name="agreement")
+federation.hub_app.command("approve")(governance.approve)
+federation.hub_app.command("reject")(governance.reject)
+federation.hub_app.command("studies")(governance.studies)
+federation.hub_app.command("usage")(governance.usage)
+federation.hub_app.command("audit")(governance.audit)
+node.app.add_typer(governance.node_agreement_app, name="agreement")
 app.add_typer(federation.hub_app, name="hub")
 app.add_typer(node.app, name="node")
 app.add_typer(cohort.app, name="cohort")

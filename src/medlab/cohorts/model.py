@@ -327,6 +327,24 @@ class CohortDefinition(_Model):
         limits = (self.primary.limit, self.qualified_limit, self.expression_limit)
         return 1 if any(limit != "all" for limit in limits) else None
 
+    def domains(self) -> set[str]:
+        """Every CDM domain a criterion of the definition reads (what a data-use agreement's
+        allowed domains are checked against)."""
+        found: set[str] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                if isinstance(value.get("domain"), str):
+                    found.add(value["domain"])
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v)
+
+        walk(self.model_dump(mode="json"))
+        return found
+
     def digest(self) -> str:
         """``sha256:`` of what the definition selects: the canonical JSON without names and
         descriptions, which do not change who is in the cohort."""

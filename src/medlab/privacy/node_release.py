@@ -56,14 +56,34 @@ class Admission:
     cached: Released | None = None
 
 
-class NodeReleaser:
-    """Releases at one node under its policy (see the module docstring)."""
+@dataclass(frozen=True)
+class Charge:
+    """Whom a run's privacy spend is charged to — its project — and the most it may spend
+    (None: no cap beyond the project's budget), as a federated task carries them."""
 
-    def __init__(self, store: Path, policy: ReleasePolicy, project: str | None = None) -> None:
+    project: str | None
+    epsilon: float | None = None
+    rho: float | None = None
+
+
+class NodeReleaser:
+    """Releases at one node under its policy (see the module docstring). ``cap``: the most
+    this run may spend (a governed task's hold), on top of the project's budget; ``spent``:
+    what it has charged so far (epsilon, rho)."""
+
+    def __init__(
+        self,
+        store: Path,
+        policy: ReleasePolicy,
+        project: str | None = None,
+        cap: tuple[float | None, float | None] = (None, None),
+    ) -> None:
         self.store = store
         self.site = store.stem
         self.policy = policy
         self.project = project
+        self.cap = cap
+        self.spent = [0.0, 0.0]
         self.keys = PersonKeys(node_secret(store))
         self.auditor = Auditor(None, self.keys, policy.min_cell_count)
 
@@ -100,7 +120,18 @@ class NodeReleaser:
                     "name the study's project ($.project) so its budget can be charged"
                 )
             refusal = budgets.shortfall(con, self.project, *self._loss())
-        return Admission(refused=refusal)
+        return Admission(refused=refusal or self._over_cap())
+
+    def _over_cap(self) -> str | None:
+        """Why the next release would pass this run's cap (None: it would not)."""
+        for i, (name, loss) in enumerate(zip(("epsilon", "rho"), self._loss(), strict=True)):
+            cap = self.cap[i]
+            if loss > 0 and cap is not None and self.spent[i] + loss > cap + 1e-12:
+                return (
+                    f"the study's budget at this node is spent ({name} {cap:g} held for it; "
+                    f"{self.spent[i]:g} spent, the release needs {loss:g})"
+                )
+        return None
 
     def audit(self, populations: Sequence[Population], release_id: str) -> list[bool]:
         """Whether the differencing audit flags each of ``populations`` — the persons behind
@@ -152,6 +183,7 @@ class NodeReleaser:
                         query_key=release_id,
                         purpose=f"study release {request.analysis}",
                     )
+                    self.spent = [self.spent[0] + epsilon, self.spent[1] + rho]
                     con.execute(
                         f"INSERT INTO {CACHE} VALUES (?, ?)",
                         [release_id, json.dumps(gate.payload(released))],

@@ -133,7 +133,9 @@ class FederationPolicy(_Settings):
         site-level numbers at all (``release_site_level: false``: only its contributions to
         secure sums leave it, so results hold pooled numbers and no table of this site's), and
     whether a pooled fit may go on over fewer nodes after one drops between its steps
-    (``after_dropout``)."""
+    (``after_dropout``), and whether a task must run under a data-use agreement this node's
+    steward signed (``require_agreement``; a task that names an agreement is always checked
+    against the node's own signed copy)."""
 
     allowed_projects: Annotated[list[Name], Field(max_length=1000)] | None = None
     allowed_researchers: Annotated[list[Name], Field(max_length=1000)] | None = None
@@ -148,6 +150,7 @@ class FederationPolicy(_Settings):
     # Whether a pooled fit goes on over the nodes left when one drops between its steps
     # (``end``: the fit is withheld; a node releasing no site-level numbers always ends).
     after_dropout: Literal["continue", "end"] = "continue"
+    require_agreement: bool = False
 
 
 class ReleasePolicy(_Settings):
@@ -343,7 +346,7 @@ def _looser(node: ReleasePolicy, asked: ReleasePolicy) -> list[str]:
     not_on("federation.release_site_level", ours.release_site_level, wanted.release_site_level)
     if ours.after_dropout == "end" and wanted.after_dropout != "end":
         problems.append("$.federation.after_dropout continue, the node's is end")
-    for name in ("review_results", "require_researcher_signature"):
+    for name in ("review_results", "require_researcher_signature", "require_agreement"):
         if getattr(ours, name) and not getattr(wanted, name):
             problems.append(f"$.federation.{name} is false, the node's is true")
     return problems

@@ -39,7 +39,7 @@ from medlab.cohorts.engine import generate
 from medlab.ledger import evidence, parties
 from medlab.privacy import gate
 from medlab.privacy.node_policy import node_policy
-from medlab.privacy.node_release import NodeReleaser
+from medlab.privacy.node_release import Charge, NodeReleaser
 from medlab.privacy.policy import ReleasePolicy, tighten
 from medlab.privacy.release import Population
 from medlab.privacy.release import Release as ReleaseRequest
@@ -89,6 +89,8 @@ class NodeOutput(BaseModel):
     # Pooled models on secure sums, by analysis: readiness (round 1), then each round's
     # secure-aggregation message (never a site's own numbers).
     secure: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The privacy budget this run charged to the project at the node (epsilon, rho).
+    spent: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass
@@ -256,7 +258,11 @@ def policy_summary(policy: ReleasePolicy) -> dict[str, Any]:
 
 
 def _prepare(
-    spec: StudySpec, store: Path, policy: ReleasePolicy, round_: int = 1
+    spec: StudySpec,
+    store: Path,
+    policy: ReleasePolicy,
+    round_: int = 1,
+    charge: Charge | None = None,
 ) -> tuple[_Node, dict[str, int]]:
     """Generate the spec's cohorts and key their populations; the node and its DQ summary.
     Round 1 fingerprints the data anew (and records it when the data changed behind
@@ -278,7 +284,8 @@ def _prepare(
         quality = _quality(con, fingerprint)
         scope = Scope(fingerprint, cohort_digests, spec.calendar, entries)
         roots = {c.id: scope.cohort(c.id, _members(con, c.id)) for c in spec.cohorts}
-    releaser = NodeReleaser(store, policy, spec.project)
+    charge = charge or Charge(spec.project)
+    releaser = NodeReleaser(store, policy, charge.project, (charge.epsilon, charge.rho))
     return _Node(store, store.stem, policy, fingerprint, scope, releaser, roots), quality
 
 
@@ -354,6 +361,7 @@ def run_node(
     round_: int = 1,
     params: dict[str, Any] | None = None,
     earlier: tuple[int, ...] = (),
+    charge: Charge | None = None,
 ) -> NodeOutput:
     """Run ``spec`` at the node of ``store`` (held by :func:`store_lock` throughout, so that
     concurrent runs never read each other's cohorts) and return what it releases.
@@ -362,10 +370,13 @@ def run_node(
     log where it lies). ``round_`` and ``params`` (by analysis name): a later round of a
     multi-round study, with what the hub computed from the round before; ``earlier``: the
     log indices of the study's releases in earlier rounds (published again with newer
-    proofs)."""
+    proofs); ``charge``: the project the spend is charged to and the task's cap (default:
+    the spec's project, no cap)."""
     with store_lock(store):
         policy = node_releases_policy(store, request)
-        return _run_node(spec, store, policy, progress, publish_log, round_, params or {}, earlier)
+        return _run_node(
+            spec, store, policy, progress, publish_log, round_, params or {}, earlier, charge
+        )
 
 
 def _run_node(
@@ -377,9 +388,10 @@ def _run_node(
     round_: int,
     params: dict[str, Any],
     earlier: tuple[int, ...],
+    charge: Charge | None = None,
 ) -> NodeOutput:
     party = parties.node(store)
-    node, quality = _prepare(spec, store, policy, round_)
+    node, quality = _prepare(spec, store, policy, round_, charge)
     spec_hash = spec.digest()
     party.log("task_run", spec_hash=spec_hash, fingerprint=node.fingerprint, round=round_)
     statement = {
@@ -434,4 +446,5 @@ def _run_node(
         log_dir=None if publish_log else str(party.log_dir.resolve()),
         log=evidence.log_part(node.site, party.log_dir, indices) if publish_log else None,
         secure=secure,
+        spent={"epsilon": node.releaser.spent[0], "rho": node.releaser.spent[1]},
     )

@@ -236,6 +236,10 @@ class StudySpec(_Model):
             raise ValueError("analysis names must be unique (they name the result files)")
         return self
 
+    def domains(self) -> set[str]:
+        """Every CDM domain the criteria of the spec's cohorts read."""
+        return {d for c in self.cohorts if c.definition for d in c.definition.domains()}
+
     def digest(self) -> str:
         """``sha256:`` of the canonical JSON of the validated spec."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

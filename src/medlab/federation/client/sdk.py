@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from medlab.errors import MedlabError, UsageError
+from medlab.federation.client.office import Office
 from medlab.federation.common.messages import StudyStatus, submission_message
 from medlab.ledger.keys import Signer
 from medlab.studies.spec import StudySpec
@@ -38,8 +39,8 @@ class HubError(MedlabError):
         self.problem = problem
 
 
-class Client:
-    """A researcher's connection to the hub (``http`` given: an ``httpx.Client`` to use,
+class Client(Office):
+    """A user's connection to the hub (``http`` given: an ``httpx.Client`` to use,
     for example one on an in-process hub)."""
 
     def __init__(
@@ -80,8 +81,12 @@ class Client:
         min_sites: int = 1,
         deadline_seconds: int = 86400,
         nodes: list[str] | None = None,
+        epsilon: float = 0.0,
+        rho: float = 0.0,
     ) -> Study:
-        """Submit a study (cohort files already resolved) and return it."""
+        """Submit a study (cohort files already resolved) and return it; ``epsilon`` and
+        ``rho``: the most privacy budget it may spend at each node (a governed hub holds it
+        on the project's agreements)."""
         document = spec.model_dump(mode="json") if isinstance(spec, StudySpec) else spec
         body: dict[str, Any] = {
             "spec": document,
@@ -89,6 +94,8 @@ class Client:
             "min_sites": min_sites,
             "deadline_seconds": deadline_seconds,
             "nodes": nodes,
+            "epsilon": epsilon,
+            "rho": rho,
         }
         if self.signer is not None:
             body["signature"] = self.signer.sign(submission_message(document, project))
@@ -113,12 +120,12 @@ class Study:
         return StudyStatus.model_validate(found)
 
     def wait(self, timeout: float = 3600.0, every: float = 0.5) -> StudyStatus:
-        """The status once the study is completed or failed (``TimeoutError`` past
-        ``timeout`` seconds)."""
+        """The status once the study has ended — completed, failed, rejected, withdrawn or
+        refused (``TimeoutError`` past ``timeout`` seconds)."""
         until = time.monotonic() + timeout
         while True:
             status = self.status()
-            if status.state != "running":
+            if status.state not in ("submitted", "running"):
                 return status
             if time.monotonic() >= until:
                 raise TimeoutError(f"{self.id} still running after {timeout:g} s")

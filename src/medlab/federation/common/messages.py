@@ -69,6 +69,10 @@ class Submission(_Message):
     nodes: Annotated[list[Name], Field(max_length=1000)] | None = None
     deadline_seconds: Annotated[int, Field(ge=10, le=30 * 86400)] = 86400
     signature: Annotated[str, Field(max_length=200)] | None = None
+    # The most privacy budget the study may spend at each node (a governed hub holds it on
+    # every node's agreement at submission; the node never spends more for it).
+    epsilon: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0
+    rho: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0
 
 
 class Task(_Message):
@@ -93,6 +97,11 @@ class Task(_Message):
     deadline: str  # ISO 8601 UTC
     issued_at: str
     hub_key_id: str
+    # A governed hub: the data-use agreement the task runs under and the most budget it may
+    # spend at this node (the node checks both against the agreement its steward signed).
+    agreement: str | None = None
+    epsilon: float | None = None
+    rho: float | None = None
     signature: str = ""
 
     def body(self) -> dict[str, Any]:
@@ -122,22 +131,48 @@ class TaskStatus(_Message):
 
 
 class StudyStatus(_Message):
-    """A study as the researcher sees it."""
+    """A study as the researcher sees it (``submitted``: waiting for its two approvals on a
+    governed hub; see :mod:`medlab.governance.states`)."""
 
     study_id: str
     name: str
-    state: Literal["running", "completed", "failed"]
+    state: Literal[
+        "submitted", "running", "completed", "failed", "rejected", "withdrawn", "refused"
+    ]
     reason: str | None = None
     min_sites: int
     deadline: str
     tasks: list[TaskStatus]
     files: list[str] = Field(default_factory=list)
+    project: str | None = None
+    researcher: str | None = None
+    nodes: list[str] = Field(default_factory=list)
+    approvals: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def submission_message(spec: dict[str, Any], project: str | None) -> bytes:
     """What a researcher's key signs of a submission: the canonical JSON of the spec exactly
     as submitted and the submission's ``project``."""
     return canonical({"spec": spec, "project": project})
+
+
+AGREEMENT_TERMS = (
+    "agreement",
+    "project",
+    "node",
+    "analyses",
+    "domains",
+    "policy_version",
+    "epsilon",
+    "rho",
+    "expires_at",
+)
+
+
+def agreement_message(terms: dict[str, Any]) -> bytes:
+    """What a node's key signs of a data-use agreement: the canonical JSON of its terms
+    (:data:`AGREEMENT_TERMS`)."""
+    return b"medlab-agreement-v1\n" + canonical({k: terms[k] for k in AGREEMENT_TERMS})
 
 
 def json_path(loc: tuple[int | str, ...] | list[int | str], root: str = "$") -> str:

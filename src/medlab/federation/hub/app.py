@@ -1,11 +1,13 @@
-"""The hub's HTTP API (FastAPI). Researchers send a bearer token; nodes sign each request.
+"""The hub's HTTP API (FastAPI). Users send a bearer token; nodes sign each request.
+
+Every governed endpoint names its roles (:data:`medlab.governance.access.OPERATIONS`), and
+every call that reads or changes anything is an ``api`` event in the hub's transparency log:
+who, which operation, the path, the outcome (never a result value).
 
 Errors are ``application/problem+json`` (RFC 9457) with ``title``, ``status``, ``detail`` and,
 for invalid input, ``errors`` naming each JSON path; an unforeseen error answers 500 with no
 internals. The OpenAPI document is at ``/openapi.json``.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -13,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -23,9 +25,12 @@ from medlab import __version__
 from medlab.errors import UsageError
 from medlab.federation.common import auth
 from medlab.federation.common.messages import PROTOCOL, StudyStatus, json_path
+from medlab.federation.hub.governed import doc, gate, routes
 from medlab.federation.hub.service import Hub, HubError
+from medlab.governance.access import Principal
 from medlab.inputs import parse_document
 
+UNAUDITED = frozenset({"/api/v1/health", "/api/v1/hub-key"})
 MAX_BODY = 64 << 20  # a study's released output is aggregates: 64 MiB is already absurd
 MAX_WAIT = 30.0
 
@@ -55,7 +60,33 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         finally:
             loop.cancel()
 
-    app = FastAPI(title="medlab hub", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="medlab hub",
+        version=__version__,
+        lifespan=lifespan,
+        description="The medlab hub: federation and authorized operation. Roles and token "
+        "scopes are given per endpoint; errors are application/problem+json.",
+    )
+    allow = gate(hub)
+
+    @app.middleware("http")
+    async def audited(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        path = request.url.path
+        if path.startswith("/api/v1/") and path not in UNAUDITED and "/node/" not in path:
+            who: Principal | None = getattr(request.state, "principal", None)
+            route = request.scope.get("route")
+            fields = {
+                "user": None if who is None else who.name,
+                "role": None if who is None else who.role,
+                "operation": getattr(route, "name", None),
+                "method": request.method,
+                "path": path[:300],
+                "status": response.status_code,
+                **getattr(request.state, "audit", {}),
+            }
+            await run_in_threadpool(hub.party.log, "api", **fields)
+        return response
 
     @app.exception_handler(HubError)
     async def _hub_error(_: Request, exc: HubError) -> Response:
@@ -74,12 +105,6 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> Response:
         return _problem(500, "internal error", "the hub could not complete the request")
-
-    def researcher(authorization: Annotated[str | None, Header()] = None) -> str:
-        token = None
-        if authorization and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        return hub.researcher(token)
 
     async def body_of(request: Request) -> bytes:
         size = request.headers.get("content-length")
@@ -111,19 +136,37 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         signer = hub.party.signer
         return {"key_id": signer.key_id, "public_key": signer.public_pem}
 
-    @app.post("/api/v1/studies", status_code=201)
-    async def submit(request: Request, who: str = Depends(researcher)) -> dict[str, str]:
+    @app.post("/api/v1/studies", status_code=201, **doc("study_submit"))
+    async def submit(
+        request: Request, who: Annotated[Principal, allow("study_submit")]
+    ) -> dict[str, str]:
         data = await _json(await body_of(request))
+        if isinstance(data, dict) and isinstance(data.get("project"), str):
+            request.state.audit = {"project": data["project"][:100]}
         study_id = await run_in_threadpool(hub.submit, who, data)
+        request.state.audit = {**getattr(request.state, "audit", {}), "study_id": study_id}
         return {"study_id": study_id}
 
-    @app.get("/api/v1/studies/{study_id}")
-    def status(study_id: str, who: str = Depends(researcher)) -> StudyStatus:
-        return hub.status(study_id, who)
+    @app.get("/api/v1/studies", **doc("study_list"))
+    def studies(who: Annotated[Principal, allow("study_list")]) -> list[dict[str, Any]]:
+        return hub.studies(who)
 
-    @app.get("/api/v1/studies/{study_id}/files/{name}")
-    def file(study_id: str, name: str, who: str = Depends(researcher)) -> Response:
+    @app.get("/api/v1/studies/{study_id}", **doc("study_get"))
+    def status(
+        request: Request, study_id: str, who: Annotated[Principal, allow("study_get")]
+    ) -> StudyStatus:
+        found = hub.status(study_id, who)
+        request.state.audit = {"project": found.project, "study_id": study_id}
+        return found
+
+    @app.get("/api/v1/studies/{study_id}/files/{name}", **doc("study_file"))
+    def file(
+        request: Request, study_id: str, name: str, who: Annotated[Principal, allow("study_file")]
+    ) -> Response:
+        request.state.audit = {"study_id": study_id, "file": name[:200]}
         return Response(hub.file(study_id, name, who), media_type="application/octet-stream")
+
+    app.include_router(routes(hub))
 
     @app.get("/api/v1/node/tasks")
     async def tasks(request: Request, wait: float = 0.0) -> dict[str, Any]:

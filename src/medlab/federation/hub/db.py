@@ -1,9 +1,12 @@
 """The hub's state in a relational database (SQLAlchemy 2): SQLite ``DIR/hub.db`` by default,
-any SQLAlchemy URL by ``--db``.
+any SQLAlchemy URL by ``--db`` (PostgreSQL: ``postgresql+psycopg://…``).
 
-Nodes and researchers (onboarding), studies, their tasks (one per node and round, with the
-node's released output once uploaded), the nonces seen (replay protection) and each study's
-result files. Every change is committed before the hub acknowledges it.
+Nodes (onboarding), studies, their tasks (one per node and round, with the node's released
+output once uploaded), the nonces seen (replay protection) and each study's result files;
+users, projects, agreements and the rest of governance are in
+:mod:`medlab.governance.schema`, on the same metadata. The schema is created and upgraded by
+the Alembic history in ``medlab/governance/migrations``. Every change is committed before
+the hub acknowledges it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -25,16 +29,11 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
+from medlab.governance.schema import Base, utcnow
 
-class Base(DeclarativeBase):
-    """The hub's tables."""
-
-
-def utcnow() -> dt.datetime:
-    """Now, UTC, without tzinfo (SQLite keeps naive datetimes)."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+__all__ = ["Base", "utcnow"]
 
 
 class Node(Base):
@@ -45,14 +44,9 @@ class Node(Base):
     added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     version: Mapped[str | None] = mapped_column(String(100), nullable=True)
-
-
-class Researcher(Base):
-    __tablename__ = "researchers"
-    name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(100), unique=True)
-    public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
-    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    organisation: Mapped[str | None] = mapped_column(
+        ForeignKey("organisations.name"), nullable=True
+    )
 
 
 class Study(Base):
@@ -61,7 +55,7 @@ class Study(Base):
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
     spec_hash: Mapped[str] = mapped_column(String(100))
-    researcher: Mapped[str] = mapped_column(ForeignKey("researchers.name"))
+    researcher: Mapped[str] = mapped_column(ForeignKey("users.name"))
     project: Mapped[str | None] = mapped_column(String(100), nullable=True)
     min_sites: Mapped[int] = mapped_column(Integer)
     deadline: Mapped[dt.datetime] = mapped_column(DateTime)
@@ -69,6 +63,10 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(20), default="running")
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    epsilon: Mapped[float] = mapped_column(Float, default=0.0)
+    rho: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Task(Base):
@@ -83,6 +81,8 @@ class Task(Base):
     output: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
     output_hash: Mapped[str | None] = mapped_column(String(100), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Nonce(Base):
@@ -105,11 +105,13 @@ def default_url(directory: Path) -> str:
 
 
 def connect(url: str) -> sessionmaker[Session]:
-    """A session factory on ``url``, with the tables created when missing."""
-    engine = create_engine(url)
+    """A session factory on ``url``, its schema migrated to the latest revision first."""
+    from medlab.governance import migrate
+
+    engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
-    Base.metadata.create_all(engine)
+    migrate.upgrade(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 

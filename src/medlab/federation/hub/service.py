@@ -4,16 +4,17 @@ The hub never sees a row: it keeps specs, signed tasks, the nodes' released outp
 combined result files. Every change is one database transaction, committed before the
 caller acknowledges it; the hub's transparency log records submissions, refusals of
 unauthenticated requests and each combined result (never a result value).
+
+A hub is ``authorized`` (the default: :mod:`medlab.governance` — projects, agreements, two
+approvals before dispatch, budget holds, metering) or ``open`` (any registered researcher's
+study is dispatched at once: a single lab's own testing). The mode is fixed at ``init``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
-import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,44 +37,43 @@ from medlab.federation.common.messages import (
     submission_message,
 )
 from medlab.federation.hub import db
+from medlab.federation.hub.combining import Combining
+from medlab.governance import metering, schema
+from medlab.governance import service as gov
+from medlab.governance.access import HubError, Principal, authenticate
 from medlab.ledger import parties
-from medlab.ledger.evidence import log_part
 from medlab.ledger.keys import canonical, key_id, verify
-from medlab.studies.combine import combine_study, next_round, verify_output
+from medlab.studies.combine import verify_output
 from medlab.studies.local import NodeOutput
 from medlab.studies.spec import StudySpec, spec_from_document
 
-
-@dataclass
-class HubError(Exception):
-    """A refusal the API answers as ``application/problem+json``."""
-
-    status: int
-    title: str
-    detail: str
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"{self.title}: {self.detail}"
+__all__ = ["Hub", "HubError", "init_hub"]
+MODES = ("authorized", "open")
 
 
 def _iso(moment: dt.datetime) -> str:
     return moment.replace(tzinfo=dt.UTC).isoformat(timespec="seconds")
 
 
-def init_hub(directory: Path, url: str | None = None) -> Hub:
+def init_hub(directory: Path, url: str | None = None, governance: str = "authorized") -> Hub:
     """Create the hub's directory (mode 0700) with its signing key, log and database, or
-    open the hub already there."""
+    open the hub already there (its mode, set on creation, stays)."""
+    if governance not in MODES:
+        raise UsageError(f"governance is one of {', '.join(MODES)}")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     hub = Hub(directory, url)
+    with db.transaction(hub.sessions) as s:
+        if s.get(schema.Setting, "governance") is None:
+            s.add(schema.Setting(key="governance", value=governance))
+    hub.mode = hub._mode()
     with hub.party.open_log() as log:
         fresh = log.size == 0
     if fresh:
-        hub.party.log("hub_created", version=__version__)
+        hub.party.log("hub_created", version=__version__, governance=hub.mode)
     return hub
 
 
-class Hub:
+class Hub(Combining):
     """The hub whose key, log and default database live in ``directory``."""
 
     def __init__(self, directory: Path, url: str | None = None) -> None:
@@ -83,11 +83,18 @@ class Hub:
         self.sessions = db.connect(url or db.default_url(directory))
         self.party = parties.hub(directory)
         self._combining = threading.Lock()
+        self.mode = self._mode()
+
+    def _mode(self) -> str:
+        with self.sessions() as s:
+            found = s.get(schema.Setting, "governance")
+        return "open" if found is None else found.value
 
     # -- onboarding ---------------------------------------------------------------------
 
-    def add_node(self, name: str, public_pem: str) -> str:
-        """Register a node by its Ed25519 public key; returns the key id."""
+    def add_node(self, name: str, public_pem: str, organisation: str | None = None) -> str:
+        """Register a node by its Ed25519 public key (on a governed hub, with the hospital
+        organisation whose stewards answer for it); returns the key id."""
         try:
             kid = key_id(public_pem)
         except ValueError:
@@ -95,39 +102,59 @@ class Hub:
         with db.transaction(self.sessions) as s:
             if s.get(db.Node, name) is not None:
                 raise HubError(409, "node exists", f"a node named {name} is registered")
-            s.add(db.Node(name=name, public_key=public_pem, key_id=kid))
-        self.party.log("node_added", node=name, key_id=kid)
+            if organisation is not None:
+                org = s.get(schema.Organisation, organisation)
+                if org is None or org.kind != "hospital":
+                    raise HubError(422, "invalid request", f"no hospital {organisation}")
+            elif self.governed:
+                raise HubError(422, "invalid request", "a node belongs to a hospital organisation")
+            s.add(db.Node(name=name, public_key=public_pem, key_id=kid, organisation=organisation))
+        self.party.log("node_added", node=name, key_id=kid, organisation=organisation)
         return kid
 
     def add_researcher(self, name: str, public_pem: str | None = None) -> str:
-        """Register a researcher; returns the bearer token (only its hash is kept)."""
+        """Register a researcher on an open hub; returns the bearer token (only its hash is
+        kept). A governed hub's operator adds users with roles instead (``hub user add``)."""
+        if self.governed:
+            raise HubError(409, "governed hub", "add users with: medlab hub user add")
         if public_pem is not None:
             try:
                 key_id(public_pem)
             except ValueError:
                 raise HubError(400, "bad key", "not an Ed25519 public key (PEM)") from None
-        token = auth.new_token()
         with db.transaction(self.sessions) as s:
-            if s.get(db.Researcher, name) is not None:
+            if s.get(schema.User, name) is not None:
                 raise HubError(409, "researcher exists", f"a researcher named {name} exists")
-            hashed = auth.token_hash(token)
-            s.add(db.Researcher(name=name, token_hash=hashed, public_key=public_pem))
+            _, token = gov.add_user(s, name, "researcher", None, public_pem, days=366)
         self.party.log("researcher_added", researcher=name, signs=public_pem is not None)
+        return token
+
+    def bootstrap(self, name: str, organisation: str = "operator") -> str:
+        """The governed hub's first operator (and their organisation); returns their token.
+        Refused once the hub has an operator: later ones are added by an operator."""
+        with db.transaction(self.sessions) as s:
+            if s.scalar(select(schema.User.name).where(schema.User.role == "operator")):
+                raise HubError(409, "conflict", "this hub has an operator already")
+            if s.get(schema.Organisation, organisation) is None:
+                gov.add_organisation(s, organisation, "operator")
+            _, token = gov.add_user(s, name, "operator", organisation, days=366)
+        self.party.log("operator_added", user=name, organisation=organisation)
         return token
 
     # -- authentication -----------------------------------------------------------------
 
+    def principal(self, token: str | None) -> Principal:
+        """Who a bearer token belongs to (401 unless it is known, unexpired, unrevoked)."""
+        with self.sessions() as s:
+            found = authenticate(s, token, db.utcnow())
+        if found is None:
+            self.party.log("request_refused", who="user", reason="unknown or expired token")
+            raise HubError(401, "unauthenticated", "a valid token is required")
+        return found
+
     def researcher(self, token: str | None) -> str:
-        """The researcher a bearer token belongs to."""
-        if token:
-            with self.sessions() as s:
-                found = s.scalar(
-                    select(db.Researcher).where(db.Researcher.token_hash == auth.token_hash(token))
-                )
-            if found is not None:
-                return found.name
-        self.party.log("request_refused", who="researcher", reason="unknown token")
-        raise HubError(401, "unauthenticated", "a valid researcher token is required")
+        """The user a bearer token belongs to."""
+        return self.principal(token).name
 
     def node(self, method: str, target: str, body: bytes, headers: auth.Signed) -> str:
         """The node that signed this request (its nonce recorded: never accepted twice)."""
@@ -154,8 +181,12 @@ class Hub:
 
     # -- studies ------------------------------------------------------------------------
 
-    def submit(self, researcher: str, data: Any) -> str:
-        """Accept a study: one signed task per node; returns the study id."""
+    def submit(self, who: Principal | str, data: Any) -> str:
+        """Accept a study; returns its id. An open hub dispatches it at once (one signed task
+        per node); a governed one checks the project, its agreements and budget, holds the
+        budget and waits for two approvals (nothing is dispatched before)."""
+        if isinstance(who, str):
+            who = Principal(who, "researcher", None)
         try:
             sub = Submission.model_validate(data)
         except ValidationError as exc:
@@ -166,12 +197,12 @@ class Hub:
             raise HubError(422, "invalid study", errors[0]["message"], errors)
         project = sub.project or spec.project
         with self.sessions() as s:
-            who = s.get(db.Researcher, researcher)
-            assert who is not None
+            user = s.get(schema.User, who.name)
+            assert user is not None
             names = list(s.scalars(select(db.Node.name).order_by(db.Node.name)))
-        if who.public_key is not None and not (
+        if user.public_key is not None and not (
             sub.signature
-            and verify(who.public_key, submission_message(sub.spec, sub.project), sub.signature)
+            and verify(user.public_key, submission_message(sub.spec, sub.project), sub.signature)
         ):
             raise HubError(403, "unsigned", "this researcher's submissions must be signed")
         if sub.nodes is not None:
@@ -180,59 +211,132 @@ class Hub:
                 errors = [{"path": "$.nodes", "message": f"unknown node {unknown[0]}"}]
                 raise HubError(422, "invalid study", errors[0]["message"], errors)
             names = sorted(set(sub.nodes))
-        if len(names) < sub.min_sites:
-            raise HubError(
-                422,
-                "invalid study",
-                f"min_sites {sub.min_sites} but {len(names)} nodes",
-                [{"path": "$.min_sites", "message": f"more than the {len(names)} nodes"}],
-            )
+        if self.governed:
+            if project is None:
+                raise gov.invalid("$.project", "a study is submitted inside a project")
+            if spec.project is not None and spec.project != project:
+                raise gov.invalid("$.project", f"the spec's project is {spec.project}")
         study_id = "st_" + secrets.token_hex(8)
         now = db.utcnow()
-        deadline = now + dt.timedelta(seconds=sub.deadline_seconds)
         with db.transaction(self.sessions) as s:
-            s.add(
-                db.Study(
-                    id=study_id,
-                    name=spec.name,
-                    spec=sub.spec,
-                    spec_hash=spec.digest(),
-                    researcher=researcher,
-                    project=project,
-                    min_sites=sub.min_sites,
-                    deadline=deadline,
-                    signature=sub.signature,
+            agreements: list[schema.Agreement] = []
+            if self.governed:
+                assert project is not None
+                ask = _ask(spec, project, sub.nodes, sub.epsilon, sub.rho)
+                agreements = gov.check_study(s, who, ask, now)
+                names = [a.node for a in agreements]
+            if len(names) < sub.min_sites:
+                raise HubError(
+                    422,
+                    "invalid study",
+                    f"min_sites {sub.min_sites} but {len(names)} nodes",
+                    [{"path": "$.min_sites", "message": f"more than the {len(names)} nodes"}],
                 )
+            study = db.Study(
+                id=study_id,
+                name=spec.name,
+                spec=sub.spec,
+                spec_hash=spec.digest(),
+                researcher=who.name,
+                project=project,
+                min_sites=sub.min_sites,
+                deadline=now + dt.timedelta(seconds=sub.deadline_seconds),
+                signature=sub.signature,
+                state="submitted" if self.governed else "running",
+                nodes=names,
+                epsilon=sub.epsilon,
+                rho=sub.rho,
+                reason=sub.project,  # as signed; replaced by the state's reason later
             )
-            for name in names:
-                task = Task(
-                    task_id="tk_" + secrets.token_hex(8),
-                    study_id=study_id,
-                    node=name,
-                    spec=sub.spec,
-                    spec_hash=spec.digest(),
-                    project=project,
-                    submitted_project=sub.project,
-                    researcher=researcher,
-                    researcher_key=who.public_key,
-                    researcher_signature=sub.signature,
-                    min_sites=sub.min_sites,
-                    sites=len(names),
-                    deadline=_iso(deadline),
-                    issued_at=_iso(now),
-                    hub_key_id=self.party.signer.key_id,
-                )
-                s.add(self._signed(task))
+            s.add(study)
+            s.flush()
+            if self.governed:
+                gov.hold(s, study_id, agreements, sub.epsilon, sub.rho)
+                metering.count_study(s, study)
+            else:
+                self._dispatch(s, study, [])
         self.party.log(
             "study_submitted",
             study=spec.name,
             study_id=study_id,
             spec_hash=spec.digest(),
-            researcher=researcher,
+            researcher=who.name,
+            project=project,
             nodes=names,
         )
-        self.party.log("study_approved", spec_hash=spec.digest(), approved_by="hub (no review)")
+        if not self.governed:
+            self.party.log("study_approved", spec_hash=spec.digest(), approved_by="hub (no review)")
         return study_id
+
+    def _dispatch(self, s: Any, study: db.Study, agreements: list[schema.Agreement]) -> None:
+        """One signed task per node of the study (its agreement and budget cap with it, on
+        a governed hub); the study runs from now. Its deadline counts from dispatch."""
+        now = db.utcnow()
+        submitted_project, study.reason = study.reason, None
+        deadline = now + (study.deadline - study.created_at)
+        study.deadline, study.state, study.updated_at = deadline, "running", now
+        user = s.get(schema.User, study.researcher)
+        by_node = {a.node: a for a in agreements}
+        for name in study.nodes:
+            agreement = by_node.get(name)
+            task = Task(
+                task_id="tk_" + secrets.token_hex(8),
+                study_id=study.id,
+                node=name,
+                spec=study.spec,
+                spec_hash=study.spec_hash,
+                project=study.project,
+                submitted_project=submitted_project,
+                researcher=study.researcher,
+                researcher_key=None if user is None else user.public_key,
+                researcher_signature=study.signature,
+                min_sites=study.min_sites,
+                sites=len(study.nodes),
+                deadline=_iso(deadline),
+                issued_at=_iso(now),
+                hub_key_id=self.party.signer.key_id,
+                agreement=None if agreement is None else agreement.id,
+                epsilon=None if agreement is None else study.epsilon,
+                rho=None if agreement is None else study.rho,
+            )
+            s.add(self._signed(task))
+
+    def approve(self, who: Principal, study_id: str) -> StudyStatus:
+        """Record an approval; on the second, re-check the agreements as they are now and
+        dispatch (or refuse the study, releasing its budget hold, with the reason)."""
+        refused = None
+        with db.transaction(self.sessions) as s:
+            study = self._study(s, study_id, who)
+            both = gov.approve(s, who, study)
+            kind = gov.approvals(s, study_id)[-1]["kind"]
+            if both:
+                assert study.project is not None
+                spec = StudySpec.model_validate(study.spec)
+                ask = _ask(spec, study.project, study.nodes, study.epsilon, study.rho)
+                try:
+                    agreements = gov.check_study(s, None, ask, db.utcnow())
+                except HubError as exc:
+                    refused = exc.detail
+                    study.state, study.reason = "refused", f"at dispatch: {refused}"
+                    gov.settle_holds(s, study_id, {})
+                else:
+                    self._dispatch(s, study, agreements)
+        self.party.log("study_approved", study_id=study_id, kind=kind, approved_by=who.name)
+        if refused is not None:
+            self.party.log("study_refused", study_id=study_id, reason=refused)
+        elif both:
+            self.party.log("study_dispatched", study_id=study_id)
+        return self.status(study_id, who)
+
+    def end(self, who: Principal, study_id: str, state: str, reason: str) -> StudyStatus:
+        """Reject or withdraw a submitted study; its budget hold is released."""
+        with db.transaction(self.sessions) as s:
+            study = self._study(s, study_id, who)
+            gov.end_study(s, who, study, state)
+            study.state, study.reason, study.updated_at = state, reason, db.utcnow()
+            gov.settle_holds(s, study_id, {})
+        self.party.log(f"study_{state}", study_id=study_id, by=who.name)
+        return self.status(study_id, who)
 
     def _signed(self, task: Task) -> db.Task:
         """The task signed by the hub, as a row."""
@@ -246,11 +350,28 @@ class Hub:
             envelope=envelope,
         )
 
-    def status(self, study_id: str, researcher: str | None = None) -> StudyStatus:
+    def studies(self, who: Principal) -> list[dict[str, Any]]:
+        """The studies the caller may see, newest first."""
+        with self.sessions() as s:
+            rows = s.scalars(select(db.Study).order_by(db.Study.created_at.desc()))
+            return [
+                {
+                    "study_id": r.id,
+                    "name": r.name,
+                    "project": r.project,
+                    "researcher": r.researcher,
+                    "state": r.state,
+                    "created_at": _iso(r.created_at),
+                }
+                for r in rows
+                if self._sees(s, r, who)
+            ]
+
+    def status(self, study_id: str, who: Principal | str | None = None) -> StudyStatus:
         """A study's state, per node task (deadlines are settled by :meth:`settle`, which
         the service runs every second)."""
         with self.sessions() as s:
-            study = self._study(s, study_id, researcher)
+            study = self._study(s, study_id, who)
             tasks = s.scalars(
                 select(db.Task)
                 .where(db.Task.study_id == study_id)
@@ -265,7 +386,7 @@ class Hub:
                 study_id=study.id,
                 name=study.name,
                 state=study.state,  # type: ignore[arg-type]
-                reason=study.reason,
+                reason=None if study.state == "submitted" else study.reason,
                 min_sites=study.min_sites,
                 deadline=_iso(study.deadline),
                 tasks=[
@@ -280,22 +401,41 @@ class Hub:
                     for t in tasks
                 ],
                 files=list(files),
+                project=study.project,
+                researcher=study.researcher,
+                nodes=list(study.nodes or []),
+                approvals=gov.approvals(s, study_id),
             )
 
-    def file(self, study_id: str, name: str, researcher: str | None = None) -> bytes:
-        """One result file of a completed study."""
+    def file(self, study_id: str, name: str, who: Principal | str | None = None) -> bytes:
+        """One result file of a completed study (on a governed hub: for the project's
+        members; an auditor who is not one gets the evidence record only)."""
         with self.sessions() as s:
-            self._study(s, study_id, researcher)
+            study = self._study(s, study_id, who)
+            if isinstance(who, Principal) and self.governed:
+                member = gov.project_role(s, who, study.project or "") is not None
+                if not member and not (who.role == "auditor" and name == "evidence.json"):
+                    raise HubError(403, "forbidden", "results are for the project's members")
             found = s.get(db.StudyFile, (study_id, name))
             if found is None:
                 raise HubError(404, "no such file", f"{study_id} has no file {name}")
             return found.content
 
-    @staticmethod
-    def _study(s: Any, study_id: str, researcher: str | None) -> db.Study:
+    def _sees(self, s: Any, study: db.Study, who: Principal | str | None) -> bool:
+        if who is None:
+            return True
+        if isinstance(who, str) or not self.governed:
+            return study.researcher == (who if isinstance(who, str) else who.name)
+        if who.role in ("operator", "auditor"):
+            return True
+        if gov.project_role(s, who, study.project or "") is not None:
+            return True
+        return bool(set(study.nodes or []) & gov.stewarded(s, who))
+
+    def _study(self, s: Any, study_id: str, who: Principal | str | None) -> db.Study:
         study = s.get(db.Study, study_id)
-        if study is None or (researcher is not None and study.researcher != researcher):
-            raise HubError(404, "no such study", f"no study {study_id} of yours")
+        if study is None or not self._sees(s, study, who):
+            raise HubError(404, "no such study", f"no study {study_id} that you may see")
         assert isinstance(study, db.Study)
         return study
 
@@ -357,176 +497,16 @@ class Hub:
             task.state = report.state
             task.reason = report.reason
             task.updated_at = db.utcnow()
+            if report.state == "running" and task.started_at is None:
+                task.started_at = task.updated_at
+            if report.state in FINAL:
+                task.ended_at = task.updated_at
             if output is not None:
                 task.output = output.model_dump(mode="json")
                 task.output_hash = parties.digest(task.output)
             study_id = task.study_id
         self.settle(study_id)
         return report.state
-
-    # -- combining ----------------------------------------------------------------------
-
-    def settle(self, study_id: str | None = None) -> None:
-        """Expire tasks past their deadline and combine every study whose tasks are all
-        final (over the sites that answered, if they reach the quorum)."""
-        now = db.utcnow()
-        with db.transaction(self.sessions) as s:
-            query = select(db.Study).where(db.Study.state == "running")
-            if study_id is not None:
-                query = query.where(db.Study.id == study_id)
-            due = []
-            for study in s.scalars(query):
-                tasks = list(s.scalars(select(db.Task).where(db.Task.study_id == study.id)))
-                for t in tasks:
-                    if t.state in FINAL:
-                        continue
-                    if now >= study.deadline:
-                        t.state, t.reason, t.updated_at = "expired", "deadline passed", now
-                    elif now >= _round_deadline(t):
-                        t.state, t.reason, t.updated_at = "expired", "round deadline passed", now
-                if all(t.state in FINAL for t in tasks):
-                    due.append(study.id)
-        for found in due:
-            with self._combining:  # one combine at a time: a study is combined once
-                try:
-                    self._combine(found)
-                except Exception as exc:  # the researcher gets a reason without internals
-                    self._fail(found, "the hub could not combine the released results")
-                    self.party.log("combine_failed", study_id=found, error=type(exc).__name__)
-
-    def _fail(self, study_id: str, reason: str) -> None:
-        with db.transaction(self.sessions) as s:
-            study = s.get(db.Study, study_id)
-            if study is not None and study.state == "running":
-                study.state, study.reason = "failed", reason
-
-    def _combine(self, study_id: str) -> None:
-        """Post the next round, or combine every round over the nodes that answered them
-        all, or fail the study when too few answered."""
-        with self.sessions() as s:
-            study = s.get(db.Study, study_id)
-            assert study is not None
-            if study.state != "running":
-                return  # combined (or failed) meanwhile
-            tasks = list(
-                s.scalars(
-                    select(db.Task)
-                    .where(db.Task.study_id == study_id)
-                    .order_by(db.Task.round, db.Task.node)
-                )
-            )
-        if any(t.state not in FINAL for t in tasks):
-            return  # another settle posted the next round meanwhile: it is under way
-        last = max(t.round for t in tasks)
-        latest = {t.node: t for t in tasks}  # each node's task of its last round
-        answered = [t for t in tasks if t.round == last and t.state == "completed"]
-        outputs = [NodeOutput.model_validate(t.output) for t in answered]
-        # The stricter quorum wins: the study's, or any answering node's own policy.
-        quorum = max([study.min_sites, *(o.policy.get("min_sites", 1) for o in outputs)])
-        others = [
-            f"{t.node}: {t.state}" + (f" — {t.reason}" if t.reason else "")
-            for t in latest.values()
-            if t.state != "completed" or t.round != last
-        ]
-        summary = f"answered {len(answered)} of {len(latest)}" + (
-            f" ({'; '.join(others)})" if others else ""
-        )
-        sites = {"answered": len(answered), "of": len(latest), "quorum": quorum, "summary": summary}
-        files: dict[str, bytes] = {}
-        spec = StudySpec.model_validate(study.spec)
-        if len(answered) >= quorum and answered:
-            history = [NodeOutput.model_validate(t.output) for t in tasks if t.state == "completed"]
-            params = next_round(spec, last, history)
-            if params is not None:
-                self._post_round(study_id, answered, last + 1, params, _round_timeout(spec))
-                return
-            names = {t.node for t in answered}
-            every = [
-                NodeOutput.model_validate(t.output)
-                for t in tasks
-                if t.node in names and t.state == "completed"
-            ]
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp)
-                combine_study(spec, every, out, self.party, extra={"sites": sites}, history=history)
-                self._publish_hub_log(out)
-                files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
-            state, reason = "completed", summary
-        else:
-            state = "failed"
-            reason = f"quorum not reached: {summary}, {quorum} required; nothing released"
-        with db.transaction(self.sessions) as s:
-            study = s.get(db.Study, study_id)
-            assert study is not None
-            if study.state != "running":
-                return  # combined meanwhile by another request
-            for name, content in files.items():
-                s.add(db.StudyFile(study_id=study_id, name=name, content=content))
-            study.state, study.reason = state, reason
-        if state == "failed":
-            self.party.log("study_failed", study_id=study_id, reason=reason)
-
-    def _post_round(
-        self,
-        study_id: str,
-        answered: list[db.Task],
-        round_: int,
-        params: dict[str, Any],
-        timeout: float | None = None,
-    ) -> None:
-        """Round ``round_`` for the nodes that answered the round before: the same task with
-        the parameters computed from that round's released aggregates, signed anew, due
-        within ``timeout`` seconds (a node that misses it drops out; None: the study's
-        deadline)."""
-        with db.transaction(self.sessions) as s:
-            study = s.get(db.Study, study_id)
-            assert study is not None
-            if study.state != "running":
-                return
-            for previous in answered:
-                template = Task.model_validate(previous.envelope)
-                task = template.model_copy(
-                    update={
-                        "task_id": "tk_" + secrets.token_hex(8),
-                        "round": round_,
-                        "params": params,
-                        "sites": len(answered),
-                        "issued_at": _iso(db.utcnow()),
-                        "deadline": _iso(
-                            study.deadline
-                            if timeout is None
-                            else min(study.deadline, db.utcnow() + dt.timedelta(seconds=timeout))
-                        ),
-                        "signature": "",
-                    }
-                )
-                s.add(self._signed(task))
-        self.party.log("round_posted", study_id=study_id, round=round_, nodes=len(answered))
-
-    def _publish_hub_log(self, out: Path) -> None:
-        """Embed the hub's log entry of the combined result with its proof, so that a
-        researcher's copy of the results exports and verifies away from the hub."""
-        path = out / "evidence.json"
-        record = json.loads(path.read_text())
-        hub = record["hub"]
-        hub["log"] = log_part("hub", self.party.log_dir, [hub["log_index"]])
-        path.write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _round_timeout(spec: StudySpec) -> float | None:
-    """The shortest round timeout of the study's pooled models (None: none has one)."""
-    found = [a.settings.round_timeout_s for a in spec.analyses if a.type == "federated_model"]
-    found += [
-        a.settings.pooled.round_timeout_s
-        for a in spec.analyses
-        if a.type == "comparative" and a.settings.pooled
-    ]
-    return float(min(found)) if found else None  # type: ignore[union-attr]
-
-
-def _round_deadline(task: db.Task) -> dt.datetime:
-    """When a task's own round is due (its signed envelope says)."""
-    return dt.datetime.fromisoformat(str(task.envelope["deadline"])).replace(tzinfo=None)
 
 
 def _moves(state: str) -> set[str]:
@@ -536,3 +516,18 @@ def _moves(state: str) -> set[str]:
 def _invalid(exc: ValidationError, root: str) -> HubError:
     errors = [{"path": json_path(e["loc"], root), "message": e["msg"]} for e in exc.errors()]
     return HubError(422, "invalid request", f"{errors[0]['path']}: {errors[0]['message']}", errors)
+
+
+def _ask(
+    spec: StudySpec, project: str, nodes: list[str] | None, epsilon: float, rho: float
+) -> gov.Ask:
+    """What a study asks of its project's agreements: its analysis types, the CDM domains
+    its cohorts read, its nodes and its budget."""
+    return gov.Ask(
+        project=project,
+        analyses={a.type for a in spec.analyses},
+        domains=spec.domains(),
+        nodes=nodes,
+        epsilon=epsilon,
+        rho=rho,
+    )

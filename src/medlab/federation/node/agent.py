@@ -22,11 +22,13 @@ import httpx
 
 from medlab.errors import UsageError
 from medlab.federation.common import auth
+from medlab.federation.node import agreements
 from medlab.federation.node.checks import decide
 from medlab.federation.node.inbox import Inbox, LocalTask
 from medlab.ledger import parties
 from medlab.ledger.keys import key_id
 from medlab.privacy.node_policy import node_policy
+from medlab.privacy.node_release import Charge
 from medlab.privacy.policy import ReleasePolicy
 from medlab.studies.local import run_node
 from medlab.studies.spec import StudySpec
@@ -118,7 +120,13 @@ class Agent:
         return new
 
     def _decide(self, task: LocalTask) -> None:
-        decision = decide(task.envelope, self.hub_key(), self.policy)
+        policy = self.policy
+        decision = decide(
+            task.envelope,
+            self.hub_key(),
+            policy,
+            lambda t, spec: agreements.check(self.store, t, spec, policy),
+        )
         study = task.envelope.get("study_id")
         if decision.refused:
             reason = decision.refused
@@ -180,14 +188,17 @@ class Agent:
             if t.study_id == task.study_id and t.output and t.output.get("round", 1) < round_
             for r in t.output["releases"]
         )
+        envelope = task.envelope
+        charge = self._charge(task, round_) if envelope.get("agreement") else None
         try:
             output = run_node(
                 spec,
                 self.store,
                 publish_log=True,
                 round_=round_,
-                params=task.envelope.get("params") or {},
+                params=envelope.get("params") or {},
                 earlier=earlier,
+                charge=charge,
             )
         except Exception as exc:  # the researcher gets a message without internals
             self.party.log("task_failed", task_id=task.task_id, error=type(exc).__name__)
@@ -196,6 +207,20 @@ class Agent:
         data = output.model_dump(mode="json")
         review = self.policy.federation.review_results
         self._move(task, "awaiting_result_review" if review else "completed", output=data)
+
+    def _charge(self, task: LocalTask, round_: int) -> Charge:
+        """A governed task's project and what is left of the study's cap at this node: the
+        hold covers every round, so earlier rounds' spending counts against it."""
+        before = [
+            t.output.get("spent") or {}
+            for t in self.inbox.all()
+            if t.study_id == task.study_id and t.output and t.output.get("round", 1) < round_
+        ]
+        left = {
+            name: float(task.envelope[name]) - sum(float(b.get(name, 0.0)) for b in before)
+            for name in ("epsilon", "rho")
+        }
+        return Charge(task.envelope.get("project"), left["epsilon"], left["rho"])
 
     def report(self) -> None:
         """Tell the hub every state it has not acknowledged yet."""

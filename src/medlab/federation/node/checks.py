@@ -9,6 +9,7 @@ researcher may read (``refused: analysis type comparative not allowed at this no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -28,8 +29,18 @@ class Decision:
     spec: StudySpec | None = None
 
 
-def decide(envelope: dict[str, object], hub_key: str, policy: ReleasePolicy) -> Decision:
-    """Whether the task in ``envelope`` may run at this node (see the module docstring)."""
+AgreementCheck = Callable[[Task, StudySpec], str | None]
+
+
+def decide(
+    envelope: dict[str, object],
+    hub_key: str,
+    policy: ReleasePolicy,
+    agreement: AgreementCheck | None = None,
+) -> Decision:
+    """Whether the task in ``envelope`` may run at this node (see the module docstring);
+    ``agreement``: why the task may not run under the node's signed agreements (None: it
+    may; :func:`medlab.federation.node.agreements.check`)."""
     try:
         task = Task.model_validate({k: v for k, v in envelope.items() if k != "state"})
     except ValidationError:
@@ -56,6 +67,10 @@ def decide(envelope: dict[str, object], hub_key: str, policy: ReleasePolicy) -> 
     for analysis in spec.analyses:
         if analysis.type not in policy.allowed_analyses:
             return Decision(f"analysis type {analysis.type} not allowed at this node")
+    if agreement is not None:
+        refused = agreement(task, spec)
+        if refused:
+            return Decision(refused)
     if task.sites < rules.min_sites:
         return Decision(
             f"the study has {task.sites} sites; this node takes part in studies of at least "

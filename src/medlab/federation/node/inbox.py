@@ -28,6 +28,10 @@ _SCHEMA = (
         results_approved_by TEXT, reported TEXT, received_at TEXT NOT NULL,
         updated_at TEXT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS hub (key_id TEXT NOT NULL, public_key TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS agreements (
+        agreement_id TEXT PRIMARY KEY, project TEXT NOT NULL, terms TEXT NOT NULL,
+        signature TEXT NOT NULL, state TEXT NOT NULL, signed_by TEXT NOT NULL,
+        reason TEXT, updated_at TEXT NOT NULL)""",
 )
 
 
@@ -126,6 +130,15 @@ class Inbox:
                 raise UsageError(
                     f"task {task_id} is {current.state}; this needs it " + " or ".join(expect)
                 )
+            # Two stewards approving at once: the second finds the first's approval (the
+            # transaction is IMMEDIATE, so they are serialized) and counts for nothing.
+            if approved_by and current.approved_by:
+                raise UsageError(f"task {task_id} was approved already by {current.approved_by}")
+            if results_approved_by and current.results_approved_by:
+                raise UsageError(
+                    f"task {task_id}'s release was approved already by "
+                    f"{current.results_approved_by}"
+                )
             con.execute(
                 "UPDATE tasks SET state = ?, reason = coalesce(?, reason), "
                 "output = coalesce(?, output), approved_by = coalesce(?, approved_by), "
@@ -160,6 +173,63 @@ class Inbox:
         with self._db() as con:
             if con.execute("SELECT count(*) FROM hub").fetchone()[0] == 0:
                 con.execute("INSERT INTO hub VALUES (?, ?)", [kid, public_pem])
+
+
+@dataclass(frozen=True)
+class LocalAgreement:
+    """A data-use agreement as this node's steward signed it (``state``: signed or
+    suspended, the steward's own word; expiry is read from the terms)."""
+
+    agreement_id: str
+    project: str
+    terms: dict[str, Any]
+    signature: str
+    state: str
+    signed_by: str
+    reason: str | None
+    updated_at: str
+
+
+class Agreements:
+    """The agreements this node's steward signed, beside its tasks (``STORE.tasks.sqlite``)."""
+
+    def __init__(self, store: Path) -> None:
+        self.inbox = Inbox(store)
+
+    def save(self, terms: dict[str, Any], signature: str, by: str) -> None:
+        """Record a signed agreement (a second signing of the same one is refused)."""
+        with self.inbox._db() as con:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO agreements VALUES (?, ?, ?, ?, 'signed', ?, NULL, ?)",
+                [terms["agreement"], terms["project"], json.dumps(terms), signature, by, _now()],
+            )
+            if cur.rowcount != 1:
+                raise UsageError(f"agreement {terms['agreement']} is signed at this node already")
+
+    def get(self, agreement_id: str) -> LocalAgreement | None:
+        """One agreement, if this node signed it."""
+        with self.inbox._db() as con:
+            row = con.execute(
+                "SELECT * FROM agreements WHERE agreement_id = ?", [agreement_id]
+            ).fetchone()
+        return None if row is None else LocalAgreement(row[0], row[1], json.loads(row[2]), *row[3:])
+
+    def all(self) -> list[LocalAgreement]:
+        """Every agreement this node signed."""
+        with self.inbox._db() as con:
+            rows = con.execute("SELECT * FROM agreements ORDER BY updated_at").fetchall()
+        return [LocalAgreement(r[0], r[1], json.loads(r[2]), *r[3:]) for r in rows]
+
+    def move(self, agreement_id: str, state: str, expect: str, reason: str | None) -> None:
+        """Suspend or reinstate an agreement (refused unless it is ``expect``)."""
+        with self.inbox._db() as con:
+            cur = con.execute(
+                "UPDATE agreements SET state = ?, reason = ?, updated_at = ? "
+                "WHERE agreement_id = ? AND state = ?",
+                [state, reason, _now(), agreement_id, expect],
+            )
+            if cur.rowcount != 1:
+                raise UsageError(f"agreement {agreement_id} is not {expect} at this node")
 
 
 def _task(row: tuple[Any, ...]) -> LocalTask:
