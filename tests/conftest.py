@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +87,33 @@ def hub_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["MEDLAB_HUB_DIR"]
     else:
         os.environ["MEDLAB_HUB_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1: ``$MEDLAB_PG_URL`` (``make test`` starts one
+    with scripts/pg.sh), or a throwaway cluster started here and stopped afterwards."""
+    url = os.environ.get("MEDLAB_PG_URL")
+    if url:
+        yield url
+        return
+    directory = Path(tempfile.mkdtemp(prefix="medlab-pg-"))
+    script = str(REPO / "scripts" / "pg.sh")
+    subprocess.run([script, "start", str(directory)], check=True)
+    try:
+        yield (directory / "url").read_text().strip()
+    finally:
+        subprocess.run([script, "stop", str(directory)], check=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on that server."""
+    from sqlalchemy import create_engine
+
+    name = "t_" + secrets.token_hex(6)
+    engine = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return postgres_server.rsplit("/", 1)[0] + "/" + name

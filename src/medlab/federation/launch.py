@@ -45,10 +45,14 @@ def medlab(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         )
 
 
-def start_hub(directory: Path, port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """``medlab hub serve DIR`` on 127.0.0.1:port, once it answers."""
+def start_hub(
+    directory: Path, port: int, log: Path | None = None, db: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``medlab hub serve DIR`` on 127.0.0.1:port (``db``: its database URL), once it
+    answers."""
+    extra = () if db is None else ("--db", db)
     process = medlab(
-        "hub", "serve", str(directory), "--host", LOOPBACK, "--port", str(port), log=log
+        "hub", "serve", str(directory), "--host", LOOPBACK, "--port", str(port), *extra, log=log
     )
     wait_for(f"http://{LOOPBACK}:{port}", process)
     return process

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medlab.federation.common.messages import agreement_message
@@ -531,7 +532,10 @@ def approve(s: Session, who: Principal, study: Any) -> bool:
     if any(x.kind == kind for x in done):
         raise _conflict(f"the {kind} approval of {study.id} is in already")
     s.add(schema.Approval(study_id=study.id, kind=kind, user=who.name))
-    s.flush()  # a concurrent approval of the same kind fails here, on the key
+    try:
+        s.flush()  # the key: never two approvals of a kind, whatever the locking
+    except IntegrityError:
+        raise _conflict(f"the {kind} approval of {study.id} is in already") from None
     return len({x.kind for x in done} | {kind}) == 2
 
 

@@ -76,6 +76,11 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         if path.startswith("/api/v1/") and path not in UNAUDITED and "/node/" not in path:
             who: Principal | None = getattr(request.state, "principal", None)
             route = request.scope.get("route")
+            params = request.scope.get("path_params") or {}
+            known = {k: str(params[k])[:100] for k in ("project", "study_id") if k in params}
+            if "study_id" in known and "project" not in known:
+                project = await run_in_threadpool(hub.project_of, known["study_id"])
+                known |= {"project": project} if project else {}
             fields = {
                 "user": None if who is None else who.name,
                 "role": None if who is None else who.role,
@@ -83,6 +88,7 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
                 "method": request.method,
                 "path": path[:300],
                 "status": response.status_code,
+                **known,
                 **getattr(request.state, "audit", {}),
             }
             await run_in_threadpool(hub.party.log, "api", **fields)

@@ -118,12 +118,20 @@ def connect(url: str) -> sessionmaker[Session]:
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        connection.isolation_level = None  # SQLAlchemy begins, below
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cursor.execute("PRAGMA synchronous=FULL")  # a commit survives a crash
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        # Take the write lock at the start: a transaction that read first and then writes
+        # would otherwise fail at once ("database is locked") when another writer is in,
+        # instead of waiting its turn (busy_timeout).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager

@@ -306,7 +306,7 @@ class Hub(Combining):
         dispatch (or refuse the study, releasing its budget hold, with the reason)."""
         refused = None
         with db.transaction(self.sessions) as s:
-            study = self._study(s, study_id, who)
+            study = self._study(s, study_id, who, lock=True)
             both = gov.approve(s, who, study)
             kind = gov.approvals(s, study_id)[-1]["kind"]
             if both:
@@ -331,7 +331,7 @@ class Hub(Combining):
     def end(self, who: Principal, study_id: str, state: str, reason: str) -> StudyStatus:
         """Reject or withdraw a submitted study; its budget hold is released."""
         with db.transaction(self.sessions) as s:
-            study = self._study(s, study_id, who)
+            study = self._study(s, study_id, who, lock=True)
             gov.end_study(s, who, study, state)
             study.state, study.reason, study.updated_at = state, reason, db.utcnow()
             gov.settle_holds(s, study_id, {})
@@ -421,6 +421,12 @@ class Hub(Combining):
                 raise HubError(404, "no such file", f"{study_id} has no file {name}")
             return found.content
 
+    def project_of(self, study_id: str) -> str | None:
+        """The project of a study (None: no such study, or none)."""
+        with self.sessions() as s:
+            study = s.get(db.Study, study_id)
+            return None if study is None else study.project
+
     def _sees(self, s: Any, study: db.Study, who: Principal | str | None) -> bool:
         if who is None:
             return True
@@ -432,8 +438,12 @@ class Hub(Combining):
             return True
         return bool(set(study.nodes or []) & gov.stewarded(s, who))
 
-    def _study(self, s: Any, study_id: str, who: Principal | str | None) -> db.Study:
-        study = s.get(db.Study, study_id)
+    def _study(
+        self, s: Any, study_id: str, who: Principal | str | None, lock: bool = False
+    ) -> db.Study:
+        """The study, if the caller may see it; ``lock``: its row locked to the end of the
+        transaction (PostgreSQL: concurrent approvals of one study take turns)."""
+        study = s.get(db.Study, study_id, with_for_update=lock)
         if study is None or not self._sees(s, study, who):
             raise HubError(404, "no such study", f"no study {study_id} that you may see")
         assert isinstance(study, db.Study)
