@@ -25,7 +25,7 @@ from medlab import __version__
 from medlab.errors import UsageError
 from medlab.federation.common import auth
 from medlab.federation.common.messages import PROTOCOL, StudyStatus, json_path
-from medlab.federation.hub.governed import doc, gate, routes
+from medlab.federation.hub.governed import PROBLEMS, doc, gate, routes
 from medlab.federation.hub.service import Hub, HubError
 from medlab.governance.access import Principal
 from medlab.inputs import parse_document
@@ -174,7 +174,7 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
 
     app.include_router(routes(hub))
 
-    @app.get("/api/v1/node/tasks")
+    @app.get("/api/v1/node/tasks", responses=PROBLEMS, summary="A node's open tasks (signed).")
     async def tasks(request: Request, wait: float = 0.0) -> dict[str, Any]:
         node, _ = await signed_node(request)
         until = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
@@ -184,7 +184,9 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
                 return {"tasks": found}
             await asyncio.sleep(0.2)
 
-    @app.post("/api/v1/node/tasks/{task_id}")
+    @app.post(
+        "/api/v1/node/tasks/{task_id}", responses=PROBLEMS, summary="A node's report (signed)."
+    )
     async def report(task_id: str, request: Request) -> dict[str, str]:
         node, body = await signed_node(request)
         state = await run_in_threadpool(hub.report, node, task_id, await _json(body))

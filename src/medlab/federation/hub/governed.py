@@ -101,8 +101,42 @@ class Reason(_In):
     reason: Text
 
 
+PROBLEM = {
+    "type": "object",
+    "required": ["title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+REFUSALS = {
+    400: "The body is not JSON.",
+    401: "No valid token (or node signature).",
+    403: "Your role, token scope or standing does not allow it.",
+    404: "No such object, or none you may see.",
+    409: "An illegal transition (the allowed ones are named), a conflict or a refusal "
+    "by rule: agreement, expiry, budget.",
+    413: "The body is too large.",
+    422: "Invalid input; each error names its JSON path.",
+}
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/problem+json": {"schema": PROBLEM}}}
+    for code, text in REFUSALS.items()
+}
+
+
 def doc(operation: str) -> dict[str, Any]:
-    """The route arguments that document ``operation``: its summary, roles and scope."""
+    """The route arguments that document ``operation``: its summary, roles and scope, and
+    the refusals it may answer (``application/problem+json``, RFC 9457)."""
     op = OPERATIONS[operation]
     roles = ", ".join(sorted(op.roles))
     return {
@@ -110,6 +144,7 @@ def doc(operation: str) -> dict[str, Any]:
         "summary": op.summary,
         "description": f"{op.summary}\n\nRoles: {roles}. Token scope: {op.scope}.",
         "openapi_extra": {"x-roles": sorted(op.roles), "x-scope": op.scope},
+        "responses": PROBLEMS,
     }
 
 
