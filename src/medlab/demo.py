@@ -12,6 +12,7 @@ stopped. Last, a differentially private query, showing the budget left. Output g
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import sys
@@ -222,23 +223,30 @@ def _print_pooled(comparative: dict[str, Any]) -> None:
 def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
     hub_dir, logs = out.parent / "hub", out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    hub = init_hub(hub_dir, governance="open")
-    for store in nodes:
-        hub.add_node(store.stem, parties.node(store).signer.public_pem)
-        if store.stem != "eunomia":  # these stewards trust the policy; Eunomia's approves
-            federation = FederationPolicy(approval="none")
-            set_policy(store, ReleasePolicy(version="demo-1", federation=federation), "demo")
-    token = hub.add_researcher("demo researcher")
+    hub = init_hub(hub_dir)  # governed: projects, agreements, two approvals
+    operator = hub.bootstrap("olga")
+    for store in nodes:  # every node takes tasks under an agreement its steward signed only
+        federation = FederationPolicy(  # Eunomia's steward approves each task
+            approval="each_task" if store.stem == "eunomia" else "none", require_agreement=True
+        )
+        set_policy(store, ReleasePolicy(version="demo-1", federation=federation), "demo")
     port = launch.free_port()
     url = f"http://{launch.LOOPBACK}:{port}"
     processes = [launch.start_hub(hub_dir, port, logs / "hub.log")]
     stdout.print(f"hub serving on {url} (its own process); node agents dial out to it")
     try:
+        users = _onboard(Client(url, operator), url, nodes, spec)
         for store in nodes:
             processes.append(launch.start_agent(store, url, logs / f"{store.stem}.log"))
-        client = Client(url, token)
-        study = client.submit(spec, min_sites=len(nodes))
-        stdout.print(f"submitted {spec.name} as {study.id} to {len(nodes)} nodes", highlight=False)
+        study = users["alan"].submit(spec, project=PROJECT, min_sites=len(nodes))
+        stdout.print(
+            f"alan (pharma analyst) submitted {spec.name} as {study.id} in {PROJECT}: "
+            f"{study.status().state}; nothing is dispatched before two approvals",
+            highlight=False,
+        )
+        for who, role in (("rita", "project lead"), ("olga", "operator's reviewer")):
+            status = users[who].approve(study.id)
+            stdout.print(f"  {who} ({role}) approves: {status.state}", highlight=False)
         seen: dict[str, str] = {}
         shown = 1  # later rounds (the secure sums of the pooled estimates): one line per 10
         while (status := study.status()).state == "running":
@@ -262,10 +270,84 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
         if status.state != "completed":
             raise SystemExit(1)
         study.fetch(out)
+        _usage_and_audit(users, study.id)
         return study.results()
     finally:
         for process in reversed(processes):
             launch.stop(process)
+
+
+PROJECT = "nsaid-gi-safety"
+
+
+def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[str, Client]:
+    """The operator onboards two hospitals with their stewards, a pharma company with a
+    project lead and an analyst, and a regulator's auditor; the project gets an agreement
+    at every node, signed at the node by its steward and countersigned by the operator."""
+    from medlab.federation.node import agreements
+
+    users = {"olga": op}
+    hospitals = {"eunomia": "eunomia-hospital"}
+    orgs = [("eunomia-hospital", "hospital"), ("synthetic-health", "hospital")]
+    orgs += [("pharma-co", "pharma"), ("regulator", "regulator")]
+    for name, kind in orgs:
+        op.add_organisation(name, kind)
+    people = [("sam", "steward", "eunomia-hospital"), ("sue", "steward", "synthetic-health")]
+    people += [("rita", "researcher", "pharma-co"), ("alan", "researcher", "pharma-co")]
+    people += [("aude", "auditor", "regulator")]
+    for name, role, org in people:
+        users[name] = Client(url, op.add_user(name, role, org)["token"])
+    for store in nodes:
+        org = hospitals.get(store.stem, "synthetic-health")
+        op.add_node(store.stem, parties.node(store).signer.public_pem, org)
+    ends = time.time() + 365 * 86400
+    end = dt.datetime.fromtimestamp(ends, dt.UTC)
+    op.add_project(PROJECT, "pharma-co", "GI bleeding on celecoxib vs diclofenac", "rita", end)
+    users["rita"].add_member(PROJECT, "alan", "analyst")
+    types: list[str] = sorted({a.type for a in spec.analyses})
+    for store in nodes:
+        steward = "sam" if store.stem == "eunomia" else "sue"
+        drafted = users["rita"].add_agreement(
+            PROJECT, store.stem, types, sorted(spec.domains()), "demo-1", end - dt.timedelta(1)
+        )
+        signature = agreements.sign(store, users[steward].agreement(drafted["agreement"]), steward)
+        users[steward].move_agreement(drafted["agreement"], "signed", signature)
+        op.move_agreement(drafted["agreement"], "active")
+    stdout.print(
+        f"onboarded: operator olga; stewards sam (eunomia) and sue ({len(nodes) - 1} synthetic "
+        f"nodes); pharma lead rita and analyst alan; auditor aude; project {PROJECT} with an "
+        f"active agreement at each of {len(nodes)} nodes ({', '.join(types)})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return users
+
+
+def _usage_and_audit(users: dict[str, Client], study_id: str) -> None:
+    """The project's usage report (its lead's view) and the study's audit trail (the
+    auditor's)."""
+    usage = users["rita"].usage(PROJECT)
+    table = Table(title=f"usage of {PROJECT} (medlab hub usage {PROJECT})")
+    for col in ("node", "tasks", "node-seconds", "releases", "epsilon spent"):
+        table.add_column(col, justify="left" if col == "node" else "right")
+    for node, kinds in usage["nodes"].items():
+        table.add_row(
+            node,
+            f"{kinds['tasks']:g}",
+            f"{kinds['node_seconds']:.1f}",
+            f"{kinds['releases']:g}",
+            f"{kinds['epsilon']:g}",
+        )
+    stdout.print(table)
+    trail = users["aude"].audit(study=study_id)
+    table = Table(title=f"audit trail of {study_id} (medlab hub audit DIR --study {study_id})")
+    for col in ("time", "event", "who", "operation", "outcome"):
+        table.add_column(col)
+    for e in trail:
+        who = e.get("user") or e.get("approved_by") or e.get("researcher") or e.get("by") or ""
+        outcome = str(e.get("status", e.get("kind", "")))
+        table.add_row(e["time"][11:23], e["type"], str(who), e.get("operation") or "", outcome)
+    stdout.print(table)
 
 
 def _approve(nodes: list[Path], name: str, logs: Path) -> None:

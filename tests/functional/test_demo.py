@@ -22,10 +22,12 @@ def test_demo_prints_one_row_per_node(
     assert "new warfarin users with AF" in printed
     assert "Strategus/3.json" in printed and "479" in printed
     assert "hazard ratios" in printed and (out / "study" / "report.html").exists()
-    # The study ran as a federation: a hub and four agents, Eunomia's steward approving.
-    assert "hub serving on http://127.0.0.1:" in printed
-    assert "eunomia: awaiting_approval" in printed and "medlab node approve" in printed
-    assert "hospital_a: completed" in printed and "study completed: answered 4 of 4" in printed
+    # Authorized operation: onboarding, a project with agreements, two approvals.
+    assert "onboarded: operator olga; stewards sam (eunomia) and sue" in printed
+    assert "rita (project lead) approves: submitted" in printed
+    assert "olga (operator's reviewer) approves: running" in printed
+    assert "usage of nsaid-gi-safety" in printed and "audit trail of st_" in printed
+    assert "study_dispatched" in printed
     # The study ran as a federation: a hub and four agents, Eunomia's steward approving.
     assert "hub serving on http://127.0.0.1:" in printed
     assert "eunomia: awaiting_approval" in printed and "medlab node approve" in printed
