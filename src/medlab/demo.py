@@ -305,6 +305,7 @@ def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[s
     op.add_project(PROJECT, "pharma-co", "GI bleeding on celecoxib vs diclofenac", "rita", end)
     users["rita"].add_member(PROJECT, "alan", "analyst")
     types: list[str] = sorted({a.type for a in spec.analyses})
+    synthetic = sum(store.stem != "eunomia" for store in nodes)
     for store in nodes:
         steward = "sam" if store.stem == "eunomia" else "sue"
         drafted = users["rita"].add_agreement(
@@ -314,7 +315,7 @@ def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[s
         users[steward].move_agreement(drafted["agreement"], "signed", signature)
         op.move_agreement(drafted["agreement"], "active")
     stdout.print(
-        f"onboarded: operator olga; stewards sam (eunomia) and sue ({len(nodes) - 1} synthetic "
+        f"onboarded: operator olga; stewards sam (eunomia) and sue ({synthetic} synthetic "
         f"nodes); pharma lead rita and analyst alan; auditor aude; project {PROJECT} with an "
         f"active agreement at each of {len(nodes)} nodes ({', '.join(types)})",
         highlight=False,
@@ -340,13 +341,23 @@ def _usage_and_audit(users: dict[str, Client], study_id: str) -> None:
         )
     stdout.print(table)
     trail = users["aude"].audit(study=study_id)
-    table = Table(title=f"audit trail of {study_id} (medlab hub audit DIR --study {study_id})")
-    for col in ("time", "event", "who", "operation", "outcome"):
-        table.add_column(col)
+    table = Table(
+        title=f"audit trail of {study_id} (medlab hub audit DIR --study {study_id}; "
+        "repeated calls in a row shown once, with their count)"
+    )
+    for col in ("time", "event", "who", "operation", "outcome", "calls"):
+        table.add_column(col, justify="right" if col == "calls" else "left")
+    rows: list[list[str]] = []
     for e in trail:
         who = e.get("user") or e.get("approved_by") or e.get("researcher") or e.get("by") or ""
         outcome = str(e.get("status", e.get("kind", "")))
-        table.add_row(e["time"][11:23], e["type"], str(who), e.get("operation") or "", outcome)
+        row = [e["time"][11:23], e["type"], str(who), e.get("operation") or "", outcome, "1"]
+        if rows and rows[-1][1:5] == row[1:5]:
+            rows[-1][5] = str(int(rows[-1][5]) + 1)
+        else:
+            rows.append(row)
+    for row in rows:
+        table.add_row(*row)
     stdout.print(table)
 
 
