@@ -312,6 +312,10 @@ def submit(
     key: Annotated[
         Path | None, typer.Option("--key", help="Your private key, to sign the submission.")
     ] = None,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="The most epsilon it may spend at each node.")
+    ] = 0.0,
+    rho: Annotated[float, typer.Option("--rho", help="The most rho at each node.")] = 0.0,
 ) -> None:
     """Submit a study to the hub; prints the study id alone on the last line."""
     from medlab.federation.client.sdk import Client
@@ -319,7 +323,14 @@ def submit(
 
     parsed = load_spec(spec)
     client = Client(hub, token, key=key)
-    study = client.submit(parsed, project=project, min_sites=min_sites, deadline_seconds=deadline)
+    study = client.submit(
+        parsed,
+        project=project,
+        min_sites=min_sites,
+        deadline_seconds=deadline,
+        epsilon=epsilon,
+        rho=rho,
+    )
     stdout.print(f"submitted {parsed.name} ({parsed.digest()})", highlight=False, soft_wrap=True)
     print(study.id)
 

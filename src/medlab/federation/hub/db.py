@@ -128,14 +128,16 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
-        # Take the write lock at the start: a transaction that read first and then writes
-        # would otherwise fail at once ("database is locked") when another writer is in,
-        # instead of waiting its turn (busy_timeout).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock at the start: one that read first and
+        # then wrote would otherwise fail at once ("database is locked") when another writer
+        # is in, instead of waiting its turn (busy_timeout). Readers never wait (WAL).
+        immediate = connection.get_execution_options().get("writes", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose changes are committed together, or not at all."""
     with factory() as session, session.begin():
+        session.connection(execution_options={"writes": True})
         yield session
