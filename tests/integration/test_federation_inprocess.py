@@ -28,10 +28,13 @@ from medlab.studies.run import run_study
 from medlab.studies.spec import StudySpec
 
 
-@pytest.fixture
-def lab(synth_small: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["sqlite"])
+def lab(request, synth_small: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An open hub on SQLite, or (``lab`` parametrized with ``postgresql``) on a fresh
+    database of the real PostgreSQL server."""
     stores = fed.copy_sites(synth_small, tmp_path / "nodes")
-    hub = init_hub(tmp_path / "hub", governance="open")
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    hub = init_hub(tmp_path / "hub", url, governance="open")
     http = TestClient(create_app(hub), base_url="http://hub")
     for store in stores:
         hub.add_node(store.stem, parties.node(store).signer.public_pem)
@@ -81,6 +84,10 @@ def test_a_federated_study_equals_the_single_process_run(lab, tmp_path: Path) ->
     assert failed == []
 
 
+BACKENDS = pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
+
+
+@BACKENDS
 def test_a_refused_task_and_the_quorum(lab) -> None:  # type: ignore[no-untyped-def]
     _, http, stores, client = lab
     fed.federation_policy(stores[0], approval="none")
@@ -122,6 +129,7 @@ def test_a_malformed_study_names_the_json_path(lab) -> None:  # type: ignore[no-
     assert "$.spec.analyses[2].settings.caliper" in paths
 
 
+@BACKENDS
 def test_a_two_round_analysis_pools_the_mean_and_sd(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, http, stores, client = lab
     for store in stores:
@@ -171,6 +179,7 @@ def test_a_two_round_analysis_pools_the_mean_and_sd(lab, tmp_path: Path) -> None
     assert json.loads((out / "results.json").read_text())["analyses"] == local["analyses"]
 
 
+@BACKENDS
 def test_signed_submissions_and_idempotent_uploads(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hub, http, stores, _ = lab
     from medlab.ledger.keys import Signer
@@ -246,6 +255,7 @@ def hub_session(lab):  # type: ignore[no-untyped-def]
         yield list(s.scalars(select(db.Task)))
 
 
+@BACKENDS
 def test_the_deadline_expires_the_silent_and_the_late(lab) -> None:  # type: ignore[no-untyped-def]
     import datetime as dt
 
