@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/privacy_bench.py
 	$(BIN)/python benchmarks/ledger_bench.py
 	$(BIN)/python benchmarks/coverage.py
+	$(BIN)/python benchmarks/governance_bench.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
