@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, update
 from tests import federation as fed
@@ -96,6 +98,9 @@ class GovernanceSuite:
         tables = set(inspect(engine).get_table_names())
         assert set(schema.Base.metadata.tables) <= tables
         assert {"users", "tokens", "projects", "agreements", "approvals", "usage"} <= tables
+        with engine.connect() as connection:  # the history builds exactly the models
+            drift = compare_metadata(MigrationContext.configure(connection), schema.Base.metadata)
+        assert drift == []
 
     def test_a_study_walks_submission_two_approvals_node_approvals_results(
         self, lab: g.Lab, tmp_path: Path

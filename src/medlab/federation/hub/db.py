@@ -64,6 +64,7 @@ class Study(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    submitted_project: Mapped[str | None] = mapped_column(String(100), nullable=True)
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     rho: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -88,7 +88,7 @@ class Hub(Combining):
     def _mode(self) -> str:
         with self.sessions() as s:
             found = s.get(schema.Setting, "governance")
-        return "open" if found is None else found.value
+        return "authorized" if found is None else found.value  # never open by omission
 
     # -- onboarding ---------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Hub(Combining):
                 nodes=names,
                 epsilon=sub.epsilon,
                 rho=sub.rho,
-                reason=sub.project,  # as signed; replaced by the state's reason later
+                submitted_project=sub.project,  # as the researcher signed it
             )
             s.add(study)
             s.flush()
@@ -272,7 +272,6 @@ class Hub(Combining):
         """One signed task per node of the study (its agreement and budget cap with it, on
         a governed hub); the study runs from now. Its deadline counts from dispatch."""
         now = db.utcnow()
-        submitted_project, study.reason = study.reason, None
         deadline = now + (study.deadline - study.created_at)
         study.deadline, study.state, study.updated_at = deadline, "running", now
         user = s.get(schema.User, study.researcher)
@@ -286,7 +285,7 @@ class Hub(Combining):
                 spec=study.spec,
                 spec_hash=study.spec_hash,
                 project=study.project,
-                submitted_project=submitted_project,
+                submitted_project=study.submitted_project,
                 researcher=study.researcher,
                 researcher_key=None if user is None else user.public_key,
                 researcher_signature=study.signature,
@@ -386,7 +385,7 @@ class Hub(Combining):
                 study_id=study.id,
                 name=study.name,
                 state=study.state,  # type: ignore[arg-type]
-                reason=None if study.state == "submitted" else study.reason,
+                reason=study.reason,
                 min_sites=study.min_sites,
                 deadline=_iso(study.deadline),
                 tasks=[

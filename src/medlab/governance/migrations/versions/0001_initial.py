@@ -167,6 +167,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("nodes", sa.JSON(), nullable=False),
+        sa.Column("submitted_project", sa.String(length=100), nullable=True),
         sa.Column("epsilon", sa.Float(), nullable=False),
         sa.Column("rho", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
