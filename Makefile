@@ -23,10 +23,11 @@ check: $(STAMP)
 # A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's package, installed when absent) for
 # the suites that run against each hub database backend; stopped whatever the tests say.
 PG_DIR ?= /tmp/medlab-pg-$(shell id -u)-$(notdir $(CURDIR))
+JOBS ?= 2  # pytest-xdist workers: the suite is CPU-bound and mostly single-threaded
 
 test: check
 	scripts/pg.sh start $(PG_DIR)
-	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q; \
+	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(JOBS); \
 	  status=$$?; scripts/pg.sh stop $(PG_DIR); exit $$status
 
 bench: $(STAMP)

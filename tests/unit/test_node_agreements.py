@@ -106,6 +106,11 @@ def test_signing_checks_the_terms_records_them_and_grants_the_budget(store: Path
     assert (kept.state, kept.signed_by, "state" in kept.terms) == ("signed", "sam", False)
     with pytest.raises(UsageError, match="signed at this node already"):
         agreements.sign(store, _terms(), "sam")
+    # A later agreement's budget comes on top of what the project spent here before.
+    budget.charge(store, "p1", epsilon=1.5, query_key="q", purpose="test")
+    agreements.sign(store, _terms(agreement="ag_2", epsilon=3.0), "sam")
+    after = budget.status(store, "p1")
+    assert (after.epsilon_granted, after.epsilon_remaining) == (4.5, 3.0)
 
 
 def test_every_task_is_checked_against_the_signed_copy(store: Path) -> None:

@@ -4,7 +4,8 @@ agent checks every task against the copy it signed, never the hub's word about i
 Signing (``medlab node agreement sign STORE ID``) checks the terms against this node's own
 policy (its version, the analyses it allows), records the terms in the node's inbox, grants
 the project the agreed privacy budget in the node's ledger (the authoritative one) and logs
-it. A task that names an agreement runs only while that agreement is signed here, not
+it (the agreed budget is granted on top of what the project already spent here). A task that
+names an agreement runs only while that agreement is signed here, not
 suspended by the steward, not past its date, and only within its analyses, cohort domains,
 policy version and budget.
 """
@@ -61,7 +62,12 @@ def sign(store: Path, document: dict[str, Any], by: str) -> str:
     party = parties.node(store)
     signature = party.signer.sign(agreement_message(terms))
     Agreements(store).save(terms, signature, by)
-    budget.grant(store, terms["project"], float(terms["epsilon"]), float(terms["rho"]), by)
+    # The agreement's budget is what the project may spend from now on: on top of what it
+    # spent here under earlier agreements (so the hub's mirror, which starts at zero for a
+    # new agreement, and the node's ledger agree on what is left).
+    spent = budget.status(store, terms["project"])
+    epsilon = spent.epsilon_spent + float(terms["epsilon"])
+    budget.grant(store, terms["project"], epsilon, spent.rho_spent + float(terms["rho"]), by)
     party.log("agreement_signed", agreement=terms["agreement"], project=terms["project"], by=by)
     return signature
 
