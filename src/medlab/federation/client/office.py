@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from medlab.errors import MedlabError, UsageError
 from medlab.federation.common.messages import StudyStatus
 
 
@@ -18,11 +19,39 @@ def _when(moment: dt.datetime | str | None) -> str | None:
     return moment.isoformat()
 
 
+class HubError(MedlabError):
+    """The hub refused a request; the message is its problem detail."""
+
+    exit_code = 10
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        errors = problem.get("errors") or []
+        where = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors[:5])
+        detail = problem.get("detail") or problem.get("title") or "refused"
+        super().__init__(f"the hub answered {status}: {detail}" + (f" ({where})" if where else ""))
+        self.status = status
+        self.problem = problem
+
+
 class Office:
-    """Governance over the hub's API."""
+    """Calls to the hub's API with this client's token (``http``, ``headers``), and the
+    governance ones."""
+
+    http: httpx.Client
+    headers: dict[str, str]
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        raise NotImplementedError
+        try:
+            response = self.http.request(method, path, headers=self.headers, **kw)
+        except httpx.HTTPError as exc:
+            raise UsageError(f"the hub did not answer ({exc})") from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:200]}
+            raise HubError(response.status_code, problem)
+        return response
 
     def _json(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         kept = {k: v for k, v in params.items() if v is not None}

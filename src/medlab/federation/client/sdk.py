@@ -18,25 +18,13 @@ from typing import Any
 
 import httpx
 
-from medlab.errors import MedlabError, UsageError
-from medlab.federation.client.office import Office
+from medlab.errors import UsageError
+from medlab.federation.client.office import HubError, Office
 from medlab.federation.common.messages import StudyStatus, submission_message
 from medlab.ledger.keys import Signer
 from medlab.studies.spec import StudySpec
 
-
-class HubError(MedlabError):
-    """The hub refused a request; the message is its problem detail."""
-
-    exit_code = 10
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        errors = problem.get("errors") or []
-        where = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors[:5])
-        detail = problem.get("detail") or problem.get("title") or "refused"
-        super().__init__(f"the hub answered {status}: {detail}" + (f" ({where})" if where else ""))
-        self.status = status
-        self.problem = problem
+__all__ = ["Client", "HubError", "Study"]
 
 
 class Client(Office):
@@ -60,19 +48,6 @@ class Client(Office):
         self.http = http or httpx.Client(base_url=str(url), timeout=timeout)
         self.headers = {"authorization": f"Bearer {token}"}
         self.signer = Signer.load_or_create(key) if key is not None else None
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, headers=self.headers, **kw)
-        except httpx.HTTPError as exc:
-            raise UsageError(f"the hub did not answer ({exc})") from None
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text[:200]}
-            raise HubError(response.status_code, problem)
-        return response
 
     def submit(
         self,

@@ -21,6 +21,7 @@ from medlab.governance import metering
 from medlab.governance import service as gov
 from medlab.ledger import parties
 from medlab.ledger.evidence import log_part
+from medlab.ledger.keys import canonical
 from medlab.studies.combine import combine_study, next_round
 from medlab.studies.local import NodeOutput
 from medlab.studies.spec import StudySpec
@@ -44,7 +45,16 @@ class Combining:
         return self.mode == "authorized"
 
     def _signed(self, task: Task) -> db.Task:
-        raise NotImplementedError
+        """The task signed by the hub, as a row."""
+        signature = self.party.signer.sign(canonical(task.body()))
+        envelope = task.model_copy(update={"signature": signature}).model_dump(mode="json")
+        return db.Task(
+            id=task.task_id,
+            study_id=task.study_id,
+            node=task.node,
+            round=task.round,
+            envelope=envelope,
+        )
 
     def settle(self, study_id: str | None = None) -> None:
         """Expire tasks past their deadline and combine every study whose tasks are all

@@ -42,7 +42,7 @@ from medlab.governance import metering, schema
 from medlab.governance import service as gov
 from medlab.governance.access import HubError, Principal, authenticate
 from medlab.ledger import parties
-from medlab.ledger.keys import canonical, key_id, verify
+from medlab.ledger.keys import key_id, verify
 from medlab.studies.combine import verify_output
 from medlab.studies.local import NodeOutput
 from medlab.studies.spec import StudySpec, spec_from_document
@@ -336,18 +336,6 @@ class Hub(Combining):
             gov.settle_holds(s, study_id, {})
         self.party.log(f"study_{state}", study_id=study_id, by=who.name)
         return self.status(study_id, who)
-
-    def _signed(self, task: Task) -> db.Task:
-        """The task signed by the hub, as a row."""
-        signature = self.party.signer.sign(canonical(task.body()))
-        envelope = task.model_copy(update={"signature": signature}).model_dump(mode="json")
-        return db.Task(
-            id=task.task_id,
-            study_id=task.study_id,
-            node=task.node,
-            round=task.round,
-            envelope=envelope,
-        )
 
     def studies(self, who: Principal) -> list[dict[str, Any]]:
         """The studies the caller may see, newest first."""
