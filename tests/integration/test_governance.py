@@ -198,6 +198,8 @@ class GovernanceSuite:
             )
         _refused(lab["carl"].me, 401, "valid token")
         _refused(lambda: lab["alan"].revoke_token(reader["token_id"]), 404, "no token")
+        reasons = [e.get("reason") for e in audit.events(lab.hub.party.log_dir)]
+        assert "an expired or revoked token" in reasons
 
     def test_every_role_and_endpoint_of_the_matrix(self, lab: g.Lab) -> None:
         matrix(lab)

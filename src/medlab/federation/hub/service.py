@@ -147,8 +147,14 @@ class Hub(Combining):
         """Who a bearer token belongs to (401 unless it is known, unexpired, unrevoked)."""
         with self.sessions() as s:
             found = authenticate(s, token, db.utcnow())
+            known = False
+            if found is None and token:
+                hashed = auth.token_hash(token)
+                row = s.scalar(select(schema.Token.id).where(schema.Token.token_hash == hashed))
+                known = row is not None
         if found is None:
-            self.party.log("request_refused", who="user", reason="unknown or expired token")
+            reason = "an expired or revoked token" if known else "unknown token"
+            self.party.log("request_refused", who="user", reason=reason)
             raise HubError(401, "unauthenticated", "a valid token is required")
         return found
 
