@@ -27,7 +27,7 @@ JOBS ?= 2  # pytest-xdist workers: the suite is CPU-bound and mostly single-thre
 
 test: check
 	scripts/pg.sh start $(PG_DIR)
-	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(JOBS); \
+	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(JOBS) --dist worksteal; \
 	  status=$$?; scripts/pg.sh stop $(PG_DIR); exit $$status
 
 bench: $(STAMP)

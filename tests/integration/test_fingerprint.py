@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medlab.cdm.fingerprint import snapshot_fingerprint
@@ -45,6 +45,7 @@ def _csv(rows: list[tuple[str, str | None, float | None]]) -> str:
     return HEADER + body
 
 
+@settings(max_examples=15)  # each example builds and loads two stores (about 2 s)
 @given(rows=st.lists(_row, min_size=1, max_size=12), data=st.data())
 def test_row_order_does_not_matter(tmp_path_factory, rows, data) -> None:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("fp")
