@@ -137,3 +137,13 @@ def test_every_task_is_checked_against_the_signed_copy(store: Path) -> None:
         Agreements(store).move("ag_1", "suspended", "signed", None)
     Agreements(store).move("ag_1", "signed", "suspended", None)
     assert check(store, _task(), _spec(), policy) is None
+
+
+def test_a_request_cannot_loosen_require_agreement(store: Path) -> None:
+    from medlab.errors import PolicyError
+    from medlab.privacy.policy import tighten
+
+    ours = node_policy(store).policy
+    assert ours.federation.require_agreement
+    with pytest.raises(PolicyError, match="require_agreement is false"):
+        tighten(ours, {"federation": {"require_agreement": False}}, "the request")
