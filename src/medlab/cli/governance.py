@@ -14,7 +14,7 @@ from typing import Annotated, Any, get_args
 import typer
 from rich.table import Table
 
-from medlab.cli.federation import HubUrl, JsonOpt, StoreArg, Token, _pem
+from medlab.cli.federation import HubUrl, JsonOpt, StoreArg, Token, _client, _pem
 from medlab.cli.output import emit_json, stdout
 from medlab.cohorts.model import Domain
 from medlab.errors import UsageError
@@ -27,12 +27,6 @@ agreement_app = typer.Typer(help="Data-use agreements of a project with each nod
 node_agreement_app = typer.Typer(help="The agreements this node's steward signed.")
 
 ALL_DOMAINS = ",".join(get_args(Domain))
-
-
-def _client(hub: str | None, token: str | None) -> Any:
-    from medlab.federation.client.sdk import Client
-
-    return Client(hub, token)
 
 
 def _when(text: str, option: str) -> dt.datetime:

@@ -513,9 +513,10 @@ def settle_holds(s: Session, study_id: str, spent: dict[str, tuple[float, float]
         h.settled = True
 
 
-def approve(s: Session, who: Principal, study: Any) -> bool:
+def approve(s: Session, who: Principal, study: Any) -> tuple[str, bool]:
     """Record the caller's approval of a submitted study (the project's lead, or the
-    operator as reviewer; never its submitter, never twice of a kind). ``True``: both are in."""
+    operator as reviewer; never its submitter, never twice of a kind): its kind, and whether
+    both are in now."""
     if study.state != "submitted":
         states.check(states.STUDY_MOVES, f"study {study.id}", study.state, "running", set())
     if who.name == study.researcher:
@@ -536,7 +537,7 @@ def approve(s: Session, who: Principal, study: Any) -> bool:
         s.flush()  # the key: never two approvals of a kind, whatever the locking
     except IntegrityError:
         raise _conflict(f"the {kind} approval of {study.id} is in already") from None
-    return len({x.kind for x in done} | {kind}) == 2
+    return kind, len({x.kind for x in done} | {kind}) == 2
 
 
 def approvals(s: Session, study_id: str) -> list[dict[str, Any]]:

@@ -77,8 +77,9 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
             who: Principal | None = getattr(request.state, "principal", None)
             route = request.scope.get("route")
             params = request.scope.get("path_params") or {}
+            noted = getattr(request.state, "audit", {})
             known = {k: str(params[k])[:100] for k in ("project", "study_id") if k in params}
-            if "study_id" in known and "project" not in known:
+            if "study_id" in known and "project" not in known | noted:  # not looked up twice
                 project = await run_in_threadpool(hub.project_of, known["study_id"])
                 known |= {"project": project} if project else {}
             fields = {
@@ -89,7 +90,7 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
                 "path": path[:300],
                 "status": response.status_code,
                 **known,
-                **getattr(request.state, "audit", {}),
+                **noted,
             }
             await run_in_threadpool(hub.party.log, "api", **fields)
         return response

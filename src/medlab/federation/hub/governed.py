@@ -383,27 +383,23 @@ def routes(hub: Hub) -> APIRouter:
         note(request, project=found.project, study_id=study_id)
         return found
 
-    @api.post("/studies/{study_id}/rejection", **doc("study_reject"))
-    def study_reject(
-        request: Request,
-        study_id: str,
-        body: Reason,
-        who: Annotated[Principal, allow("study_reject")],
-    ) -> StudyStatus:
-        found = hub.end(who, study_id, "rejected", body.reason)
-        note(request, project=found.project, study_id=study_id)
-        return found
+    def ending(operation: str, state: str) -> None:
+        """Reject or withdraw a submitted study, with a reason."""
 
-    @api.post("/studies/{study_id}/withdrawal", **doc("study_withdraw"))
-    def study_withdraw(
-        request: Request,
-        study_id: str,
-        body: Reason,
-        who: Annotated[Principal, allow("study_withdraw")],
-    ) -> StudyStatus:
-        found = hub.end(who, study_id, "withdrawn", body.reason)
-        note(request, project=found.project, study_id=study_id)
-        return found
+        def end_study(
+            request: Request,
+            study_id: str,
+            body: Reason,
+            who: Annotated[Principal, allow(operation)],
+        ) -> StudyStatus:
+            found = hub.end(who, study_id, state, body.reason)
+            note(request, project=found.project, study_id=study_id)
+            return found
+
+        api.post(OPERATIONS[operation].path.removeprefix("/api/v1"), **doc(operation))(end_study)
+
+    ending("study_reject", "rejected")
+    ending("study_withdraw", "withdrawn")
 
     @api.get("/projects/{project}/usage", **doc("usage_get"))
     def usage_get(

@@ -158,10 +158,6 @@ class Hub(Combining):
             raise HubError(401, "unauthenticated", "a valid token is required")
         return found
 
-    def researcher(self, token: str | None) -> str:
-        """The user a bearer token belongs to."""
-        return self.principal(token).name
-
     def node(self, method: str, target: str, body: bytes, headers: auth.Signed) -> str:
         """The node that signed this request (its nonce recorded: never accepted twice)."""
         with db.transaction(self.sessions) as s:
@@ -312,8 +308,7 @@ class Hub(Combining):
         refused = None
         with db.transaction(self.sessions) as s:
             study = self._study(s, study_id, who, lock=True)
-            both = gov.approve(s, who, study)
-            kind = gov.approvals(s, study_id)[-1]["kind"]
+            kind, both = gov.approve(s, who, study)
             if both:
                 assert study.project is not None
                 spec = StudySpec.model_validate(study.spec)
