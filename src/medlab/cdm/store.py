@@ -123,13 +123,40 @@ def _create(path: Path) -> None:
 
 class _StoreLock:
     """One store's lock: a re-entrant lock among this process's threads, held together with
-    an exclusive ``flock`` on ``STORE.lock`` among processes (taken on the outermost entry)."""
+    an exclusive ``flock`` on ``STORE.lock`` among processes (taken on the outermost entry).
+
+    While a hold encloses the opens inside it (a study run holds its nodes, a node run its
+    store), the lock keeps one connection open until the outermost release: DuckDB then
+    reuses the open database for every connection to the file instead of reading it again
+    (about 25 ms for Eunomia's store, 0.03 ms reused). The kept connection has the
+    configuration of the first open; a read-only open under a read-write one shares the
+    read-write database (the hold is exclusive, so nobody else reads or writes meanwhile)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.local = threading.RLock()
         self.depth = 0
         self.fd: int | None = None
+        self.kept: duckdb.DuckDBPyConnection | None = None
+        self.kept_read_only = False
+        self.users = 0  # connections open_store has handed out and not yet closed
+
+    def connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """A connection to the store (the caller holds this lock)."""
+        path = str(self.path)
+        if self.kept is not None and self.kept_read_only and not read_only and not self.users:
+            self._release_kept()  # a read-write open after read-only ones: reopen
+        if self.kept is not None and (read_only or not self.kept_read_only):
+            return duckdb.connect(path, read_only=self.kept_read_only)
+        con = duckdb.connect(path, read_only=read_only)
+        if self.depth > 1 and self.kept is None:  # an enclosing hold: keep the database
+            self.kept, self.kept_read_only = duckdb.connect(path, read_only=read_only), read_only
+        return con
+
+    def _release_kept(self) -> None:
+        if self.kept is not None:
+            self.kept.close()
+            self.kept = None
 
     def __enter__(self) -> None:
         self.local.acquire()
@@ -165,6 +192,8 @@ class _StoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.depth -= 1
+        if self.depth == 0:
+            self._release_kept()  # DuckDB checkpoints before another process opens it
         if self.depth == 0 and self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
@@ -181,11 +210,14 @@ def store_lock(path: Path) -> Iterator[None]:
     """Hold the store exclusively: other threads and processes wait (up to
     ``$MEDLAB_LOCK_TIMEOUT`` seconds, default 600). Re-entrant within a thread, so a study run
     holds its nodes from first cohort to last release while the steps inside open them."""
+    with _lock_of(path):
+        yield
+
+
+def _lock_of(path: Path) -> _StoreLock:
     resolved = path.resolve()
     with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(str(resolved), _StoreLock(resolved))
-    with lock:
-        yield
+        return _LOCKS.setdefault(str(resolved), _StoreLock(resolved))
 
 
 @contextmanager
@@ -208,11 +240,13 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
             f"{path}: no node store here", hint=f"create one with: medlab node init {path}"
         )
     regular_file(path, "node store", StoreError)
-    with store_lock(path):
+    lock = _lock_of(path)
+    with lock:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = lock.connect(read_only)
         except duckdb.Error as exc:
             raise StoreError(f"{path}: cannot open as a DuckDB node store ({exc})") from None
+        lock.users += 1
         try:
             _check(path, con)
             if not read_only:
@@ -221,6 +255,7 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
                 flush(con, path)
             yield con
         finally:
+            lock.users -= 1
             con.close()
 
 
