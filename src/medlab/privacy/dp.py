@@ -16,9 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import opendp.prelude as dp
+# Named modules rather than opendp.prelude, which also imports opendp.extras (scikit-learn,
+# pandas, polars: a second of every medlab command's start-up).
+from opendp import combinators, measurements, transformations
+from opendp.domains import atom_domain, vector_domain
+from opendp.metrics import absolute_distance, l1_distance, l2_distance, symmetric_distance
+from opendp.mod import binary_search_param, enable_features
 
-dp.enable_features("contrib")
+enable_features("contrib")
 
 Mechanism = Literal["laplace", "gaussian"]
 _Z95 = 1.959963984540054
@@ -55,24 +60,24 @@ def _half_width(mechanism: Mechanism, scale: float) -> float:
 
 
 def _calibrate(make: Callable[[float], Any], d_in: Any, loss: float) -> tuple[Any, float]:
-    scale = dp.binary_search_param(make, d_in=d_in, d_out=loss)
+    scale = binary_search_param(make, d_in=d_in, d_out=loss)
     return make(scale), float(scale)
 
 
 def _noise(mechanism: Mechanism) -> Callable[..., Any]:
-    return dp.m.then_laplace if mechanism == "laplace" else dp.m.then_gaussian
+    return measurements.then_laplace if mechanism == "laplace" else measurements.then_gaussian
 
 
 def count_measurement(mechanism: Mechanism, loss: float) -> tuple[Any, float]:
     """A measurement on one integer count (one person changes it by one), and its scale."""
-    space = (dp.atom_domain(T=int), dp.absolute_distance(T=int))
+    space = (atom_domain(T=int), absolute_distance(T=int))
     return _calibrate(lambda s: space >> _noise(mechanism)(s), 1, loss)
 
 
 def vector_measurement(mechanism: Mechanism, loss: float) -> tuple[Any, float]:
     """A measurement on a vector of counts where one person is in one cell, and its scale."""
-    metric = dp.l1_distance(T=int) if mechanism == "laplace" else dp.l2_distance(T=int)
-    space = (dp.vector_domain(dp.atom_domain(T=int)), metric)
+    metric = l1_distance(T=int) if mechanism == "laplace" else l2_distance(T=int)
+    space = (vector_domain(atom_domain(T=int)), metric)
     return _calibrate(lambda s: space >> _noise(mechanism)(s), 1, loss)
 
 
@@ -80,10 +85,11 @@ def sum_measurement(
     mechanism: Mechanism, loss: float, bounds: tuple[float, float]
 ) -> tuple[Any, float]:
     """A measurement that clamps each person's value to ``bounds`` and sums, and its scale."""
-    space = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance())
+    space = (vector_domain(atom_domain(T=float, nan=False)), symmetric_distance())
 
     def make(scale: float) -> Any:
-        return space >> dp.t.then_clamp(bounds) >> dp.t.then_sum() >> _noise(mechanism)(scale)
+        summed = space >> transformations.then_clamp(bounds) >> transformations.then_sum()
+        return summed >> _noise(mechanism)(scale)
 
     return _calibrate(make, 1, loss)
 
@@ -108,13 +114,13 @@ def noisy_vector(
     """``values`` (a vector one person changes by at most ``sensitivity`` in L1; for the
     Gaussian, that bound also bounds L2) with noise calibrated to ``loss``."""
     if integer:
-        metric = dp.l1_distance(T=int) if mechanism == "laplace" else dp.l2_distance(T=int)
-        space = (dp.vector_domain(dp.atom_domain(T=int)), metric)
+        metric = l1_distance(T=int) if mechanism == "laplace" else l2_distance(T=int)
+        space = (vector_domain(atom_domain(T=int)), metric)
         d_in: float = math.ceil(sensitivity)
         data: list[Any] = [round(v) for v in values]
     else:
-        metric = dp.l1_distance(T=float) if mechanism == "laplace" else dp.l2_distance(T=float)
-        space = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), metric)
+        metric = l1_distance(T=float) if mechanism == "laplace" else l2_distance(T=float)
+        space = (vector_domain(atom_domain(T=float, nan=False)), metric)
         d_in = float(sensitivity)
         data = [float(v) for v in values]
     meas, scale = _calibrate(lambda s: space >> _noise(mechanism)(s), d_in, loss)
@@ -205,7 +211,7 @@ def epsilon_of_rho(rho: float, delta: float) -> float:
     than Bun and Steinke's rho + 2 sqrt(rho ln(1/delta)))."""
     if rho <= 0:
         return 0.0
-    gaussian = dp.m.make_gaussian(
-        dp.atom_domain(T=int), dp.absolute_distance(T=int), scale=1 / math.sqrt(2 * rho)
+    gaussian = measurements.make_gaussian(
+        atom_domain(T=int), absolute_distance(T=int), scale=1 / math.sqrt(2 * rho)
     )
-    return float(dp.c.make_zCDP_to_approxDP(gaussian).map(1).epsilon(delta))
+    return float(combinators.make_zCDP_to_approxDP(gaussian).map(1).epsilon(delta))
