@@ -57,3 +57,22 @@ def test_an_agent_without_a_hub_says_so(tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     code = main(["node", "agent", str(store), "--hub", "http://127.0.0.1:9", "--once"])
     assert code == 2 and "the hub did not answer" in capsys.readouterr().err
+
+
+def test_the_database_given_to_hub_init_is_the_one_every_later_command_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+    import stat
+
+    hub, elsewhere = tmp_path / "hub", tmp_path / "elsewhere.db"
+    url = f"sqlite:///{elsewhere}"
+    assert main(["hub", "init", str(hub), "--open", "--db", url]) == 0
+    recorded = hub / "database"
+    assert recorded.read_text().strip() == url
+    assert stat.S_IMODE(recorded.stat().st_mode) == 0o600  # a URL may hold a password
+    capsys.readouterr()
+    assert main(["hub", "add-researcher", str(hub), "ana"]) == 0  # no --db
+    assert not (hub / "hub.db").exists()
+    with sqlite3.connect(elsewhere) as con:
+        assert ("ana", "researcher") in con.execute("SELECT name, role FROM users").fetchall()

@@ -2,13 +2,13 @@
 
 Each party is its own ``medlab`` process. The tests submit through the CLI (the client over
 HTTP), approve through the node's CLI, kill processes with SIGKILL mid-work, forge requests,
-and inspect everything the hub stored.
+and inspect everything the hub stored. Every test runs twice: the hub on its SQLite file,
+and on a fresh database of a real PostgreSQL server.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from tests import federation as fed
 
 from medlab.cdm.store import open_store, store_lock
 from medlab.cli.main import main
 from medlab.federation import launch
 from medlab.federation.common import auth
+from medlab.federation.hub import db as hub_db
 from medlab.federation.node.inbox import Inbox
 from medlab.ledger import parties
 from medlab.ledger.keys import Signer
@@ -32,14 +34,18 @@ from medlab.studies.spec import StudySpec
 
 
 class Lab:
-    """A hub and its nodes as processes (stopped at the end)."""
+    """A hub (on ``database``, a SQLAlchemy URL; None: its SQLite file) and its nodes as
+    processes (stopped at the end). The hub's database is given to ``hub init`` only: every
+    later command finds it recorded in the hub's directory."""
 
-    def __init__(self, root: Path, stores: list[Path]) -> None:
+    def __init__(self, root: Path, stores: list[Path], database: str | None = None) -> None:
         self.root, self.stores = root, stores
         self.hub_dir = root / "hub"
+        self.database = database or hub_db.default_url(self.hub_dir)
         self.port = launch.free_port()
         self.url = f"http://{launch.LOOPBACK}:{self.port}"
-        assert main(["hub", "init", str(self.hub_dir), "--open"]) == 0
+        extra = [] if database is None else ["--db", database]
+        assert main(["hub", "init", str(self.hub_dir), "--open", *extra]) == 0
         for store in stores:
             pem = root / f"{store.stem}.pem"
             assert main(["node", "key", str(store), "--out", str(pem)]) == 0
@@ -55,6 +61,24 @@ class Lab:
     def start_hub(self) -> None:
         self.hub = launch.start_hub(self.hub_dir, self.port, self.root / "hub.log")
 
+    def everything_stored(self) -> str:
+        """Every value of every row of every table of the hub's database, as text."""
+        engine = sa.create_engine(self.database)
+        try:
+            tables = sa.MetaData()
+            tables.reflect(engine)
+            parts = []
+            with engine.connect() as connection:
+                for table in tables.sorted_tables:
+                    for row in connection.execute(sa.select(table)):
+                        parts += [
+                            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                            for v in row
+                        ]
+            return "\n".join(parts)
+        finally:
+            engine.dispose()
+
     def start_agent(self, store: Path) -> None:
         log = self.root / f"{store.stem}.agent.log"
         self.agents[store.stem] = launch.start_agent(store, self.url, log, wait=1.0)
@@ -65,10 +89,11 @@ class Lab:
                 launch.stop(process)
 
 
-@pytest.fixture
-def lab(synth_small: Path, tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lab(request: pytest.FixtureRequest, synth_small: Path, tmp_path: Path) -> Iterator[Lab]:
     stores = fed.copy_sites(synth_small, tmp_path / "nodes")
-    found = Lab(tmp_path, stores)
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    found = Lab(tmp_path, stores, url)
     try:
         yield found
     finally:
@@ -171,23 +196,10 @@ def test_a_study_over_http_equals_the_single_process_run(
     for store in lab.stores:
         with open_store(store, read_only=True) as con:
             persons |= {str(r[0]) for r in con.execute("SELECT person_id FROM person").fetchall()}
-    stored = _everything_stored(lab.hub_dir / "hub.db")
+    stored = lab.everything_stored()
+    assert "federated apixaban" in stored  # the reading reads the hub's database
     tokens = set(stored.replace('"', " ").replace(",", " ").replace(":", " ").split())
     assert persons and not (persons & tokens)
-
-
-def _everything_stored(db: Path) -> str:
-    con = sqlite3.connect(db)
-    try:
-        parts = []
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-            for row in con.execute(f'SELECT * FROM "{table}"'):
-                parts += [
-                    v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in row
-                ]
-        return "\n".join(parts)
-    finally:
-        con.close()
 
 
 def test_refusal_and_quorum_over_http(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
@@ -369,7 +381,7 @@ def test_pooled_models_survive_a_node_killed_after_masking(
         got = [np.log(t["estimate"]) for t in found["terms"]]
         assert np.allclose(got, reference, atol=1e-6), (got, reference)
     # The hub stored masked vectors: none of them is a node's own contribution vector.
-    stored = _everything_stored(lab.hub_dir / "hub.db")
+    stored = lab.everything_stored()
     assert '"phase": "mask"' in stored or "'phase': 'mask'" in stored
     with open_store(a, read_only=True) as con:
         own = pooled.contribution(

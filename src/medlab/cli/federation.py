@@ -18,7 +18,11 @@ hub_app = typer.Typer(help="The hub: init, serve, onboard nodes and researchers.
 
 DirArg = Annotated[Path, typer.Argument(help="The hub's directory (key, log, hub.db).")]
 DbOpt = Annotated[
-    str | None, typer.Option("--db", help="A SQLAlchemy URL (default: SQLite DIR/hub.db).")
+    str | None,
+    typer.Option(
+        "--db",
+        help="A SQLAlchemy URL (default: the one given to hub init, else SQLite DIR/hub.db).",
+    ),
 ]
 StoreArg = Annotated[Path, typer.Argument(help="Path of the node store.")]
 HubUrl = Annotated[

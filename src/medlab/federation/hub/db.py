@@ -1,5 +1,7 @@
 """The hub's state in a relational database (SQLAlchemy 2): SQLite ``DIR/hub.db`` by default,
-any SQLAlchemy URL by ``--db`` (PostgreSQL: ``postgresql+psycopg://…``).
+any SQLAlchemy URL by ``--db`` (PostgreSQL: ``postgresql+psycopg://…``). The URL given to
+``hub init`` is recorded in ``DIR/database`` (mode 0600: it may hold a password), so every
+later command on that directory finds the same database without ``--db``.
 
 Nodes (onboarding), studies, their tasks (one per node and round, with the node's released
 output once uploaded), the nonces seen (replay protection) and each study's result files;
@@ -12,6 +14,7 @@ the hub acknowledges it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,9 +103,33 @@ class StudyFile(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+DATABASE_FILE = "database"
+
+
 def default_url(directory: Path) -> str:
     """The hub's default database: SQLite in ``DIR/hub.db``."""
     return f"sqlite:///{(directory / 'hub.db').resolve()}"
+
+
+def record_url(directory: Path, url: str) -> None:
+    """Remember ``url`` as the database of the hub in ``directory`` (written whole, 0600)."""
+    path = directory / DATABASE_FILE
+    staged = path.with_name(path.name + ".new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(url + "\n")
+    os.replace(staged, path)
+
+
+def url_of(directory: Path, url: str | None = None) -> str:
+    """The database of the hub in ``directory``: ``url`` when given, else the one recorded
+    by ``hub init``, else SQLite in ``DIR/hub.db``."""
+    if url:
+        return url
+    recorded = directory / DATABASE_FILE
+    if recorded.is_file():
+        return recorded.read_text().strip()
+    return default_url(directory)
 
 
 def connect(url: str) -> sessionmaker[Session]:

@@ -56,12 +56,15 @@ def _iso(moment: dt.datetime) -> str:
 
 
 def init_hub(directory: Path, url: str | None = None, governance: str = "authorized") -> Hub:
-    """Create the hub's directory (mode 0700) with its signing key, log and database, or
-    open the hub already there (its mode, set on creation, stays)."""
+    """Create the hub's directory (mode 0700) with its signing key, log and database (``url``
+    recorded for the commands after), or open the hub already there (its mode, set on
+    creation, stays)."""
     if governance not in MODES:
         raise UsageError(f"governance is one of {', '.join(MODES)}")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     hub = Hub(directory, url)
+    if url:  # recorded once the database answers
+        db.record_url(directory, url)
     with db.transaction(hub.sessions) as s:
         if s.get(schema.Setting, "governance") is None:
             s.add(schema.Setting(key="governance", value=governance))
@@ -80,7 +83,7 @@ class Hub(Combining):
         if not directory.is_dir():
             raise UsageError(f"{directory}: no hub here (create it with: medlab hub init DIR)")
         self.directory = directory
-        self.sessions = db.connect(url or db.default_url(directory))
+        self.sessions = db.connect(db.url_of(directory, url))
         self.party = parties.hub(directory)
         self._combining = threading.Lock()
         self.mode = self._mode()
