@@ -52,6 +52,7 @@ class Lab:
             assert main(["hub", "add-node", str(self.hub_dir), store.stem, "--key", str(pem)]) == 0
         self.hub: Any = None
         self.agents: dict[str, Any] = {}
+        self.http = httpx.Client(base_url=self.url, timeout=60)  # one, for every poll
 
     def token(self, capsys: pytest.CaptureFixture[str], name: str = "ana") -> str:
         capsys.readouterr()
@@ -84,6 +85,7 @@ class Lab:
         self.agents[store.stem] = launch.start_agent(store, self.url, log, wait=1.0)
 
     def stop(self) -> None:
+        self.http.close()
         for process in [*self.agents.values(), self.hub]:
             if process is not None:
                 launch.stop(process)
@@ -113,10 +115,8 @@ def _submit(
 
 
 def _status(lab: Lab, token: str, study: str) -> dict[str, Any]:
-    response = httpx.get(
-        f"{lab.url}/api/v1/studies/{study}",
-        headers={"authorization": f"Bearer {token}"},
-        timeout=60,
+    response = lab.http.get(
+        f"/api/v1/studies/{study}", headers={"authorization": f"Bearer {token}"}
     )
     assert response.status_code == 200, response.text
     found: dict[str, Any] = response.json()
@@ -284,7 +284,7 @@ def test_forged_requests_are_refused_and_logged(
     target = "/api/v1/node/tasks?wait=0"
 
     def get(headers: dict[str, str]) -> int:
-        return httpx.get(lab.url + target, headers=headers).status_code
+        return lab.http.get(target, headers=headers).status_code
 
     headers = auth.sign_request(signer, "hospital_a", "GET", target, b"")
     assert get(headers) == 200
@@ -296,10 +296,10 @@ def test_forged_requests_are_refused_and_logged(
     report = "/api/v1/node/tasks/tk_0"
     signed = auth.sign_request(signer, "hospital_a", "POST", report, body)
     changed = body.replace(b"delivered", b"completed")
-    response = httpx.post(lab.url + report, content=changed, headers=signed)
+    response = lab.http.post(report, content=changed, headers=signed)
     assert response.status_code == 403
     assert response.headers["content-type"].startswith("application/problem+json")
-    wrong = httpx.get(f"{lab.url}/api/v1/studies/st_x", headers={"authorization": "Bearer no"})
+    wrong = lab.http.get("/api/v1/studies/st_x", headers={"authorization": "Bearer no"})
     assert wrong.status_code == 401 and token not in wrong.text
     launch.stop(lab.hub)
     with TransparencyLog(lab.hub_dir / "ledger", None) as log:

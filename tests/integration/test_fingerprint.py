@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,19 @@ def test_fingerprint_format_and_table_digests(eunomia_store: Path) -> None:
     by_table = {d.table: d for d in digests}
     assert by_table["person"].rows == 2694
     assert "cohort" not in by_table  # results are not part of the data snapshot
+
+
+def test_small_tables_digested_together_equal_each_streamed(
+    eunomia_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlab.cdm import fingerprint as fp
+
+    with open_store(eunomia_store, read_only=True) as con:
+        together = snapshot_fingerprint(con)
+        monkeypatch.setattr(fp, "_TOGETHER_ROWS", -1)  # every table streamed, one by one
+        streamed = snapshot_fingerprint(con)
+        assert together == streamed
+        assert [d.sha256 for d in together[1]] == [
+            fp.table_digest(con, t).sha256
+            for t in sorted(fp.schema.cdm_tables(), key=lambda t: t.name)
+        ]

@@ -21,6 +21,10 @@ from medlab.cdm import schema
 
 SCHEME = "medlab-fp-v1"
 _BATCH_ROWS = 1 << 18
+# Tables of up to this many rows are digested together in one query (the sorted row hashes
+# of each concatenated in memory: 64 bytes a row, 16 MiB a table at most); larger ones are
+# streamed, table by table.
+_TOGETHER_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,21 @@ def _row_text(table: schema.Table) -> str:
         value = f'CAST("{col.name}" AS VARCHAR)'
         parts.append(f"coalesce(length({value})::VARCHAR || ':' || {value}, '-')")
     return "concat_ws('|', " + ", ".join(parts) + ")"
+
+
+def _digests_together(
+    con: duckdb.DuckDBPyConnection, tables: list[schema.Table]
+) -> dict[str, TableDigest]:
+    """The digests of several small tables, from one query: SHA-256 over each table's sorted
+    row hashes concatenated is exactly what :func:`table_digest` streams into its hash."""
+    if not tables:
+        return {}
+    query = " UNION ALL ".join(
+        f"SELECT '{t.name}', count(*), sha256(coalesce(string_agg(h, '' ORDER BY h), '')) "
+        f"FROM (SELECT sha256({_row_text(t)}) AS h FROM {t.qualified})"
+        for t in tables
+    )
+    return {name: TableDigest(name, rows, sha) for name, rows, sha in con.execute(query).fetchall()}
 
 
 def table_digest(con: duckdb.DuckDBPyConnection, table: schema.Table) -> TableDigest:
@@ -92,12 +111,18 @@ def snapshot_fingerprint(
 ) -> tuple[str, list[TableDigest]]:
     """``sha256:<hex>`` over every CDM table, and the per-table digests it was made from."""
     tables = sorted(schema.cdm_tables(), key=lambda t: t.name)
+    counts = dict(
+        con.execute(
+            " UNION ALL ".join(f"SELECT '{t.name}', count(*) FROM {t.qualified}" for t in tables)
+        ).fetchall()
+    )
+    together = _digests_together(con, [t for t in tables if counts[t.name] <= _TOGETHER_ROWS])
     top = hashlib.sha256(SCHEME.encode())
     digests = []
     for i, table in enumerate(tables):
         if progress:
             progress(table.name, i, len(tables))
-        d = table_digest(con, table)
+        d = together.get(table.name) or table_digest(con, table)
         digests.append(d)
         header = f"\n{table.name}({','.join(table.column_names)}):{d.rows}:{d.sha256}"
         top.update(header.encode())

@@ -1,14 +1,17 @@
 """Generate a cohort on a node store: run the compiled steps, write ``results.cohort``.
 
 Concept set rows are bound as parameters into a temporary table; every other step is the
-compiled SQLGlot tree rendered for DuckDB. The whole generation is one transaction: the
-cohort's old rows are replaced only when the new ones are complete.
+compiled SQLGlot tree rendered for DuckDB (rendered once per definition and cohort id in a
+process: a study's later rounds and repeated runs reuse the text). The whole generation is
+one transaction: the cohort's old rows are replaced only when the new ones are complete.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -71,24 +74,78 @@ def _create_temp(name: str, query: exp.Expression) -> str:
     return create.sql(dialect="duckdb")
 
 
-def _create_steps(con: duckdb.DuckDBPyConnection, compiled: CompiledCohort) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """A compiled cohort rendered as DuckDB statements: the codeset rows, each step's
+    ``CREATE TEMP TABLE``, the insert of the cohort rows, the attrition query and the query
+    of the cohort rows alone."""
+
+    codeset_items: tuple[tuple[int, int, bool, bool, bool], ...]
+    steps: tuple[tuple[str, str], ...]  # (name, statement)
+    insert: str
+    attrition: str
+    rows: str
+    flagged: str
+    flags: tuple[str, ...]
+    rule_names: tuple[str, ...]
+
+
+def plan_of(compiled: CompiledCohort) -> Plan:
+    """The DuckDB statements of a compiled cohort."""
+    rows = exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_(
+        cast(exp.Select, compiled.cohort_rows).subquery("c")
+    )
+    return Plan(
+        tuple(compiled.codeset_items),
+        tuple((s.name, _create_temp(s.name, s.query)) for s in compiled.steps),
+        exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort").sql(dialect="duckdb"),
+        compiled.attrition.sql(dialect="duckdb"),
+        rows.sql(dialect="duckdb"),
+        compiled.flagged,
+        compiled.flags,
+        tuple(compiled.rule_names),
+    )
+
+
+_PLANS: OrderedDict[tuple[str, int], Plan] = OrderedDict()
+_PLANS_GUARD = threading.Lock()
+_PLANS_KEPT = 256
+
+
+def _plan(definition: CohortDefinition, cohort_id: int) -> Plan:
+    """The definition's plan, rendered once per process for each (definition, cohort id)."""
+    key = (definition.to_json(), cohort_id)
+    with _PLANS_GUARD:
+        found = _PLANS.get(key)
+        if found is not None:
+            _PLANS.move_to_end(key)
+            return found
+    made = plan_of(compile_cohort(definition, cohort_id))
+    with _PLANS_GUARD:
+        _PLANS[key] = made
+        while len(_PLANS) > _PLANS_KEPT:
+            _PLANS.popitem(last=False)
+    return made
+
+
+def _create_steps(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute(
         "CREATE TEMP TABLE codeset_items ("
         + ", ".join(f"{name} {kind}" for name, kind in CODESET_ITEM_COLUMNS)
         + ")"
     )
-    if compiled.codeset_items:
+    if plan.codeset_items:
         con.executemany(
             "INSERT INTO codeset_items VALUES (?, ?, ?, ?, ?)",
-            [list(item) for item in compiled.codeset_items],
+            [list(item) for item in plan.codeset_items],
         )
-    for step in compiled.steps:
-        con.execute(_create_temp(step.name, step.query))
+    for _, statement in plan.steps:
+        con.execute(statement)
 
 
-def _drop_steps(con: duckdb.DuckDBPyConnection, compiled: CompiledCohort) -> None:
+def _drop_steps(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     # On failure the caller rolls back, which discards these temporary tables too.
-    for name in ["codeset_items", *(s.name for s in compiled.steps)]:
+    for name in ["codeset_items", *(name for name, _ in plan.steps)]:
         con.execute(f'DROP TABLE temp."{name}"')
 
 
@@ -97,23 +154,20 @@ def select_rows(
 ) -> list[tuple[int, dt.date, dt.date]]:
     """The cohort's rows (subject, start, end), computed without writing to the store; the
     caller owns the transaction (a rollback discards the temporary tables)."""
-    compiled = compile_cohort(definition, 0)
-    _create_steps(con, compiled)
-    query = exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_(
-        cast(exp.Select, compiled.cohort_rows).subquery("c")
-    )
-    rows = con.execute(query.sql(dialect="duckdb")).fetchall()
-    _drop_steps(con, compiled)
+    plan = _plan(definition, 0)
+    _create_steps(con, plan)
+    rows = con.execute(plan.rows).fetchall()
+    _drop_steps(con, plan)
     return [(int(r[0]), r[1], r[2]) for r in rows]
 
 
 def _rule_persons(
-    con: duckdb.DuckDBPyConnection, compiled: CompiledCohort
+    con: duckdb.DuckDBPyConnection, plan: Plan
 ) -> tuple[list[frozenset[int]], list[frozenset[int]]]:
     """Persons after each rule in order, and passing each rule alone."""
-    flags = compiled.flags
+    flags = plan.flags
     rows = con.execute(
-        f'SELECT person_id{"".join(f", {f}" for f in flags)} FROM temp."{compiled.flagged}"'
+        f'SELECT person_id{"".join(f", {f}" for f in flags)} FROM temp."{plan.flagged}"'
     ).fetchall()
     everyone = frozenset(int(r[0]) for r in rows)
     cumulative = [everyone]
@@ -126,21 +180,20 @@ def _rule_persons(
 
 def run_compiled(
     con: duckdb.DuckDBPyConnection,
-    compiled: CompiledCohort,
+    plan: Plan,
     cohort_id: int,
     persons: list[list[frozenset[int]]] | None = None,
 ) -> list[AttritionRow]:
-    """Run the steps and write the cohort rows; the caller owns the transaction. With
+    """Run the plan's steps and write the cohort rows; the caller owns the transaction. With
     ``persons`` (a list), the persons per rule in order and alone are appended to it."""
-    _create_steps(con, compiled)
+    _create_steps(con, plan)
     con.execute(f"DELETE FROM {RESULTS}.cohort WHERE cohort_definition_id = ?", [cohort_id])
-    insert = exp.insert(compiled.cohort_rows, f"{RESULTS}.cohort")
-    con.execute(insert.sql(dialect="duckdb"))
-    rows = con.execute(compiled.attrition.sql(dialect="duckdb")).fetchall()
+    con.execute(plan.insert)
+    rows = con.execute(plan.attrition).fetchall()
     if persons is not None:
-        persons.extend(_rule_persons(con, compiled))
-    _drop_steps(con, compiled)
-    names = ["qualifying events", *compiled.rule_names]
+        persons.extend(_rule_persons(con, plan))
+    _drop_steps(con, plan)
+    names = ["qualifying events", *plan.rule_names]
     return [
         AttritionRow(names[int(r[0])], int(r[1]), int(r[2] or 0), int(r[3]), int(r[4] or 0))
         for r in rows
@@ -182,11 +235,11 @@ def generate(
     store: Path, definition: CohortDefinition, cohort_id: int = 1, *, with_persons: bool = False
 ) -> GenerationResult:
     """Generate ``definition`` as cohort ``cohort_id`` in ``store`` (replacing earlier rows)."""
-    compiled = compile_cohort(definition, cohort_id)
+    plan = _plan(definition, cohort_id)
     persons: list[list[frozenset[int]]] | None = [] if with_persons else None
     with open_store(store) as con, transaction(con):
         started = time.perf_counter()
-        attrition = run_compiled(con, compiled, cohort_id, persons)
+        attrition = run_compiled(con, plan, cohort_id, persons)
         sql_ms = (time.perf_counter() - started) * 1000
         _store_attrition(con, cohort_id, attrition)
         con.execute(

@@ -61,15 +61,16 @@ def start_hub(
 def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Until ``url`` answers its health check (or the process died, or ``timeout``)."""
     until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        if process.poll() is not None:
-            raise RuntimeError(f"the process ended with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    with httpx.Client(timeout=2) as client:  # one client: each new one loads the CA bundle
+        while time.monotonic() < until:
+            if process.poll() is not None:
+                raise RuntimeError(f"the process ended with {process.returncode}")
+            try:
+                if client.get(f"{url}/api/v1/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:g} s")
 
 
