@@ -219,7 +219,7 @@ def definitions(draw: st.DrawFn) -> dict[str, Any]:
 _runs = itertools.count()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)  # each example loads a store (about 0.5 s)
 @given(world=worlds(), data=definitions())
 def test_sql_engine_agrees_with_reference(tmp_path_factory, world: World, data: dict) -> None:  # type: ignore[no-untyped-def]
     definition = parse_definition(data)

@@ -2,8 +2,9 @@
 
 Each party is its own ``medlab`` process. The tests submit through the CLI (the client over
 HTTP), approve through the node's CLI, kill processes with SIGKILL mid-work, forge requests,
-and inspect everything the hub stored. Every test runs twice: the hub on its SQLite file,
-and on a fresh database of a real PostgreSQL server.
+and inspect everything the hub stored. The hub is on its SQLite file; the tests of what
+the hub's database must hold through a run, a crash and an attack (``@BACKENDS``) run again
+with the hub on a fresh database of a real PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Lab:
                 launch.stop(process)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite"])
 def lab(request: pytest.FixtureRequest, synth_small: Path, tmp_path: Path) -> Iterator[Lab]:
     stores = fed.copy_sites(synth_small, tmp_path / "nodes")
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
@@ -152,6 +153,10 @@ def _listening_sockets(pid: int) -> int:
     return listening
 
 
+BACKENDS = pytest.mark.parametrize("lab", ["sqlite", "postgresql"], indirect=True)
+
+
+@BACKENDS
 def test_a_study_over_http_equals_the_single_process_run(
     lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -236,6 +241,7 @@ def test_refusal_and_quorum_over_http(lab: Lab, capsys: pytest.CaptureFixture[st
     assert "quorum not reached: answered 2 of 3" in failed["reason"]
 
 
+@BACKENDS
 def test_killed_node_and_hub_lose_nothing(
     lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -274,6 +280,7 @@ def test_killed_node_and_hub_lose_nothing(
     assert again["tasks"] == done["tasks"]
 
 
+@BACKENDS
 def test_forged_requests_are_refused_and_logged(
     lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:

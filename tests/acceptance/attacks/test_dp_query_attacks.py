@@ -18,6 +18,7 @@ import duckdb
 import pytest
 from pydantic import ValidationError
 
+from medlab.cdm.store import store_lock
 from medlab.cohorts.model import parse_definition
 from medlab.errors import BudgetError, PolicyError
 from medlab.privacy import budget as budgets
@@ -126,7 +127,8 @@ def test_averaging_a_thousand_repetitions(tmp_path: Path) -> None:
     store = _world(tmp_path, secret=True)
     budgets.grant(store, "attack", epsilon=100.0)
     cohort = _cohort(CONDITION_100, rule=HAS_SECRET)
-    answers = [_ask(store, cohort) for _ in range(1000)]
+    with store_lock(store):  # one process asking: the store's database stays open
+        answers = [_ask(store, cohort) for _ in range(1000)]
     assert len(set(answers)) == 1  # the cached noisy answer, not fresh noise
     assert statistics.fmean(answers) == answers[0]  # averaging gains nothing
     assert budgets.status(store, "attack").epsilon_spent == pytest.approx(EPSILON)  # once
