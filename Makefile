@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger_bench.py
 	$(BIN)/python benchmarks/coverage.py
 	$(BIN)/python benchmarks/governance_bench.py
+	$(BIN)/python benchmarks/store_bench.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -163,3 +163,15 @@ def test_eunomia_referential_gap_shows_up(eunomia_store: Path) -> None:
         "threshold",
         "passed",
     }
+
+
+def test_sources_scanned_together_count_as_each_alone(
+    eunomia_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlab.cdm import dq
+
+    with open_store(eunomia_store, read_only=True) as con:
+        together = run_checks(con).to_dict()
+        monkeypatch.setattr(dq, "_SOURCES_TOGETHER", 1)  # one query per source
+        alone = run_checks(con).to_dict()
+    assert together == alone and together["failed"] > 0

@@ -70,29 +70,41 @@ class QualityReport:
         }
 
 
+_SOURCES_TOGETHER = 40
+
+
 def run_checks(
     con: duckdb.DuckDBPyConnection,
     checks: list[Check] | None = None,
     *,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> QualityReport:
-    """Run ``checks`` (default: all) on a store, one query per distinct source."""
+    """Run ``checks`` (default: all) on a store: one scan per distinct source, the scans of
+    ``_SOURCES_TOGETHER`` sources side by side in one query (one row of counts)."""
     checks = all_checks() if checks is None else checks
     order = {id(c): i for i, c in enumerate(checks)}
     found: dict[int, CheckResult] = {}
     groups = [
         list(g) for _, g in groupby(sorted(checks, key=lambda c: c.source), lambda c: c.source)
     ]
-    for i, group in enumerate(groups):
+    for start in range(0, len(groups), _SOURCES_TOGETHER):
+        batch = groups[start : start + _SOURCES_TOGETHER]
         if progress:
-            progress(group[0].table, i, len(groups))
-        aggregates = ", ".join(
-            f"count(*) FILTER (WHERE ({c.counted}) AND ({c.violated})), "
-            f"count(*) FILTER (WHERE {c.counted})"
-            for c in group
-        )
-        row = fetch_one(con, f"SELECT {aggregates} FROM {group[0].source}")
+            progress(batch[0][0].table, start, len(groups))
+        scans = [
+            "(SELECT "
+            + ", ".join(
+                f"count(*) FILTER (WHERE ({c.counted}) AND ({c.violated})) AS v{j}, "
+                f"count(*) FILTER (WHERE {c.counted}) AS n{j}"
+                for j, c in enumerate(group)
+            )
+            + f" FROM {group[0].source}) AS s{k}"
+            for k, group in enumerate(batch)
+        ]
+        row = fetch_one(con, "SELECT * FROM " + " CROSS JOIN ".join(scans))
         assert row is not None
-        for j, c in enumerate(group):
-            found[order[id(c)]] = CheckResult(c, int(row[2 * j]), int(row[2 * j + 1]))
+        values = iter(row)
+        for group in batch:
+            for c in group:
+                found[order[id(c)]] = CheckResult(c, int(next(values)), int(next(values)))
     return QualityReport([found[i] for i in range(len(checks))])
