@@ -65,7 +65,10 @@ def sessions_of(store: Path) -> rounds.Sessions:
 
 
 _DESIGNS: dict[tuple[str, str, str, str], Rows] = {}
-_KEPT = 8
+# The rows of the most recently used (node, study, analysis) sets: a round asks every node for
+# every analysis in turn, so the set must hold a whole study's (or the rounds would evict the
+# very rows they are about to ask for).
+_KEPT = 32
 
 
 def _design(
@@ -80,7 +83,9 @@ def _design(
     cohort ids other definitions); ``tables``: an incidence or characterization analysis's
     local steps."""
     key = (str(store.resolve()), fingerprint, spec_hash, a.model_dump_json())
-    if key not in _DESIGNS:
+    if key in _DESIGNS:
+        _DESIGNS[key] = _DESIGNS.pop(key)  # the most recently used, last
+    else:
         found: Rows
         if isinstance(a, IncidenceAnalysis | CharacterizationAnalysis):
             if tables is None:
