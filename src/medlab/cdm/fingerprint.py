@@ -116,7 +116,9 @@ def snapshot_fingerprint(
             " UNION ALL ".join(f"SELECT '{t.name}', count(*) FROM {t.qualified}" for t in tables)
         ).fetchall()
     )
-    together = _digests_together(con, [t for t in tables if counts[t.name] <= _TOGETHER_ROWS])
+    empty = hashlib.sha256().hexdigest()  # the digest of no row hashes: nothing to read
+    together = {t.name: TableDigest(t.name, 0, empty) for t in tables if not counts[t.name]}
+    together |= _digests_together(con, [t for t in tables if 0 < counts[t.name] <= _TOGETHER_ROWS])
     top = hashlib.sha256(SCHEME.encode())
     digests = []
     for i, table in enumerate(tables):
