@@ -9,9 +9,7 @@ one transaction: the cohort's old rows are replaced only when the new ones are c
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -23,6 +21,7 @@ from medlab.cdm.store import fetch_one, open_store, transaction
 from medlab.cohorts.compiler import CompiledCohort, compile_cohort
 from medlab.cohorts.domains import CODESET_ITEM_COLUMNS
 from medlab.cohorts.model import CohortDefinition
+from medlab.recent import Recent
 
 RESULTS = "results"
 
@@ -107,25 +106,14 @@ def plan_of(compiled: CompiledCohort) -> Plan:
     )
 
 
-_PLANS: OrderedDict[tuple[str, int], Plan] = OrderedDict()
-_PLANS_GUARD = threading.Lock()
-_PLANS_KEPT = 256
+_PLANS: Recent[Plan] = Recent(256)
 
 
 def _plan(definition: CohortDefinition, cohort_id: int) -> Plan:
     """The definition's plan, rendered once per process for each (definition, cohort id)."""
-    key = (definition.to_json(), cohort_id)
-    with _PLANS_GUARD:
-        found = _PLANS.get(key)
-        if found is not None:
-            _PLANS.move_to_end(key)
-            return found
-    made = plan_of(compile_cohort(definition, cohort_id))
-    with _PLANS_GUARD:
-        _PLANS[key] = made
-        while len(_PLANS) > _PLANS_KEPT:
-            _PLANS.popitem(last=False)
-    return made
+    return _PLANS.get(
+        (definition.to_json(), cohort_id), lambda: plan_of(compile_cohort(definition, cohort_id))
+    )
 
 
 def _create_steps(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:

@@ -39,6 +39,7 @@ from medlab.privacy.policy import ReleasePolicy
 from medlab.privacy.release import Population, Release
 from medlab.privacy.secagg import rounds
 from medlab.privacy.secagg.protocol import SecAggError
+from medlab.recent import Recent
 from medlab.studies.spec import (
     CharacterizationAnalysis,
     ComparativeAnalysis,
@@ -64,11 +65,10 @@ def sessions_of(store: Path) -> rounds.Sessions:
     return rounds.Sessions(identity(store).key.with_suffix(".secagg"))
 
 
-_DESIGNS: dict[tuple[str, str, str, str], Rows] = {}
 # The rows of the most recently used (node, study, analysis) sets: a round asks every node for
 # every analysis in turn, so the set must hold a whole study's (or the rounds would evict the
 # very rows they are about to ask for).
-_KEPT = 32
+_DESIGNS: Recent[Rows] = Recent(32)
 
 
 def _design(
@@ -82,25 +82,19 @@ def _design(
     process (every round of a fit asks for the same rows; another study may give its
     cohort ids other definitions); ``tables``: an incidence or characterization analysis's
     local steps."""
-    key = (str(store.resolve()), fingerprint, spec_hash, a.model_dump_json())
-    if key in _DESIGNS:
-        _DESIGNS[key] = _DESIGNS.pop(key)  # the most recently used, last
-    else:
-        found: Rows
+
+    def build() -> Rows:
         if isinstance(a, IncidenceAnalysis | CharacterizationAnalysis):
             if tables is None:
                 raise ValueError(f"{a.name}: the node gives no local steps for its tables")
-            found = Tables(tuple(tables()))
-        else:
-            with open_store(store, read_only=True) as con:
-                if isinstance(a, FederatedModelAnalysis):
-                    found = pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
-                else:
-                    found = pooled_cm.site_rows(con, a.target, a.comparator, a.outcome, a.settings)
-        _DESIGNS[key] = found
-        while len(_DESIGNS) > _KEPT:
-            _DESIGNS.pop(next(iter(_DESIGNS)))
-    return _DESIGNS[key]
+            return Tables(tuple(tables()))
+        with open_store(store, read_only=True) as con:
+            if isinstance(a, FederatedModelAnalysis):
+                return pooled.design(con, a.target, a.comparator, a.outcome, a.settings)
+            return pooled_cm.site_rows(con, a.target, a.comparator, a.outcome, a.settings)
+
+    key = (str(store.resolve()), fingerprint, spec_hash, a.model_dump_json())
+    return _DESIGNS.get(key, build)
 
 
 def _check(asked: dict[str, Any], site: str, party: Party, policy: ReleasePolicy) -> None:
