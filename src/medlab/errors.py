@@ -33,6 +33,10 @@ class StoreError(MedlabError):
     exit_code = 3
 
 
+class StoreBusy(StoreError):
+    """Another thread or process held the node store for longer than the caller waits."""
+
+
 class LoadError(MedlabError):
     """Source data was refused; the store is left exactly as it was."""
 

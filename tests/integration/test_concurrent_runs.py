@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.acceptance.attacks import worlds as w
 
+from medlab.cdm.store import store_lock
+from medlab.errors import StoreBusy
 from medlab.studies.run import run_study
 
 
@@ -70,3 +74,30 @@ def test_twenty_concurrent_pairs_each_equal_their_solo_run(tmp_path: Path) -> No
             assert getattr(run, "exitcode", 0) == 0
         for name, out in outs.items():
             assert _results(out) == solo[name], (pair, name)
+
+
+def _hold(store: str, held: Any, release: Any) -> None:
+    with store_lock(Path(store)):
+        held.set()
+        release.wait(30)
+
+
+def test_a_caller_that_will_not_wait_is_told_the_store_is_busy(synth_small: Path) -> None:
+    """``store_lock(timeout=0)`` (what the node agent's profile takes) raises StoreBusy at
+    once while another process holds the store, and takes it once that one lets go."""
+    store = synth_small / "hospital_a.duckdb"
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(store), held, release))
+    holder.start()
+    try:
+        assert held.wait(60)
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="busy"), store_lock(store, timeout=0):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join(60)
+    with store_lock(store, timeout=5):
+        pass

@@ -17,7 +17,7 @@ import duckdb
 
 from medlab import __version__
 from medlab.cdm import identity, schema
-from medlab.errors import StoreError
+from medlab.errors import StoreBusy, StoreError
 from medlab.inputs import regular_file
 
 STORE_FORMAT = 1
@@ -159,22 +159,28 @@ class _StoreLock:
             self.kept = None
 
     def __enter__(self) -> None:
-        self.local.acquire()
+        self.acquire()
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds (None: ``$MEDLAB_LOCK_TIMEOUT``;
+        :class:`StoreBusy` past it)."""
+        if not self.local.acquire(timeout=-1 if timeout is None else timeout):
+            raise StoreBusy(f"{self.path}: the store is busy (another thread holds it)")
         try:
             if self.depth == 0:
-                self.fd = self._flock()
+                self.fd = self._flock(timeout)
             self.depth += 1
         except BaseException:
             self.local.release()
             raise
 
-    def _flock(self) -> int:
+    def _flock(self, timeout: float | None) -> int:
         lock = self.path.with_name(self.path.name + ".lock")
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"{lock}: cannot create the store's lock ({exc.strerror})") from None
-        wait = float(os.environ.get("MEDLAB_LOCK_TIMEOUT", "600"))
+        wait = float(os.environ.get("MEDLAB_LOCK_TIMEOUT", "600")) if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -183,7 +189,7 @@ class _StoreLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise StoreError(
+                    raise StoreBusy(
                         f"{self.path}: the store is busy: another medlab process has held "
                         f"{lock.name} for more than {wait:g} s",
                         hint="wait for it to finish, or raise MEDLAB_LOCK_TIMEOUT",
@@ -206,12 +212,17 @@ _LOCKS_GUARD = threading.Lock()
 
 
 @contextmanager
-def store_lock(path: Path) -> Iterator[None]:
-    """Hold the store exclusively: other threads and processes wait (up to
-    ``$MEDLAB_LOCK_TIMEOUT`` seconds, default 600). Re-entrant within a thread, so a study run
-    holds its nodes from first cohort to last release while the steps inside open them."""
-    with _lock_of(path):
+def store_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the store exclusively: other threads and processes wait (up to ``timeout``
+    seconds, else ``$MEDLAB_LOCK_TIMEOUT``, default 600; :class:`StoreBusy` past it).
+    Re-entrant within a thread, so a study run holds its nodes from first cohort to last
+    release while the steps inside open them."""
+    lock = _lock_of(path)
+    lock.acquire(timeout)
+    try:
         yield
+    finally:
+        lock.__exit__()
 
 
 def _lock_of(path: Path) -> _StoreLock:

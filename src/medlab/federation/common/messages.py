@@ -178,3 +178,75 @@ def agreement_message(terms: dict[str, Any]) -> bytes:
 def json_path(loc: tuple[int | str, ...] | list[int | str], root: str = "$") -> str:
     """A validation error's location as a JSON path (``$.spec.cohorts[0].name``)."""
     return root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+Short = Annotated[str, Field(max_length=300)]
+Line = Annotated[str, Field(max_length=2000)]
+
+
+class DQCheck(_Message):
+    """One data-quality check as a node reports it: its outcome as a share, never counts."""
+
+    name: Short
+    check: Short
+    category: Short
+    table: Short
+    field: Short | None = None
+    description: Line = ""
+    pct_violated: Annotated[float, Field(ge=0, le=100)]
+    threshold: Annotated[float, Field(ge=0, le=100)]
+    passed: bool
+
+
+class DQSummary(_Message):
+    """A node's data-quality checks on one snapshot of its store."""
+
+    fingerprint: Short
+    checked_at: Short
+    checks: Annotated[list[DQCheck], Field(max_length=5000)]
+
+
+class ProfilePolicy(_Message):
+    """The node's release policy: its version, digest and the rules in words."""
+
+    version: Short
+    digest: Short
+    version_no: int
+    set_at: Short | None = None
+    set_by: Short | None = None
+    words: Annotated[list[Line], Field(max_length=200)]
+
+
+class ProfileBudget(_Message):
+    """A project's privacy budget at the node."""
+
+    project: Short
+    epsilon_granted: float
+    epsilon_spent: float
+    rho_granted: float
+    rho_spent: float
+
+
+class ProfileTask(_Message):
+    """A task the node holds that is not final."""
+
+    task_id: Short
+    study_id: Short
+    study: Short
+    state: TaskState
+    received_at: Short
+
+
+class NodeProfile(_Message):
+    """What a node agent tells the hub about itself for its steward's pages (signed like
+    every node request): its agent version and store, its policy, its data-quality checks,
+    its budgets, its open tasks and the newest entries of its transparency log. Never a row
+    of data, never a count."""
+
+    agent_version: Short
+    store: Short
+    policy: ProfilePolicy
+    dq: DQSummary | None = None
+    budgets: Annotated[list[ProfileBudget], Field(max_length=1000)]
+    tasks: Annotated[list[ProfileTask], Field(max_length=1000)]
+    log: Annotated[list[dict[str, Any]], Field(max_length=500)]

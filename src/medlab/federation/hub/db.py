@@ -96,6 +96,20 @@ class Nonce(Base):
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
+class NodeProfile(Base):
+    """A node's profile as its agent reported it (one row per change; the newest is the
+    node's profile now, the older ones its data-quality history across snapshots)."""
+
+    __tablename__ = "node_profiles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name"), index=True)
+    digest: Mapped[str] = mapped_column(String(100))
+    fingerprint: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    profile: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class StudyFile(Base):
     __tablename__ = "study_files"
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)

@@ -20,11 +20,12 @@ from typing import Any
 
 import httpx
 
-from medlab.errors import UsageError
+from medlab.errors import StoreBusy, UsageError
 from medlab.federation.common import auth
 from medlab.federation.node import agreements
 from medlab.federation.node.checks import decide
 from medlab.federation.node.inbox import Inbox, LocalTask
+from medlab.federation.node.profile import Profiler, as_json
 from medlab.ledger import parties
 from medlab.ledger.keys import key_id
 from medlab.privacy.node_policy import node_policy
@@ -34,6 +35,8 @@ from medlab.studies.local import run_node
 from medlab.studies.spec import StudySpec
 
 Say = Callable[[str], None]
+PROFILE_EVERY = 60.0  # seconds between the node's profiles when nothing happens
+PROFILE_SOON = 2.0  # the least time between two profiles while tasks move
 
 
 class HubUnreachable(Exception):
@@ -68,6 +71,9 @@ class Agent:
                 )
             self.inbox.pin_hub_key(key_id(hub_key), hub_key)
         self._hub_key = hub_key or (pinned[1] if pinned else None)
+        self._profiler: Profiler | None = None
+        self._profiled = -PROFILE_EVERY  # the first loop sends it
+        self._profile_due = False  # tasks arrived or moved since the last profile
 
     @property
     def policy(self) -> ReleasePolicy:
@@ -250,12 +256,33 @@ class Agent:
         self._request("POST", f"/api/v1/node/tasks/{task.task_id}", body)
         self.inbox.acknowledged(task.task_id, body["state"])
 
+    def send_profile(self) -> None:
+        """Tell the hub the node's profile (policy, data quality, budgets, open tasks, log)
+        for its steward's pages; a hub that does not take profiles is left alone."""
+        if self._profiler is None:
+            self._profiler = Profiler(self.store)
+        try:
+            profile = self._profiler.build()
+        except StoreBusy:
+            return  # the store is in use: the next loop sends it
+        try:
+            self._request("POST", "/api/v1/node/profile", as_json(profile))
+        except HubRefused as exc:
+            self.say(f"the hub did not take the node's profile ({exc.detail})")
+        self._profiled, self._profile_due = time.monotonic(), False
+
     def run(self, once: bool = False, wait: float = 20.0, pause: float = 1.0) -> None:
-        """Poll and work until stopped (``once``: one poll, then the work it allows)."""
+        """Poll and work until stopped (``once``: one poll, then the work it allows); the
+        profile goes to the hub at the start, when tasks arrive or move (at most every
+        :data:`PROFILE_SOON` seconds), and every :data:`PROFILE_EVERY` seconds."""
         while True:
             try:
-                self.poll(0.0 if once else wait)
-                self.work()
+                new = self.poll(0.0 if once else wait)
+                done = self.work()
+                self._profile_due = self._profile_due or bool(new or done)
+                since = time.monotonic() - self._profiled
+                if since >= PROFILE_EVERY or (self._profile_due and since >= PROFILE_SOON):
+                    self.send_profile()
             except HubUnreachable as exc:
                 if once:
                     raise
