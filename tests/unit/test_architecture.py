@@ -108,3 +108,20 @@ def test_the_multi_round_combine_takes_released_payloads_only() -> None:
         federated_mean.combine({1: [Release("federated_mean", "site", ())]})  # type: ignore[list-item]
     with pytest.raises(TypeError, match="only released"):
         federated_mean.next_params(1, [Release("federated_mean", "site", ())])  # type: ignore[list-item]
+
+
+def test_the_web_app_reads_the_hub_and_never_a_store() -> None:
+    """The pages read what the hub holds: no module of ``medlab.web`` opens a node's store
+    or speaks for a node or a client; only the hub's app mounts the web app."""
+    for path in (SRC / "web").rglob("*.py"):
+        bad = {
+            n
+            for n in _imports(path)
+            if n.startswith(("medlab.cdm", "duckdb", "medlab.federation.node"))
+            or n.startswith(("medlab.federation.client", "medlab.synth", "httpx"))
+        }
+        assert not bad, f"{path}: {bad}"
+    for path in SRC.rglob("*.py"):
+        if "web" in path.relative_to(SRC).parts or path == SRC / "federation/hub/app.py":
+            continue
+        assert not {n for n in _imports(path) if n.startswith("medlab.web")}, path

@@ -220,35 +220,13 @@ def _task_summary(task: Any) -> dict[str, Any]:
     }
 
 
-_RELEASES = {
-    "incidence": "persons, outcomes and person-time by stratum, rates with intervals",
-    "characterization": "per covariate of the spec's covariate set: counts, means, SDs",
-    "comparative": "attrition counts, per adjustment HR with CI, counts and events, "
-    "KM curve on the spec's grid, balance (SMD), preference-score histogram, diagnostics",
-    "feasibility": "the funnel of inclusion rules, eligible persons by year",
-    "utilization": "persons per drug and year, treatment pathways",
-}
-
-
 def _task_in_full(task: Any) -> dict[str, Any]:
-    from medlab.cohorts.model import parse_definition
-    from medlab.cohorts.words import describe
+    from medlab.studies.words import cohorts_in_words, releases_in_words
 
     shown = _task_summary(task)
     spec = task.envelope.get("spec", {})
-    cohorts = []
-    for c in spec.get("cohorts", []):
-        cohorts.append(f"cohort {c.get('id')} ({c.get('name')}):")
-        try:
-            cohorts += ["  " + line for line in describe(parse_definition(c["definition"]))]
-        except Exception:  # shown as it is when not a valid definition
-            cohorts.append("  (not a valid definition)")
-    shown["cohorts"] = cohorts
-    shown["analyses"] = [
-        f"analysis {a.get('name')} ({a.get('type')}): releases "
-        + _RELEASES.get(str(a.get("type")), "?")
-        for a in spec.get("analyses", [])
-    ]
+    shown["cohorts"] = cohorts_in_words(spec)
+    shown["analyses"] = releases_in_words(spec)
     shown["released"] = (
         None if task.output is None else [r["payload"] for r in task.output["releases"]]
     )

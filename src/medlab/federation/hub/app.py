@@ -25,10 +25,12 @@ from medlab import __version__
 from medlab.errors import UsageError
 from medlab.federation.common import auth
 from medlab.federation.common.messages import PROTOCOL, StudyStatus, json_path
+from medlab.federation.hub import profiles
 from medlab.federation.hub.governed import PROBLEMS, doc, gate, routes
 from medlab.federation.hub.service import Hub, HubError
 from medlab.governance.access import Principal
 from medlab.inputs import parse_document
+from medlab.web import install, is_page
 
 UNAUDITED = frozenset({"/api/v1/health", "/api/v1/hub-key"})
 MAX_BODY = 64 << 20  # a study's released output is aggregates: 64 MiB is already absurd
@@ -68,16 +70,28 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         "scopes are given per endpoint; errors are application/problem+json.",
     )
     allow = gate(hub)
+    web = install(app, hub)
 
     @app.middleware("http")
     async def audited(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
         path = request.url.path
-        if path.startswith("/api/v1/") and path not in UNAUDITED and "/node/" not in path:
-            who: Principal | None = getattr(request.state, "principal", None)
+        who: Principal | None = getattr(request.state, "principal", None)
+        noted = getattr(request.state, "audit", {})
+        if is_page(request) and not path.startswith("/static/"):
+            # Every page served is a ``web`` event: who, the path, the outcome.
+            fields = {
+                "user": None if who is None else who.name,
+                "role": None if who is None else who.role,
+                "method": request.method,
+                "path": path[:300],
+                "status": response.status_code,
+                **{k: v for k, v in noted.items() if v is not None},
+            }
+            await run_in_threadpool(hub.party.log, "web", **fields)
+        elif path.startswith("/api/v1/") and path not in UNAUDITED and "/node/" not in path:
             route = request.scope.get("route")
             params = request.scope.get("path_params") or {}
-            noted = getattr(request.state, "audit", {})
             known = {k: str(params[k])[:100] for k in ("project", "study_id") if k in params}
             if "study_id" in known and "project" not in known | noted:  # not looked up twice
                 project = await run_in_threadpool(hub.project_of, known["study_id"])
@@ -95,22 +109,34 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
             await run_in_threadpool(hub.party.log, "api", **fields)
         return response
 
+    # A page request gets its refusal as a page; the API answers problem+json.
     @app.exception_handler(HubError)
-    async def _hub_error(_: Request, exc: HubError) -> Response:
+    async def _hub_error(request: Request, exc: HubError) -> Response:
+        if is_page(request):
+            if exc.status == 404:  # a page does not say whether what you may not see exists
+                return web.refusal(request, 403, "forbidden", exc.detail)
+            return web.refusal(request, exc.status, exc.title, exc.detail)
         return _problem(exc.status, exc.title, exc.detail, exc.errors)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [{"path": json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         detail = f"{errors[0]['path']}: {errors[0]['message']}" if errors else "invalid request"
+        if is_page(request):
+            return web.refusal(request, 422, "invalid request", detail)
         return _problem(422, "invalid request", detail, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_page(request):
+            return web.refusal(request, exc.status_code, "error", str(exc.detail))
         return _problem(exc.status_code, "error", str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> Response:
+    async def _internal(request: Request, exc: Exception) -> Response:
+        if is_page(request):
+            detail = "the hub could not complete the request"
+            return web.refusal(request, 500, "internal error", detail)
         return _problem(500, "internal error", "the hub could not complete the request")
 
     async def body_of(request: Request) -> bytes:
@@ -192,6 +218,12 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         node, body = await signed_node(request)
         state = await run_in_threadpool(hub.report, node, task_id, await _json(body))
         return {"state": state}
+
+    @app.post("/api/v1/node/profile", responses=PROBLEMS, summary="A node's profile (signed).")
+    async def profile(request: Request) -> dict[str, str]:
+        node, body = await signed_node(request)
+        await run_in_threadpool(profiles.record, hub.sessions, node, await _json(body))
+        return {"state": "recorded"}
 
     return app
 

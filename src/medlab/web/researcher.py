@@ -1,0 +1,127 @@
+"""The researcher's pages: projects and their agreements, studies with their live status
+and released results, and the downloads (result files, the HTML report, the evidence
+bundle). Each page checks the same operation as the API endpoint it mirrors."""
+
+import json
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from medlab.governance import metering
+from medlab.governance import service as gov
+from medlab.governance.access import HubError
+from medlab.ledger.evidence import export_bundle
+from medlab.web import i18n
+from medlab.web.base import Web, language
+from medlab.web.results import sections
+
+LIVE = ("submitted", "running")  # a study page refreshes itself while the study is one
+REFRESH_SECONDS = 3
+RESULT_FILES = ("results.json", "evidence.json", "spec.json")
+
+
+def routes(web: Web) -> APIRouter:
+    """Projects, studies and their downloads."""
+    pages = APIRouter(include_in_schema=False)
+    hub = web.hub
+
+    @pages.get("/projects")
+    def projects(request: Request) -> Response:
+        who = web.need(request, "project_list")
+        with hub.sessions() as s:
+            found = gov.projects(s, who)
+        return web.render(request, "projects.html", projects=found)
+
+    @pages.get("/projects/{project}")
+    def project(request: Request, project: str) -> Response:
+        who = web.need(request, "project_get")
+        request.state.audit = {"project": project[:100]}
+        with hub.sessions() as s:
+            row = gov.project_row(s, gov.visible_project(s, who, project))
+            agreements = gov.agreements_of(s, who, project)
+            lead = gov.project_role(s, who, project) == "lead"
+            usage = metering.totals(s, project) if lead or who.role == "operator" else None
+        studies = [st for st in hub.studies(who) if st["project"] == project]
+        return web.render(
+            request,
+            "project.html",
+            project=row,
+            agreements=agreements,
+            usage=usage,
+            studies=studies,
+        )
+
+    @pages.get("/studies")
+    def studies(request: Request) -> Response:
+        who = web.need(request, "study_list")
+        return web.render(request, "studies.html", studies=hub.studies(who))
+
+    @pages.get("/studies/{study_id}")
+    def study(request: Request, study_id: str, adjustment: str | None = None) -> Response:
+        who = web.need(request, "study_get")
+        status = hub.status(study_id, who)
+        request.state.audit = {"project": status.project, "study_id": study_id}
+        results, why = None, None
+        if status.state == "completed" and "results.json" in status.files:
+            try:
+                results = json.loads(hub.file(study_id, "results.json", who))
+            except HubError as exc:
+                why = exc.detail
+        _ = i18n.translator(language(request))
+        shown = [] if results is None else sections(results, adjustment, _)
+        rounds = max((t.round for t in status.tasks), default=0)
+        latest = {t.node: t for t in status.tasks}  # tasks come ordered by node, round
+        return web.render(
+            request,
+            "study.html",
+            study=status,
+            tasks=sorted(latest.values(), key=lambda t: t.node),
+            rounds=rounds,
+            figures=[name for name in status.files if name.endswith(".png")],
+            results=results,
+            why=why,
+            sections=shown,
+            charts=[c for sec in shown for c in sec.charts],
+            refresh=REFRESH_SECONDS if status.state in LIVE else None,
+        )
+
+    @pages.get("/studies/{study_id}/files/{name}")
+    def download(request: Request, study_id: str, name: str) -> Response:
+        who = web.need(request, "study_file")
+        request.state.audit = {"study_id": study_id, "file": name[:200]}
+        content = hub.file(study_id, name, who)
+        # A download, never a page of this site: the report's own HTML runs sandboxed.
+        headers = {
+            "content-disposition": f'attachment; filename="{_safe(name)}"',
+            "content-security-policy": "sandbox",
+            "x-content-type-options": "nosniff",
+        }
+        kind = "text/html" if name.endswith(".html") else "application/octet-stream"
+        return Response(content, media_type=kind, headers=headers)
+
+    @pages.get("/studies/{study_id}/bundle.zip")
+    async def bundle(request: Request, study_id: str) -> Response:
+        who = web.need(request, "study_file")
+        request.state.audit = {"study_id": study_id, "file": "bundle.zip"}
+
+        def pack() -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp)
+                for name in RESULT_FILES:
+                    (out / name).write_bytes(hub.file(study_id, name, who))
+                export_bundle(out, out / "bundle.zip")
+                return (out / "bundle.zip").read_bytes()
+
+        content = await run_in_threadpool(pack)
+        headers = {"content-disposition": f'attachment; filename="{_safe(study_id)}-evidence.zip"'}
+        return Response(content, media_type="application/zip", headers=headers)
+
+    return pages
+
+
+def _safe(name: str) -> str:
+    """A file name fit for a Content-Disposition header."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:200]

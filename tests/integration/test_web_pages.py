@@ -1,0 +1,230 @@
+"""The web app's pages in process (Starlette's transport, no browser): each role's
+workspace, refusals as pages, the forms' CSRF guard, and every page of a finished study
+held against its results.json. The browser tests (tests/browser) drive the same pages in
+Chromium over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests import federation as fed
+from tests import governance as g
+from tests import webapp
+
+from medlab.federation.hub.app import create_app
+from medlab.federation.hub.service import init_hub
+from medlab.federation.node.agent import Agent
+from medlab.federation.node.inbox import Inbox
+from medlab.web import i18n
+
+
+class Site:
+    """A finished governed study and a waiting one, with the parties that ran them."""
+
+    def __init__(self, root: Path, synth_small: Path) -> None:
+        self.stores = fed.copy_sites(synth_small, root / "nodes")
+        for store in self.stores[:2]:
+            fed.federation_policy(store, approval="none", require_agreement=True)
+        fed.federation_policy(self.stores[2], approval="each_task", require_agreement=True)
+        self.hub = init_hub(root / "hub")
+        self.api = TestClient(create_app(self.hub), base_url="http://hub")
+        self.lab = g.build(self.hub, self.api, self.stores, analyses=webapp.ANALYSES)
+        self.agents = [Agent(store, self.api) for store in self.stores]
+        self.study = self.lab["alan"].submit(webapp.spec(), project="apixaban-safety", min_sites=3)
+        for user in ("rita", "olga"):
+            self.lab[user].approve(self.study.id)
+        self.run_agents()
+        store = self.stores[2]
+        (self.waiting,) = [t for t in Inbox(store).all() if t.state == "awaiting_approval"]
+        self.waiting_page: dict[str, str] = {}
+        for user in ("steward-hospital_c", "olga"):
+            self.waiting_page[user] = self.page(user, "/steward/hospital_c").text
+        Inbox(store).move(self.waiting.task_id, "awaiting_approval", approved_by="steward c")
+        self.run_agents()
+        status = self.study.wait(timeout=30)
+        assert status.state == "completed", status.reason
+        self.results = self.study.results()
+
+    def run_agents(self) -> None:
+        for _ in range(5):
+            for agent in self.agents:
+                agent.run(once=True)
+
+    def browser(self, user: str | None) -> TestClient:
+        """A client with ``user``'s session cookie (None: signed out)."""
+        client = TestClient(self.api.app, base_url="http://hub", follow_redirects=False)
+        if user is not None:
+            answer = client.post("/signin", data={"token": self.lab.tokens[user], "next": "/"})
+            assert answer.status_code == 303, answer.text
+        return client
+
+    def page(self, user: str | None, path: str) -> Any:
+        return self.browser(user).get(path)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, synth_small: Path) -> Iterator[Site]:
+    yield Site(tmp_path_factory.mktemp("web"), synth_small)
+
+
+def test_signing_in_gives_each_role_its_workspace(site: Site) -> None:
+    homes = {
+        "olga": "/operator",
+        "alan": "/projects",
+        "steward-hospital_a": "/steward",
+        "aude": "/audit",
+    }
+    for user, home in homes.items():
+        client = site.browser(user)
+        answer = client.get("/")
+        assert answer.status_code == 303 and answer.headers["location"] == home
+        page = client.get(home)
+        assert page.status_code == 200, (user, page.text[:500])
+        assert f"Signed in as {user}" in page.text
+
+
+def test_a_wrong_token_is_refused_and_no_session_sends_to_sign_in(site: Site) -> None:
+    client = site.browser(None)
+    answer = client.post("/signin", data={"token": "nope", "next": "/studies"})
+    assert answer.status_code == 401 and "unknown, expired or revoked" in answer.text
+    assert "medlab_session" not in answer.cookies
+    answer = client.get(f"/studies/{site.study.id}")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/signin?next=%2Fstudies%2F{site.study.id}"
+    assert client.post("/signin", data={"token": "x", "next": "//evil.example"}).status_code == 401
+    signed = site.browser(None).post(
+        "/signin", data={"token": site.lab.tokens["alan"], "next": "//evil.example/x"}
+    )
+    assert signed.headers["location"] == "/"  # never a redirect to another site
+
+
+def test_a_researcher_of_another_project_gets_403_pages(site: Site) -> None:
+    for path in (
+        f"/studies/{site.study.id}",
+        f"/studies/{site.study.id}/evidence",
+        f"/studies/{site.study.id}/files/results.json",
+        f"/studies/{site.study.id}/bundle.zip",
+        "/projects/apixaban-safety",
+        "/operator",
+        "/audit",
+        "/steward/hospital_a",
+    ):
+        page = site.page("carl", path)
+        assert page.status_code == 403, (path, page.status_code)
+        assert "text/html" in page.headers["content-type"]
+        assert "Refused" in page.text and "web apixaban" not in page.text
+    listing = site.page("carl", "/studies").text
+    assert site.study.id not in listing
+
+
+def test_a_steward_sees_only_their_nodes(site: Site) -> None:
+    page = site.page("steward-hospital_a", "/steward").text
+    assert 'data-node="hospital_a"' in page and 'data-node="hospital_b"' not in page
+    assert site.page("steward-hospital_a", "/steward/hospital_b").status_code == 403
+
+
+def test_a_stewards_page_shows_the_waiting_task_with_its_command(site: Site) -> None:
+    page = site.waiting_page["steward-hospital_c"]
+    task = site.waiting.task_id
+    assert f'data-task="{task}"' in page
+    store = str(site.stores[2])
+    assert f"medlab node approve {store} {task} --by steward-hospital_c" in page
+    assert "releases attrition counts, per adjustment HR with CI" in page  # in words
+    assert "web apixaban" in page and "alan" in page
+    # The operator sees the node's page too, with a placeholder for who approves.
+    assert f"medlab node approve {store} {task} --by STEWARD" in site.waiting_page["olga"]
+
+
+def test_a_stewards_page_shows_quality_policy_budgets_and_log(site: Site) -> None:
+    page = site.page("steward-hospital_c", "/steward/hospital_c").text
+    assert 'id="dq-categories"' in page
+    assert "the steward approves each task" in page  # the policy in words
+    assert 'id="budgets-table"' in page and "apixaban-safety" in page
+    assert "task_approved" not in page or "task_accepted" in page
+    assert 'data-type="task_awaiting_approval"' in page  # the node's own log
+    assert "No task waits for you." in page  # the task was approved since
+
+
+def test_the_operator_sees_organisations_users_tokens_nodes_and_usage(site: Site) -> None:
+    page = site.page("olga", "/operator").text
+    for name in ("pharma-x", "rita", "hospital_a", "apixaban-safety"):
+        assert name in page
+    assert site.lab.tokens["rita"] not in page  # a token is never shown again
+    usage = site.page("olga", "/operator/usage.csv")
+    assert usage.status_code == 200 and "apixaban-safety" in usage.text
+
+
+def test_revoking_a_token_needs_the_pages_form_token(site: Site) -> None:
+    client = site.browser("olga")
+    page = client.get("/operator").text
+    token_id = re.search(r'/operator/tokens/([^/"]+)/revoke', page)
+    assert token_id is not None
+    forged = client.post(f"/operator/tokens/{token_id.group(1)}/revoke", data={"csrf": "x"})
+    assert forged.status_code == 403
+    assert f"/operator/tokens/{token_id.group(1)}/revoke" in client.get("/operator").text
+
+
+def test_the_auditor_sees_the_timeline_and_the_evidence_chain(site: Site) -> None:
+    page = site.page("aude", f"/audit?study={site.study.id}").text
+    assert 'data-type="study_dispatched"' in page
+    chain = site.page("aude", f"/studies/{site.study.id}/evidence").text
+    assert site.results["spec_hash"][:16] in chain
+    for store in site.stores:
+        assert store.stem in chain
+
+
+def test_the_study_page_shows_every_analysis_with_its_charts(site: Site) -> None:
+    page = site.page("alan", f"/studies/{site.study.id}").text
+    for name in ("bleeds", "table1", "apixaban_vs_warfarin", "funnel", "anticoagulants"):
+        assert name in page
+    _, charts = webapp.page_numbers(page)
+    kinds = {c["layout"]["title"]["text"].split(": ")[-1] for c in charts}
+    assert "Kaplan–Meier curves" in kinds, kinds
+
+
+def test_no_page_of_a_finished_study_shows_a_number_it_did_not_release(site: Site) -> None:
+    """Every number in the text of every page about the study, and every number its charts
+    draw, is one results.json holds (at the digits shown)."""
+    released = webapp.released_numbers(site.results)
+    comparative = next(a for a in site.results["analyses"] if a["type"] == "comparative")
+    adjustments = [e["adjustment"] for e in comparative["estimates"]]
+    paths = [f"/studies/{site.study.id}?adjustment={a}" for a in adjustments]
+    paths += [f"/studies/{site.study.id}", f"/studies/{site.study.id}/evidence"]
+    paths += ["/projects/apixaban-safety", "/studies"]
+    checked = 0
+    for user in ("alan", "rita"):
+        for lang in i18n.LANGUAGES:
+            for path in paths:
+                sep = "&" if "?" in path else "?"
+                page = site.page(user, f"{path}{sep}lang={lang}")
+                assert page.status_code == 200, (path, page.text[:300])
+                shown, charts = webapp.page_numbers(page.text)
+                assert webapp.unexplained(shown, released) == [], path
+                for chart in charts:
+                    drawn = [str(v) for v in webapp.chart_numbers(chart)]
+                    assert webapp.unexplained(drawn, released) == [], (path, chart["layout"])
+                checked += len(shown)
+    assert checked > 500  # the pages do show numbers
+
+
+def test_every_text_the_pages_ask_for_has_its_chinese() -> None:
+    pattern = re.compile(r"""_\(\s*(["'])((?:\\.|(?!\1).)*)\1""")
+    root = Path(i18n.__file__).parent
+    asked = set()
+    for path in [*root.rglob("*.html"), *root.rglob("*.py")]:
+        asked |= {m.group(2) for m in pattern.finditer(path.read_text())}
+    missing = sorted(asked - i18n.chinese().keys())
+    assert missing == []
+    assert len(asked) > 200
+
+
+def test_a_page_in_chinese_is_in_chinese(site: Site) -> None:
+    page = site.page("alan", f"/studies/{site.study.id}?lang=zh").text
+    assert '<html lang="zh-Hans">' in page and "研究" in page
+    assert json.dumps(i18n.chinese(), ensure_ascii=False)  # the catalog reads as UTF-8
