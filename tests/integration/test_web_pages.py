@@ -228,3 +228,73 @@ def test_a_page_in_chinese_is_in_chinese(site: Site) -> None:
     page = site.page("alan", f"/studies/{site.study.id}?lang=zh").text
     assert '<html lang="zh-Hans">' in page and "研究" in page
     assert json.dumps(i18n.chinese(), ensure_ascii=False)  # the catalog reads as UTF-8
+
+
+# -- the study builder --------------------------------------------------------------------
+
+
+def _builder(site: Site, user: str, **fields: Any) -> Any:
+    client = site.browser(user)
+    page = client.get("/build")
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    files = fields.pop("files", None) or {"spec_file": ("", b"", "application/json")}
+    data = {"csrf": csrf.group(1), "project": "apixaban-safety"} | fields
+    return client.post("/build", data=data, files=files)
+
+
+def test_the_builder_checks_a_spec_and_shows_its_cohorts_in_words(site: Site) -> None:
+    answer = _builder(site, "alan", spec_text=json.dumps(webapp.spec("checked")))
+    assert answer.status_code == 200, answer.text[-2000:]
+    assert "The spec is valid" in answer.text
+    assert "Cohort 4: warfarin AF new users" in answer.text
+
+
+def test_the_builder_shows_a_problem_at_its_field_and_submits_nothing(site: Site) -> None:
+    before = len(site.hub.studies(site.hub.principal(site.lab.tokens["alan"])))
+    bad = webapp.spec("broken")
+    bad["analyses"][2]["settings"]["adjustments"] = ["sideways"]
+    text = json.dumps(bad, indent=2)
+    answer = _builder(site, "alan", spec_text=text, action="submit")
+    assert answer.status_code == 422
+    error = re.search(
+        r'<p id="spec_text-error" class="error" role="alert">([^<]+)</p>', answer.text
+    )
+    assert error is not None and "$.analyses[2]" in error.group(1)
+    assert "(line " in error.group(1)
+    assert 'aria-invalid="true"' in answer.text
+    assert "sideways" in answer.text  # the text is kept for the researcher to mend
+    answer = _builder(site, "alan", spec_text=text.replace('"broken"', '"b"'), min_sites="x")
+    assert answer.status_code == 422 and 'id="min_sites-error"' in answer.text
+    after = len(site.hub.studies(site.hub.principal(site.lab.tokens["alan"])))
+    assert after == before
+
+
+def test_the_builder_imports_an_atlas_cohort(site: Site, eunomia_dir: Path) -> None:
+    circe = eunomia_dir.parent / "eunomia-cohorts" / "CohortGenerator" / "celecoxib.json"
+    answer = _builder(
+        site,
+        "alan",
+        spec_text=json.dumps(webapp.spec("with atlas")),
+        circe_name="celecoxib",
+        files={"circe_file": ("celecoxib.json", circe.read_bytes(), "application/json")},
+    )
+    assert answer.status_code == 200, answer.text[-2000:]
+    assert "Cohort 5: celecoxib" in answer.text
+    assert "&#34;name&#34;: &#34;celecoxib&#34;" in answer.text  # now in the spec's text
+
+
+def test_the_builder_submits_into_the_project(site: Site) -> None:
+    answer = _builder(site, "alan", spec_text=json.dumps(webapp.spec("from the page")))
+    assert answer.status_code == 200
+    answer = _builder(
+        site, "alan", spec_text=json.dumps(webapp.spec("from the page")), action="submit"
+    )
+    assert answer.status_code == 303, answer.text[-2000:]
+    study_id = answer.headers["location"].rsplit("/", 1)[1]
+    status = site.hub.status(study_id, site.hub.principal(site.lab.tokens["alan"]))
+    assert status.state == "submitted" and status.project == "apixaban-safety"
+    assert site.page("carl", "/build").status_code == 200  # a researcher without projects
+    assert "not a member of any project" in site.page("carl", "/build").text
+    assert site.page("aude", "/build").status_code == 403
