@@ -36,12 +36,12 @@ def spec(name: str = "web apixaban") -> dict[str, Any]:
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 # Elements whose text is not a released figure: the frame, identifiers, times, the study's
-# own facts (rounds, sites required), labels (covariate names, strata, criteria) and
-# structural counts (rows, covariates): in the templates, class "meta", "id", "facts" or
-# "label", or a code, time, summary or thead element (column headings); and the hub's own
-# records of agreements and usage (budgets, metered seconds: class "governance").
+# own facts (rounds, sites required), labels (covariate names, strata, criteria), the spec
+# in words and structural counts (rows, covariates): in the templates, class "meta", "id",
+# "facts", "label" or "words", or a code, time, summary or thead element (column
+# headings); and the hub's records of agreements and usage (class "governance").
 _SKIPPED_TAGS = {"script", "style", "code", "time", "header", "footer", "nav", "summary", "thead"}
-_SKIPPED_CLASSES = {"meta", "id", "facts", "label", "governance"}
+_SKIPPED_CLASSES = {"meta", "id", "facts", "label", "governance", "words"}
 
 
 class _Text(HTMLParser):
@@ -135,8 +135,9 @@ def chart_numbers(chart: dict[str, Any]) -> list[float]:
             keys = ("customdata",)
         for key in keys:
             for v in trace.get(key) or []:
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    found.append(float(v))
+                for item in v if isinstance(v, list) else [v]:
+                    if isinstance(item, int | float) and not isinstance(item, bool):
+                        found.append(float(item))
         err = trace.get("error_x") or {}
         for key in ("array", "arrayminus"):
             found += [float(v) for v in err.get(key) or [] if isinstance(v, int | float)]

@@ -298,3 +298,17 @@ def test_the_builder_submits_into_the_project(site: Site) -> None:
     assert site.page("carl", "/build").status_code == 200  # a researcher without projects
     assert "not a member of any project" in site.page("carl", "/build").text
     assert site.page("aude", "/build").status_code == 403
+    # The lead approves from the study page; the submitter never sees the button.
+    assert 'id="approve"' not in site.page("alan", f"/studies/{study_id}").text
+    lead = site.browser("rita")
+    page = lead.get(f"/studies/{study_id}").text
+    assert 'id="approve"' in page and "analysis apixaban_vs_warfarin (comparative)" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    assert lead.post(f"/studies/{study_id}/approve", data={"csrf": "forged"}).status_code == 403
+    answer = lead.post(f"/studies/{study_id}/approve", data={"csrf": csrf.group(1)})
+    assert answer.status_code == 303
+    status = site.hub.status(study_id, site.hub.principal(site.lab.tokens["rita"]))
+    assert [a["kind"] for a in status.approvals] == ["lead"]
+    assert 'id="approve"' not in lead.get(f"/studies/{study_id}").text
+    assert 'id="approve"' in site.page("olga", f"/studies/{study_id}").text

@@ -82,6 +82,21 @@ def forest(adjustment: str, rows: list[dict[str, Any]], _: Say) -> Figure:
     shown = [r for r in rows if r.get("hr") is not None]
     labels = [r["label"] for r in shown]
     hr = [r["hr"] for r in shown]
+    # Each interval is a segment between its released bounds (never a derived offset).
+    segments: dict[str, list[Any]] = {"x": [], "y": []}
+    for r in shown:
+        if r.get("ci_low") is not None and r.get("ci_high") is not None:
+            segments["x"] += [r["ci_low"], r["ci_high"], None]
+            segments["y"] += [r["label"], r["label"], None]
+    intervals = {
+        "type": "scatter",
+        "mode": "lines",
+        **segments,
+        "line": {"color": "#1b1f24", "width": 2},
+        "hoverinfo": "skip",
+        "showlegend": False,
+        "meta": {"adjustment": adjustment, "part": "intervals"},
+    }
     trace = {
         "type": "scatter",
         "mode": "markers",
@@ -92,17 +107,10 @@ def forest(adjustment: str, rows: list[dict[str, Any]], _: Say) -> Figure:
             "size": [14 if r.get("combined") else 10 for r in shown],
             "color": [COMPARATOR if r.get("combined") else TARGET for r in shown],
         },
-        "error_x": {
-            "type": "data",
-            "symmetric": False,
-            "array": [r["ci_high"] - r["hr"] for r in shown],
-            "arrayminus": [r["hr"] - r["ci_low"] for r in shown],
-            "color": "#1b1f24",
-        },
         "customdata": [[r["ci_low"], r["ci_high"]] for r in shown],
         "hovertemplate": "%{y}: HR %{x} (%{customdata[0]}–%{customdata[1]})<extra></extra>",
         "showlegend": False,
-        "meta": {"adjustment": adjustment},
+        "meta": {"adjustment": adjustment, "part": "estimates"},
     }
     layout = _layout(
         f"{_('Hazard ratios')}: {adjustment}",
@@ -121,7 +129,7 @@ def forest(adjustment: str, rows: list[dict[str, Any]], _: Say) -> Figure:
         ],
         height=120 + 40 * max(len(shown), 1),
     )
-    return {"data": [trace], "layout": layout}
+    return {"data": [intervals, trace], "layout": layout}
 
 
 def attrition(site: str, steps: list[dict[str, Any]], _: Say) -> Figure:

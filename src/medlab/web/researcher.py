@@ -5,15 +5,20 @@ bundle). Each page checks the same operation as the API endpoint it mirrors."""
 import json
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 
+from medlab.federation.common.messages import StudyStatus
+from medlab.federation.hub import db
 from medlab.governance import metering
 from medlab.governance import service as gov
-from medlab.governance.access import HubError
+from medlab.governance.access import HubError, Principal
 from medlab.ledger.evidence import export_bundle
+from medlab.studies.words import cohorts_in_words, releases_in_words
 from medlab.web import i18n
 from medlab.web.base import Web, language
 from medlab.web.results import sections
@@ -73,6 +78,11 @@ def routes(web: Web) -> APIRouter:
         _ = i18n.translator(language(request))
         shown = [] if results is None else sections(results, adjustment, _)
         rounds = max((t.round for t in status.tasks), default=0)
+        with hub.sessions() as s:
+            may_approve = status.state == "submitted" and _approver(s, who, status)
+            row = s.get(db.Study, study_id)
+            spec = {} if row is None else row.spec
+        words = cohorts_in_words(spec) + releases_in_words(spec)
         latest = {t.node: t for t in status.tasks}  # tasks come ordered by node, round
         return web.render(
             request,
@@ -86,7 +96,19 @@ def routes(web: Web) -> APIRouter:
             sections=shown,
             charts=[c for sec in shown for c in sec.charts],
             refresh=REFRESH_SECONDS if status.state in LIVE else None,
+            may_approve=may_approve,
+            words=words,
         )
+
+    @pages.post("/studies/{study_id}/approve")
+    async def approve(
+        request: Request, study_id: str, csrf: Annotated[str, Form(max_length=100)] = ""
+    ) -> Response:
+        who = web.check_form(request, csrf)
+        web.need(request, "study_approve")
+        status = await run_in_threadpool(hub.approve, who, study_id)
+        request.state.audit = {"project": status.project, "study_id": study_id}
+        return RedirectResponse(f"/studies/{study_id}", status_code=303)
 
     @pages.get("/studies/{study_id}/files/{name}")
     def download(request: Request, study_id: str, name: str) -> Response:
@@ -120,6 +142,18 @@ def routes(web: Web) -> APIRouter:
         return Response(content, media_type="application/zip", headers=headers)
 
     return pages
+
+
+def _approver(s: Session, who: Principal, status: StudyStatus) -> bool:
+    """Whether ``who`` may still approve the submitted study (the project's lead or the
+    operator, never its submitter, one approval of each kind)."""
+    if who.name == status.researcher or status.project is None:
+        return False
+    kind = "reviewer" if who.role == "operator" else None
+    if who.role == "researcher" and gov.project_role(s, who, status.project) == "lead":
+        kind = "lead"
+    done = {(a["kind"], a["user"]) for a in status.approvals}
+    return kind is not None and all(k != kind and u != who.name for k, u in done)
 
 
 def _safe(name: str) -> str:
