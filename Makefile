@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Debian's Chromium (installed when absent) for the browser tests and the demo's screenshots.
 demo: $(STAMP)
+	scripts/chromium.sh
 	$(BIN)/python -m medlab.demo
 
 check: $(STAMP)
@@ -26,8 +28,10 @@ PG_DIR ?= /tmp/medlab-pg-$(shell id -u)-$(notdir $(CURDIR))
 JOBS ?= 2  # pytest-xdist workers: the suite is CPU-bound and mostly single-threaded
 
 test: check
+	scripts/chromium.sh
 	scripts/pg.sh start $(PG_DIR)
-	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(JOBS) --dist worksteal; \
+	MEDLAB_PG_URL=$$(cat $(PG_DIR)/url) MEDLAB_BROWSER=required HYPOTHESIS_PROFILE=ci \
+	  $(BIN)/pytest -q -n $(JOBS) --dist worksteal; \
 	  status=$$?; scripts/pg.sh stop $(PG_DIR); exit $$status
 
 bench: $(STAMP)

@@ -13,6 +13,7 @@ stopped. Last, a differentially private query, showing the budget left. Output g
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -41,6 +42,7 @@ from medlab.privacy import budget as budgets
 from medlab.privacy.node_policy import set_policy
 from medlab.privacy.policy import DifferentialPrivacy, FederationPolicy, ReleasePolicy
 from medlab.privacy.query import DPQuery, answer
+from medlab.screens import Screens
 from medlab.studies.spec import ComparativeAnalysis, StudySpec, load_spec
 from medlab.synth.generate import records, synthesize
 
@@ -234,8 +236,12 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
     url = f"http://{launch.LOOPBACK}:{port}"
     processes = [launch.start_hub(hub_dir, port, logs / "hub.log")]
     stdout.print(f"hub serving on {url} (its own process); node agents dial out to it")
+    screens: Screens | None = None
     try:
-        users = _onboard(Client(url, operator), url, nodes, spec)
+        users, tokens = _onboard(Client(url, operator), url, nodes, spec)
+        tokens["olga"] = operator
+        _write_tokens(out.parent / "tokens.json", tokens)
+        screens = Screens(url, tokens, out.parent / "screenshots")
         for store in nodes:
             processes.append(launch.start_agent(store, url, logs / f"{store.stem}.log"))
         study = users["alan"].submit(spec, project=PROJECT, min_sites=len(nodes))
@@ -255,6 +261,9 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
                     seen[t.node] = t.state
                     stdout.print(f"  {t.node}: {t.state}", highlight=False)
                     if t.state == "awaiting_approval":
+                        screens.shot(
+                            "sam", f"/steward/{t.node}", "steward-waiting-task", "section.task"
+                        )
                         _approve(nodes, t.node, logs)
             latest = max((t.round for t in status.tasks), default=1)
             if latest >= shown + 10:
@@ -271,16 +280,62 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
             raise SystemExit(1)
         study.fetch(out)
         _usage_and_audit(users, study.id)
+        _screenshots(screens, study.id, nodes, out)
         return study.results()
     finally:
+        if screens is not None:
+            screens.close()
         for process in reversed(processes):
             launch.stop(process)
+
+
+def _write_tokens(path: Path, tokens: dict[str, str]) -> None:
+    """The demo users' tokens (owner-only), to sign in to the web app after the demo."""
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(tokens, indent=2) + "\n")
+
+
+def _screenshots(screens: Screens, study_id: str, nodes: list[Path], out: Path) -> None:
+    """Each workspace as its user sees it, while the hub still serves."""
+    if screens.missing:
+        stdout.print(f"no screenshots: {screens.missing}", highlight=False)
+        return
+    bundle = out.parent / "evidence.zip"
+    export_bundle(out, bundle)
+    synthetic = next(s.stem for s in nodes if s.stem != "eunomia")
+    for user, path, name, upload in (
+        ("alan", f"/studies/{study_id}", "researcher-study", None),
+        ("alan", f"/studies/{study_id}?lang=zh", "researcher-study-zh", None),
+        ("rita", f"/projects/{PROJECT}", "researcher-project", None),
+        ("alan", "/build", "researcher-builder", None),
+        ("sam", "/steward/eunomia", "steward-node", None),
+        ("sue", f"/steward/{synthetic}", "steward-synthetic-node", None),
+        ("aude", "/audit", "auditor-log", None),
+        ("aude", f"/studies/{study_id}/evidence", "auditor-evidence", None),
+        ("aude", "/verify", "auditor-verify", bundle),
+        ("olga", "/operator", "operator", None),
+    ):
+        screens.shot(user, path, name, upload=upload)
+    names = ", ".join(p.name for p in screens.saved)
+    stdout.print(
+        f"screenshots of each workspace in {screens.out}/: {names}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    stdout.print(
+        f"the web app: medlab hub serve {out.parent / 'hub'}, then http://127.0.0.1:8400/ "
+        f"(sign in with a token of {out.parent / 'tokens.json'})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 PROJECT = "nsaid-gi-safety"
 
 
-def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[str, Client]:
+def _onboard(
+    op: Client, url: str, nodes: list[Path], spec: StudySpec
+) -> tuple[dict[str, Client], dict[str, str]]:
     """The operator onboards two hospitals with their stewards, a pharma company with a
     project lead and an analyst, and a regulator's auditor; the project gets an agreement
     at every node, signed at the node by its steward and countersigned by the operator."""
@@ -295,8 +350,10 @@ def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[s
     people = [("sam", "steward", "eunomia-hospital"), ("sue", "steward", "synthetic-health")]
     people += [("rita", "researcher", "pharma-co"), ("alan", "researcher", "pharma-co")]
     people += [("aude", "auditor", "regulator")]
+    tokens = {}
     for name, role, org in people:
-        users[name] = Client(url, op.add_user(name, role, org)["token"])
+        tokens[name] = op.add_user(name, role, org)["token"]
+        users[name] = Client(url, tokens[name])
     for store in nodes:
         org = hospitals.get(store.stem, "synthetic-health")
         op.add_node(store.stem, parties.node(store).signer.public_pem, org)
@@ -321,7 +378,7 @@ def _onboard(op: Client, url: str, nodes: list[Path], spec: StudySpec) -> dict[s
         highlight=False,
         soft_wrap=True,
     )
-    return users
+    return users, tokens
 
 
 def _usage_and_audit(users: dict[str, Client], study_id: str) -> None:

@@ -1,10 +1,12 @@
 """``make demo`` runs end to end (here with fewer synthetic patients)."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from medlab.demo import main
+from medlab.screens import CHROMIUM
 
 
 def test_demo_prints_one_row_per_node(
@@ -41,6 +43,19 @@ def test_demo_prints_one_row_per_node(
     assert "offline checks pass" in printed and (out / "evidence.zip").exists()
     assert not (out / "stale.txt").exists()
     assert (out / "synthetic" / "truth.json").exists()
+    # Each workspace as a picture, taken while the hub served; the tokens to sign in again.
+    assert (out / "tokens.json").stat().st_mode & 0o077 == 0
+    assert set(json.loads((out / "tokens.json").read_text())) >= {"olga", "sam", "aude"}
+    if CHROMIUM.exists():
+        shots = {p.name for p in (out / "screenshots").glob("*.png")}
+        assert shots >= {
+            "researcher-study.png",
+            "steward-waiting-task.png",
+            "auditor-verify.png",
+            "operator.png",
+        }, shots
+        assert all(p.stat().st_size > 20_000 for p in (out / "screenshots").glob("*.png"))
+        assert "screenshots of each workspace in" in printed
 
 
 def test_demo_without_eunomia_shows_three_nodes(

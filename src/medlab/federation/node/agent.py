@@ -277,6 +277,8 @@ class Agent:
         :data:`PROFILE_SOON` seconds), and every :data:`PROFILE_EVERY` seconds."""
         while True:
             try:
+                if self._profiled < 0:  # first: the steward's pages know the node early
+                    self.send_profile()
                 new = self.poll(0.0 if once else wait)
                 done = self.work()
                 self._profile_due = self._profile_due or bool(new or done)
