@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
+from medlab import synth
 from medlab.cohorts.model import example
 from tests import federation as fed
 
+VOCABULARY = Path(synth.__file__).parent / "vocabulary"  # the synthetic nodes' vocabulary
 ANALYSES = ["incidence", "characterization", "comparative", "feasibility", "utilization"]
 
 

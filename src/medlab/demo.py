@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.table import Table
 
+from medlab import synth
 from medlab.analyses.comparative import PooledSettings
 from medlab.cdm import dq
 from medlab.cdm.fingerprint import snapshot_fingerprint
@@ -34,6 +35,7 @@ from medlab.cohorts.model import example, load_definition
 from medlab.errors import PolicyError
 from medlab.federation import launch
 from medlab.federation.client.sdk import Client
+from medlab.federation.hub import vocabulary
 from medlab.federation.hub.service import init_hub
 from medlab.federation.node.inbox import Inbox
 from medlab.ledger import parties
@@ -227,6 +229,9 @@ def _federated(spec: StudySpec, nodes: list[Path], out: Path) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     hub = init_hub(hub_dir)  # governed: projects, agreements, two approvals
     operator = hub.bootstrap("olga")
+    # The vocabulary the study builder searches: the public one the nodes share (the
+    # synthetic nodes' holds every concept of Eunomia's).
+    vocabulary.load(hub.sessions, [Path(synth.__file__).parent / "vocabulary"])
     for store in nodes:  # every node takes tasks under an agreement its steward signed only
         federation = FederationPolicy(  # Eunomia's steward approves each task
             approval="each_task" if store.stem == "eunomia" else "none", require_agreement=True
@@ -305,15 +310,16 @@ def _screenshots(screens: Screens, study_id: str, nodes: list[Path], out: Path) 
     synthetic = next(s.stem for s in nodes if s.stem != "eunomia")
     for user, path, name, upload in (
         ("alan", f"/studies/{study_id}", "researcher-study", None),
-        ("alan", f"/studies/{study_id}?lang=zh", "researcher-study-zh", None),
         ("rita", f"/projects/{PROJECT}", "researcher-project", None),
         ("alan", "/build", "researcher-builder", None),
+        ("alan", "/build/cohort?q=celecoxib", "researcher-cohort-editor", None),
         ("sam", "/steward/eunomia", "steward-node", None),
         ("sue", f"/steward/{synthetic}", "steward-synthetic-node", None),
         ("aude", "/audit", "auditor-log", None),
         ("aude", f"/studies/{study_id}/evidence", "auditor-evidence", None),
         ("aude", "/verify", "auditor-verify", bundle),
         ("olga", "/operator", "operator", None),
+        ("alan", f"/studies/{study_id}?lang=zh", "researcher-study-zh", None),  # remembered
     ):
         screens.shot(user, path, name, upload=upload)
     names = ", ".join(p.name for p in screens.saved)

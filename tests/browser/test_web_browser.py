@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests import webapp
 
 from medlab.cli.main import main
 from medlab.federation import launch
+from medlab.federation.hub import vocabulary
 from medlab.federation.hub.service import init_hub
 from medlab.federation.node.inbox import Inbox
 from medlab.ledger.parties import canonical
@@ -63,6 +65,7 @@ class Lab:
         fed.federation_policy(self.stores[2], approval="each_task", require_agreement=True)
         hub = init_hub(root / "hub")
         token = hub.bootstrap("olga")
+        vocabulary.load(hub.sessions, [webapp.VOCABULARY])
         self.port = launch.free_port()
         self.url = f"http://{launch.LOOPBACK}:{self.port}"
         self.processes = [launch.start_hub(root / "hub", self.port, root / "hub.log")]
@@ -302,6 +305,77 @@ def test_an_auditor_verifies_a_good_bundle_and_catches_a_tampered_one(
     page.goto(f"/studies/{lab.study_id}/evidence")
     for store in lab.stores:
         expect(page.locator("main")).to_contain_text(store.stem)
+    page.context.close()
+
+
+def _approve_at_node(lab: Lab, store: Path, done: set[str]) -> None:
+    """The node's steward approves its waiting task (not one approved before)."""
+    for _ in range(120):
+        waiting = [
+            t
+            for t in Inbox(store).all()
+            if t.state == "awaiting_approval" and t.task_id not in done
+        ]
+        if waiting:
+            assert main(["node", "approve", str(store), waiting[0].task_id]) == 0
+            done.add(waiting[0].task_id)
+            return
+        time.sleep(0.5)
+    raise AssertionError("no task waited at the node")
+
+
+def test_a_cohort_built_by_concept_search_shows_its_attrition_after_a_run(
+    browser: Browser, lab: Lab
+) -> None:
+    page = signed_in(browser, lab, "alan")
+    page.goto("/build/cohort")
+    page.get_by_label("Cohort name").fill("warfarin AF")
+    page.get_by_label("Name, code or concept id").fill("warfarin")
+    page.get_by_role("button", name="Search").click()
+    row = page.locator('#concepts tr[data-concept="1310149"]')
+    expect(row).to_contain_text("Warfarin")
+    page.get_by_label("New set's name").fill("warfarin")
+    row.get_by_role("button", name="Add").click()
+    expect(page.locator('table.concept-set[data-set="0"]')).to_contain_text("Warfarin")
+    page.get_by_label("Name, code or concept id").fill("atrial fibrillation")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_label("New set's name").fill("AF")
+    page.locator('#concepts tr[data-concept="313217"]').get_by_role("button", name="Add").click()
+    page.locator("#entry_domain").select_option("drug_exposure")
+    page.locator("#entry_set").select_option("0")
+    page.get_by_role("button", name="Set the entry event").click()
+    page.get_by_label("Rule name").fill("AF in the 30 days up to entry")
+    page.locator("#rule_domain").select_option("condition_occurrence")
+    page.locator("#rule_set").select_option("1")
+    page.get_by_label("From days before entry (blank: any time)").fill("30")
+    page.get_by_role("button", name="Add the rule").click()
+    expect(page.locator("#words")).to_contain_text(
+        "inclusion rule 1 (AF in the 30 days up to entry)"
+    )
+    expect(page.locator("#words")).to_contain_text("Warfarin")
+    page.get_by_role("button", name="Make a feasibility study of it").click()
+    page.get_by_label("Fewest sites that must answer").fill("3")
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url(re.compile(r"/studies/st_[0-9a-f]+$"))
+    study_id = page.url.rsplit("/", 1)[1]
+    for user in ("rita", "olga"):
+        lab.lab[user].approve(study_id)
+    _approve_at_node(lab, lab.stores[2], set())
+    page.reload()
+    expect(page.locator("#study-state")).to_have_attribute("data-state", "completed", timeout=LONG)
+    results = lab.lab["alan"].study(study_id).results()
+    (feasibility,) = results["analyses"]
+    rows = page.locator("section.analysis table").nth(0).locator("tbody tr")
+    shown = [r.locator("td").all_inner_texts() for r in rows.all()]
+    expected = [
+        [f["criterion"], "–" if f["persons"] is None else f"{f['persons']:,}"]
+        for f in feasibility["funnel"]
+    ]
+    assert [s[:2] for s in shown] == expected
+    assert any(f["criterion"] == "AF in the 30 days up to entry" for f in feasibility["funnel"])
+    funnel = _chart(page, "a0-funnel")
+    assert funnel["data"][0]["y"] == [f["criterion"] for f in feasibility["funnel"]]
+    assert funnel["data"][0]["x"] == [f["persons"] for f in feasibility["funnel"]]
     page.context.close()
 
 

@@ -5,6 +5,7 @@ Chromium over real HTTP."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ from tests import federation as fed
 from tests import governance as g
 from tests import webapp
 
+from medlab.federation.hub import vocabulary
 from medlab.federation.hub.app import create_app
 from medlab.federation.hub.service import init_hub
 from medlab.federation.node.agent import Agent
 from medlab.federation.node.inbox import Inbox
+from medlab.studies.spec import StudySpec
 from medlab.web import i18n
 
 
@@ -35,6 +38,7 @@ class Site:
         self.hub = init_hub(root / "hub")
         self.api = TestClient(create_app(self.hub), base_url="http://hub")
         self.lab = g.build(self.hub, self.api, self.stores, analyses=webapp.ANALYSES)
+        vocabulary.load(self.hub.sessions, [webapp.VOCABULARY])
         self.agents = [Agent(store, self.api) for store in self.stores]
         self.study = self.lab["alan"].submit(webapp.spec(), project="apixaban-safety", min_sites=3)
         for user in ("rita", "olga"):
@@ -312,3 +316,89 @@ def test_the_builder_submits_into_the_project(site: Site) -> None:
     assert [a["kind"] for a in status.approvals] == ["lead"]
     assert 'id="approve"' not in lead.get(f"/studies/{study_id}").text
     assert 'id="approve"' in site.page("olga", f"/studies/{study_id}").text
+
+
+# -- the cohort editor --------------------------------------------------------------------
+
+
+class Editor:
+    """A researcher's session on the cohort editor, carrying its draft from page to page."""
+
+    def __init__(self, site: Site, user: str) -> None:
+        self.client = site.browser(user)
+        self.page = self.client.get("/build/cohort").text
+
+    def field(self, name: str) -> str:
+        found = re.search(rf'name="{name}" value="([^"]*)"', self.page)
+        assert found is not None, name
+        return html.unescape(found.group(1))
+
+    def act(self, action: str, code: int = 200, **fields: str) -> str:
+        data = {"csrf": self.field("csrf"), "draft": self.field("draft"), "action": action}
+        answer = self.client.post("/build/cohort", data=data | fields)
+        assert answer.status_code == code, answer.text[-3000:]
+        self.page = answer.text
+        return self.page
+
+
+def test_a_cohort_is_built_by_concept_search_and_made_a_feasibility_study(site: Site) -> None:
+    editor = Editor(site, "alan")
+    assert "concepts in the hub&#39;s vocabulary" in editor.page
+    found = editor.act("search", q="warfarin")
+    assert 'data-concept="1310149"' in found and "Drug" in found
+    editor.act("add:1310149", q="warfarin", target="new", set_name="warfarin", descendants="yes")
+    editor.act("search", name="warfarin AF", q="313217")  # by concept id
+    assert 'data-concept="313217"' in editor.page
+    editor.act("add:313217", name="warfarin AF", target="new", set_name="AF", descendants="yes")
+    draft = json.loads(editor.field("draft"))
+    assert [s["name"] for s in draft["concept_sets"]] == ["warfarin", "AF"]
+    assert draft["concept_sets"][0]["items"] == [
+        {"concept_id": 1310149, "include_descendants": True, "is_excluded": False}
+    ]
+    page = editor.act(
+        "entry",
+        name="warfarin AF",
+        entry_domain="drug_exposure",
+        entry_set="0",
+        first="yes",
+        prior_days="365",
+    )
+    assert "entry: first drug exposure of concept set 0" in page
+    # A problem stays at its field and changes nothing.
+    before = editor.field("draft")
+    page = editor.act(
+        "rule",
+        422,
+        name="warfarin AF",
+        rule_domain="condition_occurrence",
+        rule_set="1",
+        rule_before="many",
+    )
+    assert 'id="rule-error"' in page and editor.field("draft") == before
+    page = editor.act(
+        "rule",
+        name="warfarin AF",
+        rule_name="AF in the 30 days up to entry",
+        rule_domain="condition_occurrence",
+        rule_set="1",
+        rule_before="30",
+        rule_after="0",
+    )
+    assert "inclusion rule 1 (AF in the 30 days up to entry)" in page
+    page = editor.act("study", name="warfarin AF")
+    assert "Study builder" in page and "feasibility of warfarin AF" in page
+    spec = re.search(r'<textarea id="spec_text"[^>]*>([^<]*)</textarea>', page)
+    assert spec is not None
+    document = json.loads(html.unescape(spec.group(1)))
+    assert document["analyses"] == [{"type": "feasibility", "name": "funnel", "cohort": 1}]
+    checked = StudySpec.model_validate(document)
+    assert checked.cohorts[0].definition is not None
+    assert len(checked.cohorts[0].definition.inclusion_rules) == 1
+
+
+def test_the_cohort_editor_is_for_researchers_and_keeps_a_bad_draft_out(site: Site) -> None:
+    assert site.page("aude", "/build/cohort").status_code == 403
+    editor = Editor(site, "alan")
+    data = {"csrf": editor.field("csrf"), "draft": "{not json", "action": "search", "q": "x"}
+    answer = editor.client.post("/build/cohort", data=data)
+    assert answer.status_code == 422 and "the draft was unreadable" in answer.text

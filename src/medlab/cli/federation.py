@@ -119,6 +119,29 @@ def hub_add_researcher(
     print(token)
 
 
+@hub_app.command("vocabulary")
+def hub_vocabulary(
+    directory: DirArg,
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Folders with CONCEPT.csv and CONCEPT_ANCESTOR.csv (OMOP)."),
+    ],
+    db: DbOpt = None,
+) -> None:
+    """Load the vocabulary the study builder searches, the union of the folders' (it
+    replaces the one loaded before; a hospital's local concepts, ids from 2,000,000,000,
+    are left out)."""
+    from medlab.federation.hub import vocabulary
+    from medlab.federation.hub.service import Hub
+
+    loaded = vocabulary.load(Hub(directory, db).sessions, sources)
+    stdout.print(
+        f"vocabulary loaded: {loaded.concepts:,} concepts, {loaded.ancestors:,} ancestry "
+        f"pairs ({loaded.local_skipped:,} local concepts left out)",
+        highlight=False,
+    )
+
+
 def _hub_call(call: Any) -> Any:
     from medlab.federation.hub.service import HubError
 

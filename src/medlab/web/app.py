@@ -1,6 +1,7 @@
 """The web app's routes: sign-in and out, each role's home, the static files, and every
 workspace's pages (:mod:`medlab.web.researcher`, :mod:`medlab.web.auditor`,
-:mod:`medlab.web.operator`, :mod:`medlab.web.steward`, :mod:`medlab.web.builder`)."""
+:mod:`medlab.web.operator`, :mod:`medlab.web.steward`, :mod:`medlab.web.builder`,
+:mod:`medlab.web.cohort`)."""
 
 from importlib import resources
 from typing import Annotated
@@ -11,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from medlab.federation.hub.service import Hub
 from medlab.governance.access import HubError
-from medlab.web import auditor, builder, operator, researcher, steward
+from medlab.web import auditor, builder, cohort, operator, researcher, steward
 from medlab.web.base import (
     COOKIE,
     HOME,
@@ -35,6 +36,7 @@ def install(app: FastAPI, hub: Hub) -> Web:
     app.include_router(operator.routes(web))
     app.include_router(steward.routes(web))
     app.include_router(builder.routes(web))
+    app.include_router(cohort.routes(web))
 
     @app.exception_handler(SignInNeeded)
     async def _sign_in(_: Request, exc: SignInNeeded) -> Response:

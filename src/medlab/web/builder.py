@@ -41,19 +41,7 @@ def routes(web: Web) -> APIRouter:
     hub = web.hub
 
     def form(request: Request, code: int = 200, **ctx: Any) -> Response:
-        who = web.need(request, "study_submit")
-        with hub.sessions() as s:
-            projects = [
-                p["name"] for p in gov.projects(s, who) if gov.project_role(s, who, p["name"])
-            ]
-            user = s.get(schema.User, who.name)
-            signs = user is not None and user.public_key is not None
-        values = {"project": projects[0] if projects else "", "min_sites": "1", "hours": "24"}
-        values |= ctx.pop("values", {})
-        shown = {"errors": {}, "spec_text": "", "cohorts": [], "checked": False} | ctx
-        return web.render(
-            request, "build.html", code, projects=projects, signs=signs, values=values, **shown
-        )
+        return web.render(request, "build.html", code, **form_context(web, request, **ctx))
 
     @pages.get("/build")
     def build(request: Request) -> Response:
@@ -124,6 +112,21 @@ def routes(web: Web) -> APIRouter:
         return RedirectResponse(f"/studies/{study_id}", status_code=303)
 
     return pages
+
+
+def form_context(web: Web, request: Request, spec_text: str = "", **ctx: Any) -> dict[str, Any]:
+    """What the builder's page shows: the caller's projects, whether they sign, the form's
+    values and problems (``spec_text``: the spec in the text field)."""
+    who = web.need(request, "study_submit")
+    with web.hub.sessions() as s:
+        names = [p["name"] for p in gov.projects(s, who)]
+        projects = [name for name in names if gov.project_role(s, who, name)]
+        user = s.get(schema.User, who.name)
+        signs = user is not None and user.public_key is not None
+    values = {"project": projects[0] if projects else "", "min_sites": "1", "hours": "24"}
+    values |= ctx.pop("values", {})
+    shown = {"errors": {}, "cohorts": [], "checked": False} | ctx
+    return {"projects": projects, "signs": signs, "values": values, "spec_text": spec_text} | shown
 
 
 async def _read(upload: UploadFile | None, field: str) -> tuple[str, str] | None:

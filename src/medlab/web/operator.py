@@ -36,7 +36,7 @@ def routes(web: Web) -> APIRouter:
                     select(schema.Token).order_by(schema.Token.user, schema.Token.created_at)
                 )
             ]
-            nodes = [_node(n) for n in s.scalars(select(db.Node).order_by(db.Node.name))]
+            nodes = [node_row(n) for n in s.scalars(select(db.Node).order_by(db.Node.name))]
             projects = gov.projects(s, who)
             usage = {p["name"]: metering.totals(s, p["name"])["total"] for p in projects}
         return web.render(
@@ -83,7 +83,8 @@ def _token(t: schema.Token) -> dict[str, Any]:
     }
 
 
-def _node(n: db.Node) -> dict[str, Any]:
+def node_row(n: db.Node) -> dict[str, Any]:
+    """A node as the pages show it: name, organisation, key id, last seen, version."""
     return {
         "name": n.name,
         "organisation": n.organisation,

@@ -22,6 +22,7 @@ from medlab.governance.access import HubError, Principal
 from medlab.studies.words import cohorts_in_words, releases_in_words
 from medlab.web import charts, i18n
 from medlab.web.base import Web, language
+from medlab.web.operator import node_row
 from medlab.web.results import Chart
 
 WAITING = ("awaiting_approval", "awaiting_result_review")
@@ -59,7 +60,7 @@ def routes(web: Web) -> APIRouter:
                 )
             )
             budgets = _budgets(profile, agreements)
-            facts = _node_row(row) | (
+            facts = node_row(row) | (
                 {}
                 if not history
                 else {
@@ -98,23 +99,13 @@ def _nodes(s: Session, who: Principal) -> list[db.Node]:
     return list(s.scalars(query))
 
 
-def _node_row(n: db.Node) -> dict[str, Any]:
-    return {
-        "name": n.name,
-        "organisation": n.organisation,
-        "key_id": n.key_id,
-        "last_seen": gov.iso(n.last_seen),
-        "version": n.version,
-    }
-
-
 def _summary(s: Session, n: db.Node) -> dict[str, Any]:
     """One node as the list shows it: its latest profile's checks and open tasks."""
     latest = profiles.history(s, n.name)[:1]
     profile = latest[0].profile if latest else None
     quality = _quality(profile)
     waiting = [t for t in (profile or {}).get("tasks", []) if t["state"] in WAITING]
-    return _node_row(n) | {
+    return node_row(n) | {
         "reported": profile is not None,
         "failed": None if quality is None else quality["failed"],
         "checks": None if quality is None else quality["total"],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -108,6 +109,30 @@ class NodeProfile(Base):
     profile: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Concept(Base):
+    """A concept of the vocabulary the operator loaded for the study builder's search (the
+    public OMOP vocabularies the nodes share; never a hospital's local concepts)."""
+
+    __tablename__ = "vocabulary_concepts"
+    concept_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    domain: Mapped[str] = mapped_column(String(20), index=True)
+    vocabulary: Mapped[str] = mapped_column(String(20))
+    concept_class: Mapped[str] = mapped_column(String(20))
+    standard: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    code: Mapped[str] = mapped_column(String(50))
+
+
+class ConceptAncestor(Base):
+    """An ancestor and one of its descendants (each concept is its own, at level 0)."""
+
+    __tablename__ = "vocabulary_ancestors"
+    ancestor: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    descendant: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, autoincrement=False, index=True
+    )
 
 
 class StudyFile(Base):
