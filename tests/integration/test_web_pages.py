@@ -402,3 +402,61 @@ def test_the_cohort_editor_is_for_researchers_and_keeps_a_bad_draft_out(site: Si
     data = {"csrf": editor.field("csrf"), "draft": "{not json", "action": "search", "q": "x"}
     answer = editor.client.post("/build/cohort", data=data)
     assert answer.status_code == 422 and "the draft was unreadable" in answer.text
+
+
+def test_the_builder_adds_an_analysis_from_its_settings_form(site: Site) -> None:
+    spec = webapp.spec("with a form")
+    spec["analyses"] = [a for a in spec["analyses"] if a["type"] != "comparative"]
+    text = json.dumps(spec)
+    page = _builder(
+        site, "alan", spec_text=text, action="analysis_type", analysis_type="comparative"
+    )
+    assert page.status_code == 200
+    for field in ("role.target", "setting.population.washout_period", "setting.caliper"):
+        assert f'name="{field}"' in page.text
+    assert 'value="stratification" checked' in page.text  # the defaults are shown
+    form = {
+        "analysis_type": "comparative",
+        "name": "apixaban_vs_warfarin_2",
+        "role.target": "1",
+        "role.comparator": "2",
+        "role.outcome": "3",
+        "setting.population.washout_period": "365",
+        "setting.population.remove_subjects_with_prior_outcome": "yes",
+        "setting.caliper": "0.1",
+        "setting.adjustments": ["none", "matching"],
+    }
+    # A problem shows at its field, and the spec stays as it was.
+    bad = _builder(
+        site, "alan", spec_text=text, action="add_analysis", **(form | {"setting.caliper": "wide"})
+    )
+    assert bad.status_code == 422 and 'id="setting.caliper-error"' in bad.text
+    same = _builder(
+        site, "alan", spec_text=text, action="add_analysis", **(form | {"role.outcome": "9"})
+    )
+    assert same.status_code == 422, same.status_code
+    assert "refers to cohort 9, not defined" in same.text, re.findall(
+        r"class=.error[^>]*>([^<]*)", same.text
+    )
+    twice = _builder(
+        site, "alan", spec_text=text, action="add_analysis", **(form | {"role.comparator": "1"})
+    )
+    assert twice.status_code == 422 and "the target and the comparator are the same" in twice.text
+    added = _builder(site, "alan", spec_text=text, action="add_analysis", **form)
+    assert added.status_code == 200, added.text[-2000:]
+    assert "The spec is valid" in added.text
+    found = re.search(r'<textarea id="spec_text"[^>]*>([^<]*)</textarea>', added.text)
+    assert found is not None
+    analysis = json.loads(html.unescape(found.group(1)))["analyses"][-1]
+    assert analysis == {
+        "type": "comparative",
+        "name": "apixaban_vs_warfarin_2",
+        "target": 1,
+        "comparator": 2,
+        "outcome": 3,
+        "settings": {
+            "population": {"washout_period": 365},
+            "adjustments": ["none", "matching"],
+            "caliper": 0.1,
+        },
+    }

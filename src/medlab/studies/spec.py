@@ -78,6 +78,8 @@ class ComparativeAnalysis(_Model):
 
     @model_validator(mode="after")
     def _controls_are_other_outcomes(self) -> ComparativeAnalysis:
+        if self.target == self.comparator:
+            raise ValueError("the target and the comparator are the same cohort")
         controls = {o for o, _ in self.settings.control_outcomes()}
         if controls & {self.target, self.comparator, self.outcome}:
             raise ValueError("a control outcome cannot be the target, comparator or outcome")

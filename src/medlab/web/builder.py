@@ -22,6 +22,7 @@ from medlab.governance import service as gov
 from medlab.governance.access import HubError
 from medlab.inputs import line_of, parse_document
 from medlab.studies.spec import spec_from_document
+from medlab.web import analysis_form
 from medlab.web.base import Web
 
 MAX_UPLOAD = 2 * 1024 * 1024  # a spec or a Circe file
@@ -65,6 +66,16 @@ def routes(web: Web) -> APIRouter:
         values = {"project": project, "min_sites": min_sites, "hours": hours, "circe_name": ""}
         errors: dict[str, str] = {}
         text = spec_text
+        posted = await request.form()
+        given = {k: [v for v in posted.getlist(k) if isinstance(v, str)] for k in posted}
+        kind = (given.get("analysis_type") or [""])[0]
+        adding = action in ("analysis_type", "add_analysis") and kind in analysis_form.MODELS
+        shown: dict[str, Any] = {}
+        if adding:
+            keep = given if action == "add_analysis" else {}
+            shown = {"analysis": analysis_form.form_of(kind), "analysis_values": keep}
+        if action == "analysis_type":
+            return form(request, values=values, spec_text=text, **shown)
         try:
             uploaded = await _read(spec_file, "spec_file")
             if uploaded is not None:
@@ -78,7 +89,15 @@ def routes(web: Web) -> APIRouter:
             deadline = _whole(hours, "hours", 1, 30 * 24) * 3600
         except Problem as p:
             errors[p.field] = p.message
-            return form(request, 422, values=values, errors=errors, spec_text=text)
+            return form(request, 422, values=values, errors=errors, spec_text=text, **shown)
+        if adding and action == "add_analysis":
+            added, problems_at = _add_analysis(document, kind, given)
+            if problems_at:
+                shown["analysis_errors"] = problems_at
+                return form(request, 422, values=values, spec_text=text, **shown)
+            document = added
+            text = _as_yaml(document) if yaml_syntax else _as_json(document)
+            shown = {}
         spec, problems = spec_from_document(document)
         if spec is None:
             errors["spec_text"] = "; ".join(
@@ -114,6 +133,43 @@ def routes(web: Web) -> APIRouter:
     return pages
 
 
+def _add_analysis(
+    document: dict[str, Any], kind: str, given: dict[str, list[str]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The spec with the analysis the form says appended, or the problems at the form's
+    fields (the spec is then left as it was)."""
+    analysis, problems = analysis_form.analysis_from(kind, given)
+    if problems:
+        return document, problems
+    index = len(document.get("analyses") or [])
+    candidate = document | {"analyses": [*(document.get("analyses") or []), analysis]}
+    _, found = spec_from_document(candidate)
+    mine: dict[str, str] = {}
+    for path, message in found:
+        field = analysis_form.field_of(path, index)
+        if field is None and f"analyses[{index}]" in message:  # a check of the whole spec
+            field = "analysis"
+        if field is not None:
+            mine.setdefault(field, f"{path}: {message}")
+    return (document, mine) if mine else (candidate, {})
+
+
+def _cohorts_of(text: str) -> list[dict[str, Any]]:
+    """The cohorts (id and name) of the spec in the text field, as far as it reads."""
+    try:
+        document, _ = _document(text, "the spec")
+    except Problem:
+        return []
+    cohorts = document.get("cohorts")
+    if not isinstance(cohorts, list):
+        return []
+    return [
+        {"id": c.get("id"), "name": str(c.get("name", ""))[:100]}
+        for c in cohorts
+        if isinstance(c, dict) and isinstance(c.get("id"), int)
+    ]
+
+
 def form_context(web: Web, request: Request, spec_text: str = "", **ctx: Any) -> dict[str, Any]:
     """What the builder's page shows: the caller's projects, whether they sign, the form's
     values and problems (``spec_text``: the spec in the text field)."""
@@ -125,7 +181,11 @@ def form_context(web: Web, request: Request, spec_text: str = "", **ctx: Any) ->
         signs = user is not None and user.public_key is not None
     values = {"project": projects[0] if projects else "", "min_sites": "1", "hours": "24"}
     values |= ctx.pop("values", {})
-    shown = {"errors": {}, "cohorts": [], "checked": False} | ctx
+    shown = {"errors": {}, "cohorts": [], "checked": False, "analysis": None} | ctx
+    shown.setdefault("analysis_values", {})
+    shown.setdefault("analysis_errors", {})
+    shown["analysis_types"] = list(analysis_form.MODELS)
+    shown["spec_cohorts"] = _cohorts_of(spec_text)
     return {"projects": projects, "signs": signs, "values": values, "spec_text": spec_text} | shown
 
 
