@@ -403,3 +403,35 @@ def test_the_pages_work_on_a_tablet_and_in_chinese(browser: Browser, lab: Lab) -
     page.keyboard.press("Tab")  # the first stop is the skip link
     assert page.evaluate("document.activeElement.className") == "skip"
     page.context.close()
+
+
+_UNNAMED = """() => [...document.querySelectorAll(
+  'input:not([type=hidden]), select, textarea, button, a[href], [role=img]')]
+  .filter(e => e.offsetParent !== null || e.getClientRects().length)
+  .filter(e => {
+    const labelled = e.labels && e.labels.length;
+    const named = (e.getAttribute('aria-label') || e.getAttribute('aria-labelledby')
+      || e.getAttribute('title') || (e.textContent || '').trim());
+    return !(labelled || named);
+  }).map(e => e.outerHTML.slice(0, 120))"""
+
+
+def test_every_control_of_every_workspace_has_a_name(browser: Browser, lab: Lab) -> None:
+    """Each page's form fields, buttons, links and charts carry an accessible name, the page
+    has one h1 and its language."""
+    assert lab.study_id is not None
+    pages = {
+        "alan": ["/projects", f"/studies/{lab.study_id}", "/build", "/build/cohort?q=warfarin"],
+        "steward-hospital_c": ["/steward", "/steward/hospital_c"],
+        "aude": ["/audit", f"/studies/{lab.study_id}/evidence", "/verify"],
+        "olga": ["/operator"],
+    }
+    for user, paths in pages.items():
+        page = signed_in(browser, lab, user)
+        for path in paths:
+            page.goto(path)
+            page.wait_for_load_state()
+            assert page.evaluate(_UNNAMED) == [], (user, path)
+            assert page.locator("h1").count() == 1, path
+            assert page.evaluate("document.documentElement.lang") in ("en", "zh-Hans")
+        page.context.close()
