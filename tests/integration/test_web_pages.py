@@ -18,7 +18,7 @@ from tests import federation as fed
 from tests import governance as g
 from tests import webapp
 
-from medlab.federation.hub import vocabulary
+from medlab.federation.hub import profiles, vocabulary
 from medlab.federation.hub.app import create_app
 from medlab.federation.hub.service import init_hub
 from medlab.federation.node.agent import Agent
@@ -460,3 +460,25 @@ def test_the_builder_adds_an_analysis_from_its_settings_form(site: Site) -> None
             "caliper": 0.1,
         },
     }
+
+
+def test_a_node_profile_carries_no_count_from_the_nodes_log(
+    site: Site, eunomia_store: Path
+) -> None:
+    """A node's log says how many rows each load wrote; the profile leaves such numbers at
+    the node and keeps only an entry's place, round, policy number and budget."""
+    from medlab.federation.node.profile import log_entries
+
+    allowed = {"index", "round", "version_no", "epsilon", "rho"}
+
+    def numbers(log: list[dict[str, Any]]) -> set[str]:
+        return {k for e in log for k, v in e.items() if type(v) in (int, float)}
+
+    for store in (eunomia_store, site.stores[0]):
+        found = numbers(log_entries(store))
+        assert found - allowed == set() and "index" in found
+    loads = [e for e in log_entries(eunomia_store) if e["type"] == "data_loaded"]
+    assert loads and all("rows" not in e and "fingerprint" in e for e in loads)
+    with site.hub.sessions() as s:
+        (row, *_) = profiles.history(s, "hospital_a")
+    assert numbers(row.profile["log"]) <= allowed

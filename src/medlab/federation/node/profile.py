@@ -124,19 +124,29 @@ def _quality(con: Any, fingerprint: str) -> DQSummary:
     return DQSummary(fingerprint=fingerprint, checked_at=now, checks=checks)
 
 
+# The only numbers a log entry keeps in the profile: where it stands in the log, a round,
+# a policy's number and a budget (the profile carries budgets anyway). Any other number of
+# an entry (the rows a load wrote, say) stays at the node.
+_NUMBERS = frozenset({"index", "round", "version_no", "epsilon", "rho"})
+
+
 def log_entries(store: Path, newest: int = LOG_ENTRIES) -> list[dict[str, Any]]:
     """The newest entries of the node's transparency log, each as its index, time, type
-    and the scalar fields of its statement (what the log itself makes public)."""
+    and the text and yes/no fields of its statement (identifiers, hashes, names, who)."""
     found = []
     for e in entries(parties.node(store).log_dir)[-newest:]:
         statement = e["statement"] if isinstance(e.get("statement"), dict) else {}
-        row = {k: v for k, v in {**e, **statement}.items() if _scalar(v) and k != "signature"}
+        row = {k: v for k, v in {**e, **statement}.items() if _kept(k, v)}
         found.append({k: (v[:300] if isinstance(v, str) else v) for k, v in row.items()})
     return found
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
+def _kept(key: str, value: Any) -> bool:
+    if key == "signature":
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return key in _NUMBERS
+    return value is None or isinstance(value, str | bool)
 
 
 def as_json(profile: NodeProfile) -> dict[str, Any]:
