@@ -175,3 +175,32 @@ def test_sources_scanned_together_count_as_each_alone(
         monkeypatch.setattr(dq, "_SOURCES_TOGETHER", 1)  # one query per source
         alone = run_checks(con).to_dict()
     assert together == alone and together["failed"] > 0
+
+
+def test_a_snapshot_is_checked_once_for_the_profile_and_the_study_run(
+    synth_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node agent's profile and a study run read the same kept checks: one scan per
+    snapshot, and keeping them leaves the snapshot's fingerprint as it was."""
+    from tests import federation as fed
+
+    from medlab.cdm import dq
+    from medlab.cdm.fingerprint import snapshot_fingerprint
+    from medlab.federation.node import profile
+    from medlab.studies import local
+
+    (store,) = fed.copy_sites(synth_small, tmp_path, ("hospital_a",))
+    scans = []
+    real = dq.run_checks
+    monkeypatch.setattr(dq, "run_checks", lambda con: scans.append(1) or real(con))
+    with open_store(store, read_only=True) as con:
+        before, _ = snapshot_fingerprint(con)
+    first = profile.build(store)
+    assert profile.build(store).dq == first.dq
+    with open_store(store) as con:
+        summary = local._quality(con, before)
+        after, _ = snapshot_fingerprint(con)
+    assert len(scans) == 1 and after == before
+    assert first.dq is not None and first.dq.fingerprint == before
+    failed = sum(not c.passed for c in first.dq.checks)
+    assert summary == {"passed": len(first.dq.checks) - failed, "failed": failed}

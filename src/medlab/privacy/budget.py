@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from medlab.cdm import outbox
-from medlab.cdm.store import META_SCHEMA, fetch_first, open_store
+from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, rows_if_recorded
 from medlab.errors import BudgetError
 
 TABLES = (
@@ -90,6 +90,16 @@ def read(con: duckdb.DuckDBPyConnection, project: str) -> Budget | None:
         [project],
     )
     return None if row is None else Budget(project, *(float(v) for v in row))
+
+
+def every(con: duckdb.DuckDBPyConnection) -> list[Budget]:
+    """Every project's budget on the node, by project (none before the first grant)."""
+    rows = rows_if_recorded(
+        con,
+        f"""SELECT project, epsilon_granted, epsilon_spent, rho_granted, rho_spent
+            FROM {META_SCHEMA}.privacy_budget ORDER BY project""",
+    )
+    return [Budget(row[0], *(float(v) for v in row[1:])) for row in rows]
 
 
 def grant(

@@ -32,7 +32,7 @@ from medlab.analyses import (
 )
 from medlab.analyses import comparative_release as comparative_out
 from medlab.analyses.scope import Scope
-from medlab.cdm.dq import run_checks
+from medlab.cdm.dq import kept
 from medlab.cdm.fingerprint import record_snapshot, recorded_snapshot, snapshot_fingerprint
 from medlab.cdm.store import META_SCHEMA, fetch_first, open_store, store_lock
 from medlab.cohorts.engine import generate
@@ -189,8 +189,9 @@ def _quality(con: duckdb.DuckDBPyConnection, fingerprint: str) -> dict[str, int]
     if found is not None:
         summary: dict[str, int] = json.loads(found[0])
         return summary
-    report = run_checks(con)
-    summary = {"passed": len(report.results) - len(report.failed), "failed": len(report.failed)}
+    checks: Any = kept(con, fingerprint)["checks"]
+    failed = sum(not c["passed"] for c in checks)
+    summary = {"passed": len(checks) - failed, "failed": failed}
     con.execute(f"INSERT INTO {META_SCHEMA}.store_info VALUES (?, ?)", [key, json.dumps(summary)])
     return summary
 

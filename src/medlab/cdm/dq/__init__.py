@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -9,7 +11,7 @@ from itertools import groupby
 import duckdb
 
 from medlab.cdm.dq.catalogue import Check, all_checks
-from medlab.cdm.store import fetch_one
+from medlab.cdm.store import META_SCHEMA, fetch_first, fetch_one
 
 __all__ = ["Check", "CheckResult", "QualityReport", "all_checks", "run_checks"]
 
@@ -108,3 +110,19 @@ def run_checks(
             for c in group:
                 found[order[id(c)]] = CheckResult(c, int(next(values)), int(next(values)))
     return QualityReport([found[i] for i in range(len(checks))])
+
+
+def kept(con: duckdb.DuckDBPyConnection, fingerprint: str) -> dict[str, object]:
+    """Every check's result on the snapshot ``fingerprint`` (``{"checked_at": ISO time,
+    "checks": [CheckResult.to_dict()...]}``): run once per snapshot and kept in the store's
+    metadata, so a study run and the node agent's profile scan the store once between
+    loads (the checks take long on large nodes). ``con`` must be able to write."""
+    key = f"dq_checks.{fingerprint}"
+    found = fetch_first(con, f"SELECT value FROM {META_SCHEMA}.store_info WHERE key = ?", [key])
+    if found is not None:
+        report: dict[str, object] = json.loads(found[0])
+        return report
+    checked = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report = {"checked_at": checked, "checks": run_checks(con).to_dict()["checks"]}
+    con.execute(f"INSERT INTO {META_SCHEMA}.store_info VALUES (?, ?)", [key, json.dumps(report)])
+    return report

@@ -23,9 +23,9 @@ import httpx
 from medlab.errors import StoreBusy, UsageError
 from medlab.federation.common import auth
 from medlab.federation.node import agreements
+from medlab.federation.node import profile as profiles
 from medlab.federation.node.checks import decide
 from medlab.federation.node.inbox import Inbox, LocalTask
-from medlab.federation.node.profile import Profiler, as_json
 from medlab.ledger import parties
 from medlab.ledger.keys import key_id
 from medlab.privacy.node_policy import node_policy
@@ -71,7 +71,6 @@ class Agent:
                 )
             self.inbox.pin_hub_key(key_id(hub_key), hub_key)
         self._hub_key = hub_key or (pinned[1] if pinned else None)
-        self._profiler: Profiler | None = None
         self._profiled = -PROFILE_EVERY  # the first loop sends it
         self._profile_due = False  # tasks arrived or moved since the last profile
 
@@ -259,14 +258,12 @@ class Agent:
     def send_profile(self) -> None:
         """Tell the hub the node's profile (policy, data quality, budgets, open tasks, log)
         for its steward's pages; a hub that does not take profiles is left alone."""
-        if self._profiler is None:
-            self._profiler = Profiler(self.store)
         try:
-            profile = self._profiler.build()
+            profile = profiles.build(self.store)
         except StoreBusy:
             return  # the store is in use: the next loop sends it
         try:
-            self._request("POST", "/api/v1/node/profile", as_json(profile))
+            self._request("POST", "/api/v1/node/profile", profiles.as_json(profile))
         except HubRefused as exc:
             self.say(f"the hub did not take the node's profile ({exc.detail})")
         self._profiled, self._profile_due = time.monotonic(), False

@@ -2,13 +2,13 @@
 policy in words, its data-quality checks (shares and thresholds, never counts), its privacy
 budgets per project, the tasks it holds and the newest entries of its transparency log.
 
-The checks run once per snapshot of the store (its fingerprint): a store that did not change
-is not scanned again.
+The checks run once per snapshot of the store (its fingerprint) and are kept in it
+(:func:`medlab.cdm.dq.kept`, shared with the study run): a store that did not change is not
+scanned again.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +16,7 @@ from typing import Any, cast
 from medlab import __version__
 from medlab.cdm import dq
 from medlab.cdm.fingerprint import snapshot_fingerprint
-from medlab.cdm.store import META_SCHEMA, open_store, rows_if_recorded, store_lock
+from medlab.cdm.store import open_store, store_lock
 from medlab.federation.common.messages import (
     FINAL,
     DQCheck,
@@ -30,98 +30,72 @@ from medlab.federation.common.messages import (
 from medlab.federation.node.inbox import Inbox
 from medlab.governance.audit import entries
 from medlab.ledger import parties
+from medlab.privacy import budget
 from medlab.privacy.node_policy import describe, node_policy
-from medlab.recent import Recent
 
 LOG_ENTRIES = 200  # the newest entries of the node's log that the profile carries
-_BUDGETS = f"""SELECT project, epsilon_granted, epsilon_spent, rho_granted, rho_spent
-    FROM {META_SCHEMA}.privacy_budget ORDER BY project"""
 
 
-# The data-quality summaries of the snapshots seen last, by store and fingerprint: every
-# agent of the process on the same snapshot reads the same summary, scanned once.
-_CHECKED: Recent[DQSummary] = Recent(16)
+def build(store: Path) -> NodeProfile:
+    """The node's profile now (:class:`medlab.errors.StoreBusy` when someone holds the
+    store: a profile never waits for the store, the agent sends it later)."""
+    with store_lock(store, timeout=0):
+        return _build(store)
 
 
-class Profiler:
-    """Builds a node's profile."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def build(self) -> NodeProfile:
-        """The node's profile now (:class:`medlab.errors.StoreBusy` when someone holds the
-        store: a profile never waits for the store, the agent sends it later)."""
-        with store_lock(self.store, timeout=0):
-            return self._build()
-
-    def _build(self) -> NodeProfile:
-        stored = node_policy(self.store)
-        with open_store(self.store, read_only=True) as con:
-            fingerprint, _ = snapshot_fingerprint(con)
-            quality = _CHECKED.get(
-                (str(self.store.resolve()), fingerprint), lambda: _quality(con, fingerprint)
-            )
-            budgets = [
-                ProfileBudget(
-                    project=row[0],
-                    epsilon_granted=float(row[1]),
-                    epsilon_spent=float(row[2]),
-                    rho_granted=float(row[3]),
-                    rho_spent=float(row[4]),
-                )
-                for row in rows_if_recorded(con, _BUDGETS)
-            ]
-        tasks = [
-            ProfileTask(
-                task_id=t.task_id,
-                study_id=t.study_id,
-                study=str((t.envelope.get("spec") or {}).get("name", "?"))[:300],
-                state=cast(TaskState, t.state),
-                received_at=t.received_at,
-            )
-            for t in Inbox(self.store).all()
-            if t.state not in FINAL
-        ]
-        policy = stored.policy
-        return NodeProfile(
-            agent_version=__version__,
-            store=str(self.store)[:300],
-            policy=ProfilePolicy(
-                version=policy.version,
-                digest=policy.digest(),
-                version_no=stored.version_no,
-                set_at=stored.set_at,
-                set_by=stored.set_by,
-                words=describe(policy),
-            ),
-            dq=quality,
-            budgets=budgets,
-            tasks=tasks,
-            log=log_entries(self.store),
+def _build(store: Path) -> NodeProfile:
+    stored = node_policy(store)
+    with open_store(store) as con:  # the checks are kept in it, once per snapshot
+        fingerprint, _ = snapshot_fingerprint(con)
+        quality = _quality(fingerprint, dq.kept(con, fingerprint))
+        budgets = [ProfileBudget.model_validate(vars(b)) for b in budget.every(con)]
+    tasks = [
+        ProfileTask(
+            task_id=t.task_id,
+            study_id=t.study_id,
+            study=str((t.envelope.get("spec") or {}).get("name", "?"))[:300],
+            state=cast(TaskState, t.state),
+            received_at=t.received_at,
         )
+        for t in Inbox(store).all()
+        if t.state not in FINAL
+    ]
+    policy = stored.policy
+    return NodeProfile(
+        agent_version=__version__,
+        store=str(store)[:300],
+        policy=ProfilePolicy(
+            version=policy.version,
+            digest=policy.digest(),
+            version_no=stored.version_no,
+            set_at=stored.set_at,
+            set_by=stored.set_by,
+            words=describe(policy),
+        ),
+        dq=quality,
+        budgets=budgets,
+        tasks=tasks,
+        log=log_entries(store),
+    )
 
 
-def _quality(con: Any, fingerprint: str) -> DQSummary:
-    report = dq.run_checks(con)
-    checks = []
-    for r in report.results:
-        c = r.check
-        checks.append(
-            DQCheck(
-                name=c.name,
-                check=c.kind,
-                category=c.category,
-                table=c.table,
-                field=c.field,
-                description=c.description[:1000],
-                pct_violated=round(r.pct_violated, 2),
-                threshold=c.threshold,
-                passed=r.passed,
-            )
+def _quality(fingerprint: str, report: dict[str, Any]) -> DQSummary:
+    """The kept checks as the profile carries them: shares and thresholds, never counts."""
+    checks = [
+        DQCheck(
+            name=c["name"],
+            check=c["check"],
+            category=c["category"],
+            table=c["table"],
+            field=c["field"],
+            description=str(c["description"])[:1000],
+            pct_violated=round(c["pct_violated"], 2),
+            threshold=c["threshold"],
+            passed=c["passed"],
         )
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return DQSummary(fingerprint=fingerprint, checked_at=now, checks=checks)
+        for c in report["checks"]
+    ]
+    return DQSummary(fingerprint=fingerprint, checked_at=report["checked_at"], checks=checks)
 
 
 # The only numbers a log entry keeps in the profile: where it stands in the log, a round,
