@@ -93,6 +93,28 @@ def test_signing_in_gives_each_role_its_workspace(site: Site) -> None:
         assert f"Signed in as {user}" in page.text
 
 
+def test_the_session_cookie_the_headers_and_the_scripts_stay_on_the_hub(site: Site) -> None:
+    """The session cookie is HttpOnly and SameSite=Strict; every page has a strict CSP and
+    loads scripts from the hub only (Plotly from its Python package); the browser's language
+    picks the page's, and ?lang= is remembered."""
+    client = TestClient(site.api.app, base_url="http://hub", follow_redirects=False)
+    answer = client.post("/signin", data={"token": site.lab.tokens["alan"], "next": "/"})
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    page = client.get(f"/studies/{site.study.id}")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    scripts = re.findall(r'<script[^>]* src="([^"]+)"', page.text)
+    assert scripts == ["/static/plotly.min.js", "/static/app.js"]
+    plotly = client.get("/static/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    assert "://" not in "".join(re.findall(r'(?:src|href)="([^"]+)"', page.text))
+    chinese = client.get("/studies", headers={"accept-language": "zh-CN,zh;q=0.9"})
+    assert '<html lang="zh-Hans">' in chinese.text
+    client.get("/studies?lang=zh")
+    assert '<html lang="zh-Hans">' in client.get("/projects").text
+
+
 def test_a_wrong_token_is_refused_and_no_session_sends_to_sign_in(site: Site) -> None:
     client = site.browser(None)
     answer = client.post("/signin", data={"token": "nope", "next": "/studies"})

@@ -197,6 +197,10 @@ class _StoreLock:
                 time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let go of one hold (the outermost one frees the store for others)."""
         self.depth -= 1
         if self.depth == 0:
             self._release_kept()  # DuckDB checkpoints before another process opens it
@@ -222,7 +226,7 @@ def store_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.__exit__()
+        lock.release()
 
 
 def _lock_of(path: Path) -> _StoreLock:

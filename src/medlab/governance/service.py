@@ -519,14 +519,7 @@ def approve(s: Session, who: Principal, study: Any) -> tuple[str, bool]:
     both are in now."""
     if study.state != "submitted":
         states.check(states.STUDY_MOVES, f"study {study.id}", study.state, "running", set())
-    if who.name == study.researcher:
-        raise forbidden("no one approves their own submission")
-    if who.role == "operator":
-        kind = "reviewer"
-    elif project_role(s, who, study.project) == "lead":
-        kind = "lead"
-    else:
-        raise forbidden(f"only a lead of {study.project} or the operator approves")
+    kind = approval_kind(s, who, study.researcher, study.project)
     done = s.scalars(select(schema.Approval).where(schema.Approval.study_id == study.id)).all()
     if any(x.user == who.name for x in done):
         raise _conflict(f"{who.name} approved {study.id} already; a second person must")
@@ -538,6 +531,19 @@ def approve(s: Session, who: Principal, study: Any) -> tuple[str, bool]:
     except IntegrityError:
         raise _conflict(f"the {kind} approval of {study.id} is in already") from None
     return kind, len({x.kind for x in done} | {kind}) == 2
+
+
+def approval_kind(s: Session, who: Principal, researcher: str | None, project: str | None) -> str:
+    """The kind of approval ``who`` gives a study ``researcher`` submitted in ``project``:
+    ``reviewer`` (the operator) or ``lead`` (the project's); 403 for anyone else and for the
+    submitter."""
+    if who.name == researcher:
+        raise forbidden("no one approves their own submission")
+    if who.role == "operator":
+        return "reviewer"
+    if project is not None and project_role(s, who, project) == "lead":
+        return "lead"
+    raise forbidden(f"only a lead of {project} or the operator approves")
 
 
 def approvals(s: Session, study_id: str) -> list[dict[str, Any]]:

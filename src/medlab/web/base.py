@@ -79,8 +79,14 @@ class Web:
     # -- who is asking --------------------------------------------------------------
 
     def session(self, request: Request) -> tuple[Principal, str] | None:
-        """The signed-in user and their token (None: no valid session)."""
-        token = request.cookies.get(COOKIE)
+        """The signed-in user and their token (None: no valid session), looked up once per
+        request."""
+        if not hasattr(request.state, "session"):
+            request.state.session = self._session(request.cookies.get(COOKIE))
+        found: tuple[Principal, str] | None = request.state.session
+        return found
+
+    def _session(self, token: str | None) -> tuple[Principal, str] | None:
         if not token:
             return None
         try:

@@ -90,7 +90,7 @@ def routes(web: Web) -> APIRouter:
         except Problem as p:
             errors[p.field] = p.message
             return form(request, 422, values=values, errors=errors, spec_text=text, **shown)
-        if adding and action == "add_analysis":
+        if adding:  # the add_analysis action (analysis_type returned above)
             added, problems_at = _add_analysis(document, kind, given)
             if problems_at:
                 shown["analysis_errors"] = problems_at

@@ -8,6 +8,7 @@ The page keeps no state: the definition being edited travels in the form (``draf
 each action returns it changed; nothing is stored before the study is submitted.
 """
 
+import copy
 import json
 from typing import Annotated, Any
 
@@ -32,11 +33,11 @@ class Draft:
     def __init__(self, text: str) -> None:
         self.errors: dict[str, str] = {}
         try:
-            data = json.loads(text) if text.strip() else json.loads(json.dumps(EMPTY))
+            data = json.loads(text) if text.strip() else None
         except json.JSONDecodeError:
-            data, self.errors["draft"] = json.loads(json.dumps(EMPTY)), "the draft was unreadable"
+            data, self.errors["draft"] = None, "the draft was unreadable"
         if not isinstance(data, dict):
-            data = json.loads(json.dumps(EMPTY))
+            data = copy.deepcopy(EMPTY)
         self.data: dict[str, Any] = data
         self.data.setdefault("concept_sets", [])
         self.data.setdefault("primary", {"criteria": []})

@@ -145,15 +145,13 @@ def routes(web: Web) -> APIRouter:
 
 
 def _approver(s: Session, who: Principal, status: StudyStatus) -> bool:
-    """Whether ``who`` may still approve the submitted study (the project's lead or the
-    operator, never its submitter, one approval of each kind)."""
-    if who.name == status.researcher or status.project is None:
+    """Whether ``who`` may still approve the submitted study (the rule of
+    :func:`medlab.governance.service.approval_kind`, one approval of each kind)."""
+    try:
+        kind = gov.approval_kind(s, who, status.researcher, status.project)
+    except HubError:
         return False
-    kind = "reviewer" if who.role == "operator" else None
-    if who.role == "researcher" and gov.project_role(s, who, status.project) == "lead":
-        kind = "lead"
-    done = {(a["kind"], a["user"]) for a in status.approvals}
-    return kind is not None and all(k != kind and u != who.name for k, u in done)
+    return all(a["kind"] != kind and a["user"] != who.name for a in status.approvals)
 
 
 def _safe(name: str) -> str:

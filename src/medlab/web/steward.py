@@ -101,8 +101,8 @@ def _nodes(s: Session, who: Principal) -> list[db.Node]:
 
 def _summary(s: Session, n: db.Node) -> dict[str, Any]:
     """One node as the list shows it: its latest profile's checks and open tasks."""
-    latest = profiles.history(s, n.name)[:1]
-    profile = latest[0].profile if latest else None
+    newest = profiles.latest(s, n.name)
+    profile = None if newest is None else newest.profile
     quality = _quality(profile)
     waiting = [t for t in (profile or {}).get("tasks", []) if t["state"] in WAITING]
     return node_row(n) | {
@@ -175,19 +175,19 @@ def _waiting(
         task = rows.get(task_id)
         envelope = task.envelope if task is not None else {}
         spec = envelope.get("spec") or {}
-        state = reported.get(task_id, {}).get("state") or (task.state if task else "?")
+        told = reported.get(task_id, {})  # what the node said of it
         shown.append(
             {
                 "task_id": task_id,
-                "state": state,
-                "study_id": envelope.get("study_id") or reported.get(task_id, {}).get("study_id"),
-                "study": spec.get("name") or reported.get(task_id, {}).get("study", "?"),
+                "state": told.get("state") or (task.state if task else "?"),
+                "study_id": envelope.get("study_id") or told.get("study_id"),
+                "study": spec.get("name") or told.get("study", "?"),
                 "project": envelope.get("project"),
                 "researcher": envelope.get("researcher"),
                 "round": envelope.get("round", 1),
                 "agreement": envelope.get("agreement"),
                 "epsilon": envelope.get("epsilon"),
-                "received_at": reported.get(task_id, {}).get("received_at"),
+                "received_at": told.get("received_at"),
                 "cohorts": cohorts_in_words(spec),
                 "releases": releases_in_words(spec),
                 "approve": f"medlab node approve {store} {shlex.quote(task_id)} --by {by}",

@@ -31,15 +31,10 @@ def record(sessions: sessionmaker[Session], node: str, data: Any) -> None:
     body = profile.model_dump(mode="json")
     found = digest(body)
     with db.transaction(sessions) as s:
-        latest = s.scalars(
-            select(db.NodeProfile)
-            .where(db.NodeProfile.node == node)
-            .order_by(db.NodeProfile.id.desc())
-            .limit(1)
-        ).first()
+        newest = latest(s, node)
         now = db.utcnow()
-        if latest is not None and latest.digest == found:
-            latest.seen_at = now
+        if newest is not None and newest.digest == found:
+            newest.seen_at = now
         else:
             fingerprint = None if profile.dq is None else profile.dq.fingerprint
             s.add(
@@ -73,13 +68,19 @@ def _prune(s: Session, node: str) -> None:
         seen.add(fingerprint)
 
 
-def history(s: Session, node: str) -> list[db.NodeProfile]:
-    """The node's newest profiles, newest first."""
+def history(s: Session, node: str, most: int = HISTORY) -> list[db.NodeProfile]:
+    """The node's newest profiles (at most ``most``), newest first."""
     return list(
         s.scalars(
             select(db.NodeProfile)
             .where(db.NodeProfile.node == node)
             .order_by(db.NodeProfile.id.desc())
-            .limit(HISTORY)
+            .limit(most)
         )
     )
+
+
+def latest(s: Session, node: str) -> db.NodeProfile | None:
+    """The node's profile now (None: its agent never reported)."""
+    found = history(s, node, 1)
+    return found[0] if found else None
