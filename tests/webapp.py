@@ -92,7 +92,7 @@ def released_numbers(results: dict[str, Any]) -> list[float]:
         if isinstance(value, bool) or value is None:
             return
         if isinstance(value, int | float):
-            found.append(float(value))
+            found.extend((float(value), abs(float(value))))  # a chart may draw |SMD|
         elif isinstance(value, dict):
             for v in value.values():
                 walk(v)

@@ -250,6 +250,20 @@ def test_the_researcher_watches_it_complete_and_reads_km_and_forest(
     expected = [p["at_risk"] for p in rows if p["arm"] == "target"]
     at_risk = [None if s == "–" else int(s.replace(",", "")) for s in shown]
     assert at_risk == expected[: len(shown)] and len(shown) > 3
+    # Each covariate's balance: per site, |SMD| before against after the adjustment, for
+    # every covariate whose both values were released.
+    scatter = _chart(page, f"{key}-covariates")
+    for trace, per_site in zip(scatter["data"], comparative["per_site"], strict=True):
+        rows = [
+            r
+            for r in per_site["covariate_balance"]
+            if r["smd_before"] is not None and r["smd_after"][adjustment] is not None
+        ]
+        assert trace["name"] == per_site["site"]
+        assert trace["x"] == [abs(r["smd_before"]) for r in rows]
+        assert trace["y"] == [abs(r["smd_after"][adjustment]) for r in rows]
+        assert trace["meta"]["covariates"] == [r["covariate"] for r in rows]
+    assert sum(len(t["x"]) for t in scatter["data"]) > 10
     page.context.close()
 
 

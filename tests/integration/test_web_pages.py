@@ -212,6 +212,7 @@ def test_the_study_page_shows_every_analysis_with_its_charts(site: Site) -> None
     _, charts = webapp.page_numbers(page)
     kinds = {c["layout"]["title"]["text"].split(": ")[-1] for c in charts}
     assert "Kaplan–Meier curves" in kinds, kinds
+    assert any(k.startswith("Covariate balance, ") for k in kinds), kinds  # each covariate's
 
 
 def test_no_page_of_a_finished_study_shows_a_number_it_did_not_release(site: Site) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import sparse
 
+from medlab.analyses import balance as bal
 from medlab.analyses import estimation as est
 from medlab.analyses.cox import Interval, Ties
 from medlab.analyses.matching import CaliperScale, match_on_ps
@@ -102,6 +103,11 @@ class ComparativeSettings(BaseModel):
     positive_controls: Annotated[list[PositiveControl], Field(max_length=200)] = Field(
         default_factory=list
     )
+    # The covariates whose balance the release shows one by one (CohortMethod's
+    # ``covariateFilter``): named here, never chosen from the data.
+    balance_covariates: Annotated[
+        list[Annotated[str, Field(pattern=bal.COVARIATE.pattern)]], Field(max_length=500)
+    ] = Field(default_factory=lambda: list(bal.DEFAULT))
     km_step_days: Annotated[int, Field(ge=1, le=3650)] = 30
     km_horizon_days: Annotated[int, Field(ge=1, le=MAX_DAYS)] = 1800
     pooled: PooledSettings | None = None
@@ -138,6 +144,8 @@ class ComparativeSettings(BaseModel):
         concepts = [c for c in self.negative_controls if not isinstance(c, int)]
         if len(set(controls)) != len(controls) or len(set(concepts)) != len(concepts):
             raise ValueError("each control outcome once")
+        if len(set(self.balance_covariates)) != len(self.balance_covariates):
+            raise ValueError("each balance covariate once")
         return self
 
     def control_outcomes(self) -> list[tuple[int, float]]:
@@ -193,6 +201,8 @@ class SiteResult:
     auc: float = float("nan")
     followup: dict[str, float] = field(default_factory=dict)  # mean days at risk per arm
     controls: list[Control] = field(default_factory=list)
+    # Per population ("before", then each adjustment), each balance covariate's cell.
+    covariate_balance: dict[str, dict[str, bal.Cell]] = field(default_factory=dict)
 
 
 _BINS = np.linspace(0, 1, 21)
@@ -364,6 +374,8 @@ def local(
         members = people[treatment == value]
         bin_persons[arm] = [frozenset(int(p) for p in members[bins == i]) for i in range(20)]
     before = float(np.abs(est.standardized_differences(x, treatment)).max())
+    named = settings.balance_covariates
+    balance = {bal.BEFORE: bal.cells(x, cov.ids, named, treatment, people, np.ones(len(people)))}
     model = _Model(settings.cox_ties, settings.cox_ci, settings.iptw_variance == "robust")
     estimates = []
     km: dict[str, list[dict[str, object]]] = {}
@@ -386,6 +398,9 @@ def local(
         estimates.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, after, *model))
         km[adjustment] = est.kaplan_meier(adj.frame, adj.weights, **grid)
         arms[adjustment] = _arms(adj.frame)
+        balance[adjustment] = bal.cells(
+            kept_x, cov.ids, named, kept_t, people[adj.keep], adj.balance
+        )
     controls = []
     for control, true_log_hr in settings.control_outcomes():
         frame, _ = outcome_population(fetched, outcome_days(con, fetched.frame, control), s)
@@ -419,4 +434,5 @@ def local(
         fitted.auc,
         followup,
         controls,
+        balance,
     )

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from medlab.analyses import balance as bal
 from medlab.analyses import meta
 from medlab.analyses.comparative import Arms, ComparativeSettings, Control, SiteResult
 from medlab.analyses.estimation import Estimate
 from medlab.analyses.scope import Scope
 from medlab.privacy.release import (
+    Balance,
     Cells,
     Constraint,
     Curve,
@@ -246,6 +248,7 @@ def to_release(site: SiteResult, scope: Scope, analysis: Any) -> Release:
                     population=kept,
                 )
             )
+    elements.append(_balance(site, settings, steps, populations))
     auc = _finite(site.auc)
     elements.append(Statistic("ps_auc", auc, population, "proportion", None, everyone))
     for arm in _ARMS:
@@ -297,6 +300,41 @@ def to_release(site: SiteResult, scope: Scope, analysis: Any) -> Release:
         "controls": [[outcome, true_log_hr] for outcome, true_log_hr in controls],
     }
     return Release("comparative", site.site, tuple(elements), labels)
+
+
+def _balance(
+    site: SiteResult,
+    settings: ComparativeSettings,
+    steps: list[dict[str, Population]],
+    populations: dict[str, Population],
+) -> Balance:
+    """Each balance covariate's SMD before adjustment (on the final step's arms) and after
+    each adjustment (on the arms of its model), keyed by the settings alone."""
+    columns = [bal.BEFORE, *settings.adjustments]
+    arms: dict[str, dict[str, Population]] = {}
+    if steps:
+        arms[bal.BEFORE] = {arm: steps[-1][f"{arm}_persons"] for arm in _ARMS}
+    for adjustment in settings.adjustments:
+        if f"{adjustment}:target_persons" in populations:
+            arms[adjustment] = {arm: populations[f"{adjustment}:{arm}_persons"] for arm in _ARMS}
+    computed = site.covariate_balance
+    cell = {
+        c: {column: computed[column][c] for column in columns if c in computed.get(column, {})}
+        for c in settings.balance_covariates
+    }
+    return Balance(
+        "covariate_balance",
+        {
+            c: {
+                column: _finite(cell[c][column].smd) if column in cell[c] else None
+                for column in columns
+            }
+            for c in settings.balance_covariates
+        },
+        arms,
+        {c: {k: v.counts for k, v in cell[c].items()} for c in cell},
+        {c: {k: v.contributions for k, v in cell[c].items()} for c in cell},
+    )
 
 
 def _log_scale(model: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -368,9 +406,19 @@ def released_site(part: Released) -> dict[str, Any]:
                     "refused": model["refused"],
                 }
             )
+    shown = v.get("covariate_balance") or {}
+    balance = [
+        {
+            "covariate": c,
+            "smd_before": row.get(bal.BEFORE),
+            "smd_after": {a: row.get(a) for a in part.labels["adjustments"]},
+        }
+        for c, row in shown.items()
+    ]
     return {
         "site": part.site,
         "estimates": estimates,
+        "covariate_balance": balance,
         "controls": controls,
         "ps_auc": v.get("ps_auc"),
         "followup_mean_days": {arm: v.get(f"followup:{arm}") for arm in _ARMS},

@@ -31,6 +31,7 @@ something about the data). Per element type:
 - statistics: released when they summarize at least ``min_group_size`` persons, a
   proportion's numerator and complement pass the count rule, and the audit does not flag
   the population; at their kind's precision.
+- per-covariate balance: arms, holders and lackers, dominance (:mod:`.balance_rule`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from medlab.privacy import cellkey, dp
+from medlab.privacy import balance_rule, cellkey, dp
 from medlab.privacy.audit import Auditor
 from medlab.privacy.curves import curve_points
 from medlab.privacy.margins import complementary
@@ -51,6 +52,7 @@ from medlab.privacy.precision import mean_and_sd_steps, round_to
 from medlab.privacy.release import (
     _GATE,
     WITHHELD,
+    Balance,
     Cells,
     Curve,
     Decision,
@@ -87,6 +89,18 @@ def count_rule(policy: ReleasePolicy, n: float) -> str | None:
     rounded = policy.round_count(int(n))
     if 0 < rounded < policy.min_cell_count:
         return f"rounded count below {policy.min_cell_count}"
+    return None
+
+
+def dominated(policy: ReleasePolicy, largest: tuple[float, ...], magnitude: float) -> str | None:
+    """Which dominance rule a total of contributions (``largest`` of them, the sum of all
+    their absolute values ``magnitude``) breaks, or None."""
+    top = sorted((abs(v) for v in largest), reverse=True)
+    d = policy.dominance
+    if magnitude > 0 and sum(top[: d.n]) > d.k * magnitude:
+        return f"dominance: the {d.n} largest exceed {d.k:.0%} of the total"
+    if top and magnitude - sum(top[:2]) < d.p * top[0]:
+        return f"dominance: p% rule (p = {d.p:.0%})"
     return None
 
 
@@ -358,16 +372,10 @@ class _Gate:
         self.note(sums.name)
         withheld: dict[str, Any] = {"n": None, "mean": None, "sd": None}
         reason = None
-        largest = sorted((abs(v) for v in sums.largest), reverse=True)
-        d = self.policy.dominance
         if sums.n < self.policy.min_group_size:
             reason = f"fewer than {self.policy.min_group_size} contributors"
-        elif self.dp_on:
-            reason = None  # the noise bounds what one person moves; dominance is data-dependent
-        elif sums.magnitude > 0 and sum(largest[: d.n]) > d.k * sums.magnitude:
-            reason = f"dominance: the {d.n} largest exceed {d.k:.0%} of the total"
-        elif largest and sums.magnitude - sum(largest[:2]) < d.p * largest[0]:
-            reason = f"dominance: p% rule (p = {d.p:.0%})"
+        elif not self.dp_on:  # under DP the noise bounds what one person moves
+            reason = dominated(self.policy, sums.largest, sums.magnitude)
         if reason:
             self.record(sums.name, "totals", reason, "withheld")
             return withheld
@@ -509,6 +517,8 @@ class _Gate:
             return self.model(element)
         if isinstance(element, Curve):
             return self.curve(element)
+        if isinstance(element, Balance):
+            return balance_rule.released(self, element)
         return self.statistic(element)
 
 

@@ -3,7 +3,8 @@
 A local step describes its aggregates as a :class:`Release` made of a few element types —
 counts under additive constraints (:class:`Cells`), nested counts in order (:class:`Steps`),
 sums of a continuous value (:class:`Sums`), a fitted model (:class:`Model`), a survival curve
-(:class:`Curve`) and single statistics (:class:`Statistic`). Only the release gate turns a
+(:class:`Curve`), single statistics (:class:`Statistic`) and per-covariate balance
+(:class:`Balance`). Only the release gate turns a
 :class:`Release` into a :class:`Released`, the one type a combine step accepts.
 
 **The shape of a release is fixed before any data is read.** Every row, stratum, step, grid
@@ -153,7 +154,26 @@ class Statistic:
     population: Population | None = None
 
 
-Element = Cells | Steps | Sums | Model | Curve | Statistic
+@dataclass(frozen=True)
+class Balance:
+    """Per covariate (named by the spec) and population (before adjustment, after each
+    adjustment), the standardized difference of the covariate's means between two arms
+    (``smd[covariate][population]``). Node-internal: ``populations[population]`` the persons
+    of each arm; ``counts[covariate][population]`` the persons holding and lacking a binary
+    covariate in each arm (each must pass the count rule; none for a continuous one);
+    ``contributions[covariate][population]``, per (weighted) mean, its largest contributions
+    and the sum of all of them (the dominance rules)."""
+
+    name: str
+    smd: dict[str, dict[str, float | None]]
+    populations: dict[str, dict[str, Population]] = field(default_factory=dict)
+    counts: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    contributions: dict[str, dict[str, tuple[tuple[tuple[float, ...], float], ...]]] = field(
+        default_factory=dict
+    )
+
+
+Element = Cells | Steps | Sums | Model | Curve | Statistic | Balance
 
 
 @dataclass(frozen=True)

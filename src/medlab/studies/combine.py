@@ -70,6 +70,23 @@ def _estimate_row(e: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _balance_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per site, adjustment and balance covariate, the SMD before and after adjustment (the
+    long form of CohortMethod's ``cm_covariate_balance``)."""
+    return [
+        {
+            "site": site["site"],
+            "adjustment": adjustment,
+            "covariate": row["covariate"],
+            "std_diff_before": row["smd_before"],
+            "std_diff_after": after,
+        }
+        for site in body.get("per_site", [])
+        for row in site.get("covariate_balance", [])
+        for adjustment, after in row["smd_after"].items()
+    ]
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("")
@@ -216,6 +233,7 @@ def _analysis(
     elif isinstance(a, ComparativeAnalysis):
         body = _comparative(a, parts[None])
         _write_csv(out / f"{a.name}_estimates.csv", [_estimate_row(e) for e in body["estimates"]])
+        _write_csv(out / f"{a.name}_balance.csv", _balance_rows(body))
     elif isinstance(a, IncidenceAnalysis):
         body = {"rates": [asdict(r) for r in incidence.combine(_released(parts[None]))]}
         _write_csv(out / f"{a.name}_rates.csv", body["rates"])

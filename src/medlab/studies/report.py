@@ -212,7 +212,41 @@ def _km_plot(analysis: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"{site['site']}: covariate balance")
         name = f"{analysis['name']}_{site['site']}_balance.png"
         _save(fig, out, name, images)
+        scatter = _covariate_scatter(site)
+        if scatter is not None:
+            _save(scatter, out, f"{analysis['name']}_{site['site']}_covariates.png", images)
     return images
+
+
+def _covariate_scatter(site: dict[str, Any]) -> Any:
+    """Each balance covariate's |SMD| before adjustment against after each adjustment
+    (CohortMethod's balance scatter plot), or None when none was released."""
+    rows = site.get("covariate_balance") or []
+    adjustments = [e["adjustment"] for e in site["estimates"] if e["adjustment"] != "none"]
+    points = {
+        a: [
+            (abs(r["smd_before"]), abs(r["smd_after"][a]))
+            for r in rows
+            if r["smd_before"] is not None and r["smd_after"].get(a) is not None
+        ]
+        for a in adjustments
+    }
+    if not any(points.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    top = max([0.11] + [v for p in points.values() for xy in p for v in xy]) * 1.05
+    for adjustment, xy in points.items():
+        if xy:
+            ax.scatter([x for x, _ in xy], [y for _, y in xy], s=14, alpha=0.6, label=adjustment)
+    ax.plot([0, top], [0, top], linestyle="dashed", color="grey", linewidth=1)
+    ax.axhline(0.1, color="red", linewidth=1)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("|SMD| before adjustment")
+    ax.set_ylabel("|SMD| after adjustment")
+    ax.set_title(f"{site['site']}: balance of each covariate")
+    ax.legend()
+    return fig
 
 
 def _at_risk_rows(ax: Any, rows: list[dict[str, Any]]) -> None:

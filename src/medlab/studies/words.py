@@ -10,7 +10,8 @@ RELEASES = {
     "incidence": "persons, outcomes and person-time by stratum, rates with intervals",
     "characterization": "per covariate of the spec's covariate set: counts, means, SDs",
     "comparative": "attrition counts, per adjustment HR with CI, counts and events, "
-    "KM curve on the spec's grid, balance (SMD), preference-score histogram, diagnostics",
+    "KM curve on the spec's grid, balance (max SMD, and the SMD of each covariate the spec "
+    "names), preference-score histogram, diagnostics",
     "feasibility": "the funnel of inclusion rules, eligible persons by year",
     "utilization": "persons per drug and year, treatment pathways",
     "federated_mean": "masked shares of the cohort's count and sums of age at entry "

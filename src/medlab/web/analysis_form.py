@@ -1,7 +1,7 @@
 """The builder's analysis form, read from the analyses' own models: for each analysis type
 its cohort roles (target, comparator, outcome, cohort, cohorts) and every simple setting
-(a choice, a number, a yes/no, a set of choices; nested settings such as the comparative
-population's one level down), each with its default. Settings a form cannot say (lists of
+(a choice, a number, a yes/no, a set of choices, a list of ids or names; nested settings
+such as the comparative population's one level down), each with its default. Settings a form cannot say (lists of
 windows, controls, pooled estimation) stay in the spec's text.
 
 What a researcher fills in becomes one analysis of the spec; only the settings that differ
@@ -29,7 +29,7 @@ class Setting:
     """One setting as a form field."""
 
     name: str  # its path under ``settings``, dotted (``population.washout_period``)
-    kind: Literal["choice", "number", "yes", "choices", "ids"]
+    kind: Literal["choice", "number", "yes", "choices", "ids", "names"]
     default: Any
     options: list[Any] = field(default_factory=list)
     optional: bool = False
@@ -76,6 +76,8 @@ def settings_of(
             found.append(Setting(path, "choices", default, options, optional))
         elif origin is list and _unwrap(get_args(annotation)[0])[0] is int:
             found.append(Setting(path, "ids", default, [], optional))
+        elif origin is list and _unwrap(get_args(annotation)[0])[0] is str:
+            found.append(Setting(path, "names", default, [], optional))
         elif (
             isinstance(annotation, type)
             and issubclass(annotation, BaseModel)
@@ -126,6 +128,10 @@ def analysis_from(kind: str, form: dict[str, Any]) -> tuple[dict[str, Any], dict
                 errors[s.field] = "concept ids, separated by commas"
                 continue
             value = [int(p) for p in parts] if parts or not s.optional else None
+        elif s.kind == "names":
+            text = str(raw[0]) if raw else ""
+            names = text.replace(";", " ").replace(",", " ").split()
+            value = names or s.default  # an empty field keeps the default list
         else:
             text = str(raw[0]).strip() if raw else ""
             if not text:

@@ -194,6 +194,68 @@ def balance(sites: list[dict[str, Any]], _: Say) -> Figure:
     return {"data": data, "layout": layout}
 
 
+def covariate_label(name: str, _: Say) -> str:
+    """A balance covariate's name in words (``gender:8532`` is female)."""
+    kind, _sep, value = name.partition(":")
+    fixed = {"age": _("age in years"), "charlson_index": _("Charlson index")}
+    if name in fixed:
+        return fixed[name]
+    if kind == "gender":
+        return {"8507": _("male"), "8532": _("female")}.get(value, name)
+    if kind == "age_group" and value.isdigit():
+        return _("age {low}–{high}", low=value, high=int(value) + 4)
+    words = {
+        "condition": _("condition in the year before (concept {id})"),
+        "condition_any_time_prior": _("condition any time before (concept {id})"),
+        "drug": _("drug in the year before (concept {id})"),
+        "procedure": _("procedure in the year before (concept {id})"),
+        "index_year": _("index year {id}"),
+    }
+    return words[kind].format(id=value) if kind in words else name
+
+
+def covariate_balance(sites: list[dict[str, Any]], adjustment: str, _: Say) -> Figure:
+    """Per site, each balance covariate's |SMD| before adjustment against after
+    ``adjustment`` (CohortMethod's ``plotCovariateBalanceScatterPlot``: absolute values, the
+    same range on both axes, the diagonal 'no change'; the red line is the 0.1 threshold).
+    A covariate the gate withheld before or after is left out, as CohortMethod leaves out
+    missing ones; the hover gives the signed values."""
+    data = []
+    for site in sites:
+        rows = [
+            r
+            for r in site.get("covariate_balance") or []
+            if r["smd_before"] is not None and (r["smd_after"] or {}).get(adjustment) is not None
+        ]
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": site["site"],
+                "x": [abs(r["smd_before"]) for r in rows],
+                "y": [abs(r["smd_after"][adjustment]) for r in rows],
+                "text": [covariate_label(r["covariate"], _) for r in rows],
+                "customdata": [[r["smd_before"], r["smd_after"][adjustment]] for r in rows],
+                "hovertemplate": "%{text}: %{customdata[0]} → %{customdata[1]}<extra>"
+                + site["site"]
+                + "</extra>",
+                "marker": {"size": 9, "opacity": 0.7},
+                "meta": {"covariates": [r["covariate"] for r in rows]},
+            }
+        )
+    top = max([0.11] + [v for t in data for v in t["x"] + t["y"]]) * 1.05
+    layout = _layout(
+        _("Covariate balance, {adjustment}", adjustment=adjustment),
+        xaxis={"title": {"text": _("|SMD| before adjustment")}, "range": [0, top]},
+        yaxis={"title": {"text": _("|SMD| after adjustment")}, "range": [0, top]},
+        shapes=[
+            {"type": "line", "x0": 0, "y0": 0, "x1": top, "y1": top, "line": {"dash": "dot"}},
+            {"type": "line", "x0": 0, "x1": top, "y0": 0.1, "y1": 0.1, "line": {"color": "red"}},
+        ],
+    )
+    return {"data": data, "layout": layout}
+
+
 def preference(sites: list[dict[str, Any]], _: Say) -> Figure:
     """Each site's preference-score distribution per arm, as the share of the arm in each
     of the 20 bins (a withheld bin is a gap)."""

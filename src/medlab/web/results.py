@@ -111,6 +111,14 @@ def _comparative(section: Section, a: dict[str, Any], asked: str | None, key: st
         section.charts.append(
             Chart(f"{key}-balance", _("Covariate balance"), charts.balance(sites, _))
         )
+    if any(s.get("covariate_balance") for s in sites):
+        section.charts.append(
+            Chart(
+                f"{key}-covariates",
+                _("Balance of each covariate before and after {adjustment}", adjustment=adjustment),
+                charts.covariate_balance(sites, adjustment, _),
+            )
+        )
     if any(s.get("preference_histogram") for s in sites):
         section.charts.append(
             Chart(
@@ -127,6 +135,16 @@ def _comparative(section: Section, a: dict[str, Any], asked: str | None, key: st
         "forest": rows,
         "risk_tables": risk_tables,
         "sites": sites,
+        "covariate_rows": [
+            {
+                "site": site["site"],
+                "label": charts.covariate_label(r["covariate"], _),
+                "before": r["smd_before"],
+                "after": (r["smd_after"] or {}).get(adjustment),
+            }
+            for site in sites
+            for r in site.get("covariate_balance") or []
+        ],
     }
 
 

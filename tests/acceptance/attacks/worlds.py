@@ -29,8 +29,11 @@ TARGET = 999
 MARKER = 777  # only the target has it
 
 
-def build(tmp: Path, secret: bool, *, persons: int = 160) -> Path:
-    """A node store of the world, with the secret true or false."""
+def build(
+    tmp: Path, secret: bool, *, persons: int = 160, prior_condition: int | None = None
+) -> Path:
+    """A node store of the world, with the secret true or false (``prior_condition``: when
+    the secret holds she also has this diagnosis, in 2010, before any index date)."""
     rng = random.Random(20261201)
     w = World()
     for pid in range(1, persons + 1):
@@ -52,6 +55,8 @@ def build(tmp: Path, secret: bool, *, persons: int = 160) -> Path:
     w.condition(TARGET, 100, "2010-01-01")
     w.drug(TARGET, 210, "2011-02-01", days_supply=365)
     w.drug(TARGET, MARKER, "2011-02-01")
+    if secret and prior_condition is not None:
+        w.condition(TARGET, prior_condition, "2010-06-01")
     if secret:
         w.condition(TARGET, 102, "2011-05-01")
         w.add(

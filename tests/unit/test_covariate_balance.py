@@ -1,0 +1,203 @@
+"""Per-covariate balance: the SMD as CohortMethod computes it, the spec's covariate list, and
+the release gate's rule for it, tried in two worlds that differ by one person."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from scipy import sparse
+
+from medlab.analyses import balance as bal
+from medlab.analyses.comparative import ComparativeSettings
+from medlab.privacy import gate
+from medlab.privacy.audit import Auditor
+from medlab.privacy.persons import PersonKeys
+from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
+from medlab.privacy.release import Balance, Population, Release
+
+SECRET = b"k" * 32
+
+
+def _cohortmethod_smd(x: np.ndarray, t: np.ndarray) -> float:
+    """CohortMethod's ``computeMeansPerGroup`` without weighting, written out: per arm the
+    mean ``sum / n`` and ``sd = sqrt((sumSqr - sum^2 / n) / n)``, then
+    ``stdDiff = (meanTarget - meanComparator) / sqrt((sdTarget^2 + sdComparator^2) / 2)``."""
+    stats = []
+    for arm in (1, 0):
+        v = x[t == arm]
+        n, total, squares = len(v), v.sum(), (v**2).sum()
+        stats.append((total / n, np.sqrt((squares - total**2 / n) / n)))
+    (mt, st), (mc, sc) = stats
+    return float((mt - mc) / np.sqrt((st**2 + sc**2) / 2))
+
+
+def test_unweighted_smd_is_cohortmethods() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    t = (rng.random(n) < 0.4).astype(int)
+    binary = (rng.random(n) < np.where(t == 1, 0.5, 0.3)).astype(float)
+    age = rng.integers(40, 90, n) / 90
+    x = sparse.csr_matrix(np.c_[binary, age])
+    cells = bal.cells(
+        x, ["condition:1", "age"], ["condition:1", "age"], t, np.arange(n), np.ones(n)
+    )
+    assert cells["condition:1"].smd == pytest.approx(_cohortmethod_smd(binary, t), rel=1e-12)
+    assert cells["age"].smd == pytest.approx(_cohortmethod_smd(age, t), rel=1e-12)
+
+
+def test_weighted_smd_uses_the_balance_weights() -> None:
+    # Weighted means and variances sum(w x) / sum(w), sum(w (x - m)^2) / sum(w) per arm, the
+    # weights the released maximum |SMD| uses (matching 1/k, strata, IPTW).
+    rng = np.random.default_rng(5)
+    n = 300
+    t = (rng.random(n) < 0.5).astype(int)
+    v = (rng.random(n) < 0.3).astype(float)
+    w = rng.uniform(0.2, 3.0, n)
+    moments = []
+    for arm in (1, 0):
+        wa, va = w[t == arm], v[t == arm]
+        m = (wa * va).sum() / wa.sum()
+        moments.append((m, (wa * (va - m) ** 2).sum() / wa.sum()))
+    (mt, vt), (mc, vc) = moments
+    cells = bal.cells(sparse.csr_matrix(v[:, None]), ["drug:7"], ["drug:7"], t, np.arange(n), w)
+    assert cells["drug:7"].smd == pytest.approx((mt - mc) / np.sqrt((vt + vc) / 2), rel=1e-12)
+
+
+def test_holders_and_lackers_are_counted_in_persons_per_arm() -> None:
+    # Person 1 has two entries holding the covariate: one holder, not two.
+    x = sparse.csr_matrix(np.array([[1.0], [1.0], [0.0], [1.0], [0.0], [0.0]]))
+    t = np.array([1, 1, 1, 0, 0, 0])
+    people = np.array([1, 1, 2, 3, 4, 5])
+    cell = bal.cells(x, ["gender:8532"], ["gender:8532"], t, people, np.ones(6))["gender:8532"]
+    assert cell.counts == (1, 1, 1, 2)  # target held, lacked; comparator held, lacked
+
+
+def test_a_covariate_nobody_has_is_there_with_nobody_holding_it() -> None:
+    x = sparse.csr_matrix(np.ones((4, 1)))
+    t = np.array([1, 1, 0, 0])
+    cells = bal.cells(x, ["age"], ["age", "drug:9"], t, np.arange(4), np.ones(4))
+    assert set(cells) == {"age", "drug:9"}
+    assert cells["drug:9"].counts == (0, 2, 0, 2) and cells["drug:9"].smd == 0.0
+
+
+def test_the_spec_names_the_covariates() -> None:
+    assert ComparativeSettings().balance_covariates == list(bal.DEFAULT)
+    named = ComparativeSettings(balance_covariates=["age", "condition_any_time_prior:201826"])
+    assert named.balance_covariates == ["age", "condition_any_time_prior:201826"]
+    with pytest.raises(ValidationError) as bad:
+        ComparativeSettings(balance_covariates=["age", "condition:12; DROP TABLE"])
+    assert bad.value.errors()[0]["loc"] == ("balance_covariates", 1)
+    with pytest.raises(ValidationError, match="each balance covariate once"):
+        ComparativeSettings(balance_covariates=["age", "age"])
+
+
+# -- the gate's rule, in two worlds ---------------------------------------------------------
+
+
+def _arms(n_target: int = 50, n_comparator: int = 60) -> dict[str, Population]:
+    return {
+        "target": Population("t", frozenset(range(n_target))),
+        "comparator": Population("c", frozenset(range(1000, 1000 + n_comparator))),
+    }
+
+
+def _element(
+    counts: tuple[int, ...] = (20, 30, 25, 35),
+    weights: tuple[tuple[tuple[float, ...], float], ...] | None = None,
+    smd: float = 0.123456,
+    arms: dict[str, Population] | None = None,
+) -> Balance:
+    parts = weights if weights is not None else (((1.0,) * 20, 20.0),)
+    return Balance(
+        "covariate_balance",
+        {"condition:5": {"before": smd}},
+        {"before": arms or _arms()},
+        {"condition:5": {"before": counts}},
+        {"condition:5": {"before": parts}},
+    )
+
+
+def _shown(element: Balance, policy: ReleasePolicy | None = None, **node: object) -> object:
+    side = gate.NodeSide(**node)  # type: ignore[arg-type]
+    out = gate.apply(policy or ReleasePolicy(), Release("comparative", "s", (element,)), side)
+    return out.values["covariate_balance"]["condition:5"]["before"]
+
+
+def test_an_smd_leaves_rounded_when_every_rule_holds() -> None:
+    assert _shown(_element()) == 0.12  # two significant digits (precision.smd)
+
+
+@pytest.mark.parametrize("arm", [0, 1, 2, 3])
+def test_one_person_more_holding_or_lacking_is_the_threshold_in_both_worlds(arm: int) -> None:
+    # World A: a count of 9 (one person short of the minimum) in one place; world B: 10 —
+    # 10 rounds (midpoint-6) to 9 and is withheld too; 13 is the first shown.
+    for small, shown in ((9, False), (10, False), (13, True)):
+        counts = [20, 30, 25, 35]
+        counts[arm] = small
+        value = _shown(_element(tuple(counts)))
+        assert (value is not None) is shown, (arm, small)
+
+
+def test_a_covariate_one_person_holds_is_withheld_whether_she_holds_it_or_not() -> None:
+    # The attacker names a covariate only the target person can hold: with her (1 holder)
+    # and without her (0), the view is the same.
+    assert _shown(_element((1, 49, 0, 60))) is None
+    assert _shown(_element((0, 50, 0, 60))) is None
+    # Zeros allowed: 0 holders may show, one holder never does.
+    zeros = ReleasePolicy(allow_zeros=True)
+    assert _shown(_element((1, 49, 0, 60)), zeros) is None
+
+
+def test_a_small_arm_withholds_every_covariate_of_its_population() -> None:
+    assert _shown(_element(arms=_arms(n_target=9))) is None
+
+
+def test_one_heavy_weight_among_the_holders_withholds_it() -> None:
+    # IPTW: 20 holders, one of weight 10 and the rest 0.05 — the mean is hers.
+    heavy = (((10.0, *(0.05,) * 19), 10.95),)
+    assert _shown(_element(weights=heavy)) is None
+    even = (((1.0,) * 20, 20.0),)
+    assert _shown(_element(weights=even)) == 0.12
+
+
+def test_under_differential_privacy_only_with_exact_models() -> None:
+    dp = DifferentialPrivacy(enabled=True)
+    noisy = ReleasePolicy(count_protection="differential_privacy", differential_privacy=dp)
+    assert _shown(_element(), noisy, loss=1.0) is None
+    exact = noisy.model_copy(
+        update={"differential_privacy": dp.model_copy(update={"exact_models": True})}
+    )
+    assert _shown(_element(), exact, loss=1.0) == 0.12
+
+
+def test_a_population_the_audit_flags_withholds_its_balance(tmp_path: Path) -> None:
+    # A second study whose comparator arm is the first's plus one person: the audit flags it
+    # and the balance of that population is withheld, as its counts are.
+    con = duckdb.connect(str(tmp_path / "audit.duckdb"))
+    con.execute("CREATE SCHEMA medlab")
+    audit = Auditor(con, PersonKeys(SECRET), 10)
+    first = {
+        "target": Population("t", frozenset(range(50)), "comparative", ("a",)),
+        "comparator": Population("c", frozenset(range(1000, 1060)), "comparative", ("a",)),
+    }
+    audit.begin("r1")
+    assert _shown(_element(arms=first), auditor=audit) == 0.12
+    audit.save()
+    plus_one = dict(first)
+    plus_one["comparator"] = Population(
+        "c+1", frozenset([*range(1000, 1060), 5000]), "comparative", ("b",)
+    )
+    audit.begin("r2")
+    assert _shown(_element(arms=plus_one), auditor=audit) is None
+
+
+def test_the_keys_are_the_specs_whatever_the_data() -> None:
+    # A site that computed nothing (no arms) releases the same keys, every value withheld.
+    empty = Balance("covariate_balance", {"condition:5": {"before": None, "iptw": None}})
+    out = gate.apply(ReleasePolicy(), Release("comparative", "s", (empty,)), gate.NodeSide())
+    assert out.values["covariate_balance"] == {"condition:5": {"before": None, "iptw": None}}
+    assert out.values["covariate_balance"].keys() == {"condition:5"}
