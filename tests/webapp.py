@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medlab import synth
+from medlab.analyses import balance as bal
 from medlab.cohorts.model import example
 from tests import federation as fed
 
@@ -21,6 +22,13 @@ def spec(name: str = "web apixaban") -> dict[str, Any]:
     """The tests' federated study with a feasibility and a utilization analysis added, so
     its page shows every kind of result."""
     found = fed.spec(name)
+    for analysis in found["analyses"]:  # each covariate's balance over the vocabulary too
+        if analysis["type"] == "comparative":
+            analysis.setdefault("settings", {})["balance_covariates"] = [
+                *bal.DEFAULT,
+                "condition_any_time_prior:*",
+                "drug:*",
+            ]
     warfarin = example("warfarin_af_new_users").to_data()
     found["cohorts"].append({"id": 4, "name": "warfarin AF new users", "definition": warfarin})
     found["analyses"] += [

@@ -308,6 +308,12 @@ def _screenshots(screens: Screens, study_id: str, nodes: list[Path], out: Path) 
     bundle = out.parent / "evidence.zip"
     export_bundle(out, bundle)
     synthetic = next(s.stem for s in nodes if s.stem != "eunomia")
+    screens.shot(
+        "alan",
+        f"/studies/{study_id}?adjustment=matching",
+        "researcher-covariate-balance",
+        element="figure.chart:has([id$='-covariates'])",
+    )
     for user, path, name, upload in (
         ("alan", f"/studies/{study_id}", "researcher-study", None),
         ("rita", f"/projects/{PROJECT}", "researcher-project", None),

@@ -57,10 +57,11 @@ class Screens:
         name: str,
         until: str | None = None,
         upload: Path | None = None,
+        element: str | None = None,
     ) -> Path | None:
         """``path`` as ``user`` sees it, saved as ``NAME.png`` (``until``: a selector to wait
         for, reloading, up to 30 s; ``upload``: a file given to the page's file field and
-        the form sent)."""
+        the form sent; ``element``: a selector of the one part of the page to picture)."""
         if self._browser is None:
             return None
         page = self._page(user)
@@ -80,7 +81,10 @@ class Screens:
             timeout=30_000,
         )
         target = self.out / f"{name}.png"
-        page.screenshot(path=str(target), full_page=True)
+        if element is not None:
+            page.locator(element).first.screenshot(path=str(target))
+        else:
+            page.screenshot(path=str(target), full_page=True)
         self.saved.append(target)
         return target
 

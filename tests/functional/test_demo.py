@@ -50,6 +50,7 @@ def test_demo_prints_one_row_per_node(
         shots = {p.name for p in (out / "screenshots").glob("*.png")}
         assert shots >= {
             "researcher-study.png",
+            "researcher-covariate-balance.png",
             "researcher-cohort-editor.png",
             "steward-waiting-task.png",
             "auditor-verify.png",

@@ -17,7 +17,7 @@ from medlab.privacy import gate
 from medlab.privacy.audit import Auditor
 from medlab.privacy.persons import PersonKeys
 from medlab.privacy.policy import DifferentialPrivacy, ReleasePolicy
-from medlab.privacy.release import Balance, Population, Release
+from medlab.privacy.release import Balance, Contributions, Population, Release
 
 SECRET = b"k" * 32
 
@@ -107,11 +107,11 @@ def _arms(n_target: int = 50, n_comparator: int = 60) -> dict[str, Population]:
 
 def _element(
     counts: tuple[int, ...] = (20, 30, 25, 35),
-    weights: tuple[tuple[tuple[float, ...], float], ...] | None = None,
+    weights: tuple[Contributions, ...] | None = None,
     smd: float = 0.123456,
     arms: dict[str, Population] | None = None,
 ) -> Balance:
-    parts = weights if weights is not None else (((1.0,) * 20, 20.0),)
+    parts = weights if weights is not None else (Contributions((1.0,) * 10, 20.0, 20),)
     return Balance(
         "covariate_balance",
         {"condition:5": {"before": smd}},
@@ -158,10 +158,23 @@ def test_a_small_arm_withholds_every_covariate_of_its_population() -> None:
 
 def test_one_heavy_weight_among_the_holders_withholds_it() -> None:
     # IPTW: 20 holders, one of weight 10 and the rest 0.05 — the mean is hers.
-    heavy = (((10.0, *(0.05,) * 19), 10.95),)
+    heavy = (Contributions((10.0, *(0.05,) * 9), 10.95, 20),)
     assert _shown(_element(weights=heavy)) is None
-    even = (((1.0,) * 20, 20.0),)
+    even = (Contributions((1.0,) * 10, 20.0, 20),)
     assert _shown(_element(weights=even)) == 0.12
+
+
+def test_contributions_not_kept_count_as_large_as_the_smallest_kept() -> None:
+    # A rule over the 15 largest, of which 10 were kept: the other 5 are taken at the 10th.
+    kept = Contributions(tuple(float(v) for v in range(20, 10, -1)), 400.0, 40)
+    assert kept.padded(15) == (*range(20, 10, -1), 11, 11, 11, 11, 11)
+    assert kept.padded(2) == (20.0, 19.0)
+    assert Contributions((3.0, 2.0), 5.0, 2).padded(15) == (3.0, 2.0)
+    # Under a policy whose rule reaches past the kept ten, the bound withholds, never shows.
+    policy = ReleasePolicy.model_validate({"dominance": {"n": 30, "k": 0.9}})
+    lots = (Contributions((1.0,) * 10, 31.0, 31),)
+    assert _shown(_element(weights=lots), policy) is None  # 30 of 31 exceed 90%
+    assert _shown(_element(weights=(Contributions((1.0,) * 10, 40.0, 40),)), policy) == 0.12
 
 
 def test_under_differential_privacy_only_with_exact_models() -> None:
@@ -201,3 +214,53 @@ def test_the_keys_are_the_specs_whatever_the_data() -> None:
     out = gate.apply(ReleasePolicy(), Release("comparative", "s", (empty,)), gate.NodeSide())
     assert out.values["covariate_balance"] == {"condition:5": {"before": None, "iptw": None}}
     assert out.values["covariate_balance"].keys() == {"condition:5"}
+
+
+def test_a_whole_domain_is_every_standard_concept_of_the_vocabulary(tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "v.duckdb"))
+    con.execute(
+        "CREATE TABLE concept (concept_id INTEGER, concept_name VARCHAR, domain_id VARCHAR,"
+        " standard_concept VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO concept VALUES (0, 'No matching concept', 'Condition', 'S'),"
+        " (30, 'Bleed', 'Condition', 'S'), (20, 'Ulcer', 'Condition', 'S'),"
+        " (25, 'Source code', 'Condition', NULL), (40, 'Aspirin', 'Drug', 'S')"
+    )
+    named, words = bal.expand(
+        con, ["age", "condition_any_time_prior:*", "condition_any_time_prior:30"]
+    )
+    assert named == ["age", "condition_any_time_prior:20", "condition_any_time_prior:30"]
+    assert words == {"condition_any_time_prior:20": "Ulcer", "condition_any_time_prior:30": "Bleed"}
+    assert bal.expand(con, ["drug:*", "drug:99"]) == (
+        ["drug:40", "drug:99"],
+        {"drug:40": "Aspirin"},
+    )
+    assert ComparativeSettings(balance_covariates=["procedure:*"]).balance_covariates == [
+        "procedure:*"
+    ]
+
+
+def test_counts_and_contributions_agree_with_a_plain_count_per_covariate() -> None:
+    # Entries repeat persons (first_exposure_only off): count persons, not rows.
+    rng = np.random.default_rng(11)
+    rows, m = 500, 40
+    people = rng.integers(0, 300, rows)
+    t = (people % 3 == 0).astype(int)  # a person stays in one arm
+    dense = (rng.random((rows, m)) < rng.uniform(0.01, 0.5, m)).astype(float)
+    w = rng.uniform(0.1, 4.0, rows)
+    names = [f"drug:{j}" for j in range(m)]
+    cells = bal.cells(sparse.csr_matrix(dense), names, names, t, people, w)
+    for j, name in enumerate(names):
+        expected = []
+        for arm in (1, 0):
+            mine = t == arm
+            expected += [
+                len(set(people[mine & (dense[:, j] == 1)])),
+                len(set(people[mine & (dense[:, j] == 0)])),
+            ]
+        assert cells[name].counts == tuple(expected), name
+        held_t = cells[name].contributions[0]
+        weights = np.sort(w[(t == 1) & (dense[:, j] == 1)])[::-1]
+        assert held_t.n == len(weights) and held_t.total == pytest.approx(weights.sum())
+        assert held_t.largest == pytest.approx(tuple(weights[: bal.LARGEST]))

@@ -201,8 +201,11 @@ class SiteResult:
     auc: float = float("nan")
     followup: dict[str, float] = field(default_factory=dict)  # mean days at risk per arm
     controls: list[Control] = field(default_factory=list)
-    # Per population ("before", then each adjustment), each balance covariate's cell.
+    # Per population ("before", then each adjustment), each balance covariate's cell; the
+    # balance covariates with each ``KIND:*`` expanded from the vocabulary, and their names.
     covariate_balance: dict[str, dict[str, bal.Cell]] = field(default_factory=dict)
+    balance_covariates: list[str] = field(default_factory=list)
+    balance_names: dict[str, str] = field(default_factory=dict)
 
 
 _BINS = np.linspace(0, 1, 21)
@@ -327,6 +330,7 @@ def local(
     propensity model is fitted once on the fetched entries (CohortMethod's shared PS), each
     outcome (the study's and every control) then gets its own population and adjustments."""
     s = settings.population
+    named, words = bal.expand(con, settings.balance_covariates)
     fetched = exposures(con, target_id, comparator_id, s)
     population, attrition = outcome_population(
         fetched, outcome_days(con, fetched.frame, outcome_id), s
@@ -343,7 +347,18 @@ def local(
         curves = {str(a): est.kaplan_meier(population, None, **grid) for a in settings.adjustments}
         nobody = {str(a): _arms(population) for a in settings.adjustments}
         zeros = {arm: [0] * 20 for arm in _ARMS}
-        return SiteResult(site, attrition, empty, float("nan"), float("nan"), curves, zeros, nobody)
+        return SiteResult(
+            site,
+            attrition,
+            empty,
+            float("nan"),
+            float("nan"),
+            curves,
+            zeros,
+            nobody,
+            balance_covariates=named,
+            balance_names=words,
+        )
     cov = covariates(con, fetched.frame, settings.exclude_ingredients)
     fitted = propensity_model(
         cov.matrix,
@@ -374,7 +389,6 @@ def local(
         members = people[treatment == value]
         bin_persons[arm] = [frozenset(int(p) for p in members[bins == i]) for i in range(20)]
     before = float(np.abs(est.standardized_differences(x, treatment)).max())
-    named = settings.balance_covariates
     balance = {bal.BEFORE: bal.cells(x, cov.ids, named, treatment, people, np.ones(len(people)))}
     model = _Model(settings.cox_ties, settings.cox_ci, settings.iptw_variance == "robust")
     estimates = []
@@ -435,4 +449,6 @@ def local(
         followup,
         controls,
         balance,
+        named,
+        words,
     )

@@ -298,6 +298,7 @@ def to_release(site: SiteResult, scope: Scope, analysis: Any) -> Release:
     labels = {
         "adjustments": [e.adjustment for e in site.estimates],
         "controls": [[outcome, true_log_hr] for outcome, true_log_hr in controls],
+        "balance_names": dict(site.balance_names),  # the node's vocabulary's
     }
     return Release("comparative", site.site, tuple(elements), labels)
 
@@ -318,9 +319,12 @@ def _balance(
         if f"{adjustment}:target_persons" in populations:
             arms[adjustment] = {arm: populations[f"{adjustment}:{arm}_persons"] for arm in _ARMS}
     computed = site.covariate_balance
+    named = site.balance_covariates or [
+        c for c in settings.balance_covariates if not c.endswith(":*")
+    ]
     cell = {
         c: {column: computed[column][c] for column in columns if c in computed.get(column, {})}
-        for c in settings.balance_covariates
+        for c in named
     }
     return Balance(
         "covariate_balance",
@@ -329,7 +333,7 @@ def _balance(
                 column: _finite(cell[c][column].smd) if column in cell[c] else None
                 for column in columns
             }
-            for c in settings.balance_covariates
+            for c in named
         },
         arms,
         {c: {k: v.counts for k, v in cell[c].items()} for c in cell},
@@ -407,9 +411,11 @@ def released_site(part: Released) -> dict[str, Any]:
                 }
             )
     shown = v.get("covariate_balance") or {}
+    words = part.labels.get("balance_names") or {}
     balance = [
         {
             "covariate": c,
+            "name": words.get(c),
             "smd_before": row.get(bal.BEFORE),
             "smd_after": {a: row.get(a) for a in part.labels["adjustments"]},
         }

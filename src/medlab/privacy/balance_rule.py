@@ -60,7 +60,11 @@ def released(gate: _Gate, balance: Balance) -> dict[str, dict[str, float | None]
                 reason = next((r for n in counts if (r := count_rule(policy, n))), None)
                 reason = reason and "a holding or lacking count: " + reason
             if reason is None:
-                reason = next((r for t, m in parts if (r := dominated(policy, t, m))), None)
+                n = policy.dominance.n
+                reason = next(
+                    (r for c in parts if (r := dominated(policy, c.padded(max(n, 2)), c.total))),
+                    None,
+                )
             if hidden or reason or value is None:
                 if reason and reason != "audit" and not hidden:
                     gate.record(balance.name, f"{covariate}@{column}", reason, "withheld")

@@ -155,22 +155,39 @@ class Statistic:
 
 
 @dataclass(frozen=True)
+class Contributions:
+    """The contributions to one (weighted) total of one arm: the largest few, the sum of
+    all their absolute values and how many there are (node-internal). For the dominance
+    rules the gate takes the ones not kept (up to its rule's ``n``) as large as the smallest
+    kept, which can only withhold more."""
+
+    largest: tuple[float, ...]
+    total: float
+    n: int
+
+    def padded(self, n: int) -> tuple[float, ...]:
+        """The ``n`` largest, those not kept taken as large as the smallest kept."""
+        want = min(n, self.n)
+        if not self.largest or want <= len(self.largest):
+            return self.largest[:want]
+        return self.largest + (self.largest[-1],) * (want - len(self.largest))
+
+
+@dataclass(frozen=True)
 class Balance:
     """Per covariate (named by the spec) and population (before adjustment, after each
     adjustment), the standardized difference of the covariate's means between two arms
     (``smd[covariate][population]``). Node-internal: ``populations[population]`` the persons
     of each arm; ``counts[covariate][population]`` the persons holding and lacking a binary
     covariate in each arm (each must pass the count rule; none for a continuous one);
-    ``contributions[covariate][population]``, per (weighted) mean, its largest contributions
-    and the sum of all of them (the dominance rules)."""
+    ``contributions[covariate][population]`` those of each total its arms' means are made of
+    (the dominance rules)."""
 
     name: str
     smd: dict[str, dict[str, float | None]]
     populations: dict[str, dict[str, Population]] = field(default_factory=dict)
     counts: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
-    contributions: dict[str, dict[str, tuple[tuple[tuple[float, ...], float], ...]]] = field(
-        default_factory=dict
-    )
+    contributions: dict[str, dict[str, tuple[Contributions, ...]]] = field(default_factory=dict)
 
 
 Element = Cells | Steps | Sums | Model | Curve | Statistic | Balance

@@ -78,6 +78,7 @@ def _balance_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
             "site": site["site"],
             "adjustment": adjustment,
             "covariate": row["covariate"],
+            "covariate_name": row.get("name"),
             "std_diff_before": row["smd_before"],
             "std_diff_after": after,
         }

@@ -1,8 +1,8 @@
 """The builder's analysis form, read from the analyses' own models: for each analysis type
 its cohort roles (target, comparator, outcome, cohort, cohorts) and every simple setting
 (a choice, a number, a yes/no, a set of choices, a list of ids or names; nested settings
-such as the comparative population's one level down), each with its default. Settings a form cannot say (lists of
-windows, controls, pooled estimation) stay in the spec's text.
+such as the comparative population's one level down), each with its default. Settings a
+form cannot say (lists of windows, controls, pooled estimation) stay in the spec's text.
 
 What a researcher fills in becomes one analysis of the spec; only the settings that differ
 from their defaults are written, and the spec is checked as a whole, so a problem comes back

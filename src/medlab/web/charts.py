@@ -194,8 +194,9 @@ def balance(sites: list[dict[str, Any]], _: Say) -> Figure:
     return {"data": data, "layout": layout}
 
 
-def covariate_label(name: str, _: Say) -> str:
-    """A balance covariate's name in words (``gender:8532`` is female)."""
+def covariate_label(name: str, _: Say, concept: str | None = None) -> str:
+    """A balance covariate's name in words (``gender:8532`` is female); ``concept``: the
+    node vocabulary's name of its concept."""
     kind, _sep, value = name.partition(":")
     fixed = {"age": _("age in years"), "charlson_index": _("Charlson index")}
     if name in fixed:
@@ -211,7 +212,9 @@ def covariate_label(name: str, _: Say) -> str:
         "procedure": _("procedure in the year before (concept {id})"),
         "index_year": _("index year {id}"),
     }
-    return words[kind].format(id=value) if kind in words else name
+    if kind not in words:
+        return name
+    return words[kind].format(id=f"{value} {concept}" if concept else value)
 
 
 def covariate_balance(sites: list[dict[str, Any]], adjustment: str, _: Say) -> Figure:
@@ -234,7 +237,7 @@ def covariate_balance(sites: list[dict[str, Any]], adjustment: str, _: Say) -> F
                 "name": site["site"],
                 "x": [abs(r["smd_before"]) for r in rows],
                 "y": [abs(r["smd_after"][adjustment]) for r in rows],
-                "text": [covariate_label(r["covariate"], _) for r in rows],
+                "text": [covariate_label(r["covariate"], _, r.get("name")) for r in rows],
                 "customdata": [[r["smd_before"], r["smd_after"][adjustment]] for r in rows],
                 "hovertemplate": "%{text}: %{customdata[0]} → %{customdata[1]}<extra>"
                 + site["site"]
@@ -246,6 +249,9 @@ def covariate_balance(sites: list[dict[str, Any]], adjustment: str, _: Say) -> F
     top = max([0.11] + [v for t in data for v in t["x"] + t["y"]]) * 1.05
     layout = _layout(
         _("Covariate balance, {adjustment}", adjustment=adjustment),
+        height=560,
+        margin={"l": 70, "r": 20, "t": 50, "b": 100},
+        legend={"orientation": "h", "y": -0.22},
         xaxis={"title": {"text": _("|SMD| before adjustment")}, "range": [0, top]},
         yaxis={"title": {"text": _("|SMD| after adjustment")}, "range": [0, top]},
         shapes=[

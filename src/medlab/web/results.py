@@ -135,17 +135,27 @@ def _comparative(section: Section, a: dict[str, Any], asked: str | None, key: st
         "forest": rows,
         "risk_tables": risk_tables,
         "sites": sites,
-        "covariate_rows": [
+        "covariate_rows": _covariate_rows(sites, adjustment, _),
+    }
+
+
+def _covariate_rows(sites: list[dict[str, Any]], adjustment: str, _: Say) -> list[dict[str, Any]]:
+    """Per site, the balance covariates with a released SMD before or after ``adjustment``,
+    the largest |SMD| before adjustment first (as CohortMethod orders its balance table)."""
+    out = []
+    for site in sites:
+        rows = [
             {
                 "site": site["site"],
-                "label": charts.covariate_label(r["covariate"], _),
+                "label": charts.covariate_label(r["covariate"], _, r.get("name")),
                 "before": r["smd_before"],
                 "after": (r["smd_after"] or {}).get(adjustment),
             }
-            for site in sites
             for r in site.get("covariate_balance") or []
-        ],
-    }
+        ]
+        shown = [r for r in rows if r["before"] is not None or r["after"] is not None]
+        out += sorted(shown, key=lambda r: -abs(r["before"] or 0.0))
+    return out
 
 
 def _interval(e: dict[str, Any]) -> dict[str, Any]:
