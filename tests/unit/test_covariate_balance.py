@@ -264,3 +264,26 @@ def test_counts_and_contributions_agree_with_a_plain_count_per_covariate() -> No
         weights = np.sort(w[(t == 1) & (dense[:, j] == 1)])[::-1]
         assert held_t.n == len(weights) and held_t.total == pytest.approx(weights.sum())
         assert held_t.largest == pytest.approx(tuple(weights[: bal.LARGEST]))
+
+
+@pytest.mark.parametrize(("left_out", "shown"), [(0, True), (1, False), (9, False), (10, True)])
+def test_a_matched_arm_a_few_persons_short_of_the_arm_before_withholds_its_balance(
+    left_out: int, shown: bool
+) -> None:
+    # Before and after matching, one SMD each per covariate: were one person left out of
+    # the matched comparator arm, the two would give her covariates away.
+    before = _arms(50, 60)
+    kept = frozenset(sorted(before["comparator"].persons)[left_out:])
+    after = {"target": before["target"], "comparator": Population("m", kept)}
+    element = Balance(
+        "covariate_balance",
+        {"condition:5": {"before": 0.2, "matching": 0.05}},
+        {"before": before, "matching": after},
+        {"condition:5": {"before": (20, 30, 25, 35), "matching": (20, 30, 25, 25)}},
+        {"condition:5": {"before": (), "matching": ()}},
+        "before",
+    )
+    out = gate.apply(ReleasePolicy(), Release("comparative", "s", (element,)), gate.NodeSide())
+    row = out.values["covariate_balance"]["condition:5"]
+    assert row["before"] == 0.2
+    assert (row["matching"] is not None) is shown

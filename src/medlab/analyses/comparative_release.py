@@ -338,6 +338,7 @@ def _balance(
         arms,
         {c: {k: v.counts for k, v in cell[c].items()} for c in cell},
         {c: {k: v.contributions for k, v in cell[c].items()} for c in cell},
+        bal.BEFORE,
     )
 
 

@@ -12,6 +12,10 @@ value leaves only when
   still exports the SMD; medlab withholds the SMD itself);
 - no (weighted) mean it compares breaks a dominance rule (one heavy IPTW weight among the
   holders would make the mean that person's);
+- after adjustment, neither arm differs from its arm before adjustment by fewer than the
+  minimum cell count of persons unless by none (matching that leaves out one person would
+  give her covariates away by subtracting the two SMDs of each covariate, as a nested step
+  removing fewer than the minimum shows its earlier count);
 
 at the precision of an SMD. Under differential privacy, like curves, only with
 ``exact_models``. The keys are the spec's covariates and populations whatever the data hold.
@@ -26,6 +30,16 @@ from medlab.privacy.release import Balance
 
 if TYPE_CHECKING:
     from medlab.privacy.gate import _Gate
+
+
+def _near_base(balance: Balance, column: str, k: int) -> bool:
+    """Whether an arm of ``column`` differs from the base population's by 1 to ``k - 1``
+    persons (a matched arm less one unmatched person: the two SMDs would give her away)."""
+    base = balance.populations.get(balance.base or "")
+    if base is None or column == balance.base:
+        return False
+    arms = balance.populations[column]
+    return any(0 < len(p.persons ^ base[arm].persons) < k for arm, p in arms.items() if arm in base)
 
 
 def released(gate: _Gate, balance: Balance) -> dict[str, dict[str, float | None]]:
@@ -46,6 +60,8 @@ def released(gate: _Gate, balance: Balance) -> dict[str, dict[str, float | None]
             barred[column] = "audit"
         elif len(arms) < 2 or any(len(p) < policy.min_group_size for p in arms.values()):
             barred[column] = f"an arm of fewer than {policy.min_group_size} persons"
+        elif _near_base(balance, column, policy.min_cell_count):
+            barred[column] = f"fewer than {policy.min_cell_count} persons apart from {balance.base}"
         else:
             barred[column] = None
     digits = gate.digits("smd")

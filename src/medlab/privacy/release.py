@@ -188,6 +188,9 @@ class Balance:
     populations: dict[str, dict[str, Population]] = field(default_factory=dict)
     counts: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     contributions: dict[str, dict[str, tuple[Contributions, ...]]] = field(default_factory=dict)
+    # The population the others are taken from (before adjustment): one whose arm differs
+    # from its arm by fewer than the minimum cell count would show those persons' covariates.
+    base: str | None = None
 
 
 Element = Cells | Steps | Sums | Model | Curve | Statistic | Balance
