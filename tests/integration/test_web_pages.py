@@ -21,8 +21,10 @@ from tests import webapp
 from medlab.federation.hub import profiles, vocabulary
 from medlab.federation.hub.app import create_app
 from medlab.federation.hub.service import init_hub
+from medlab.federation.node import profile
 from medlab.federation.node.agent import Agent
 from medlab.federation.node.inbox import Inbox
+from medlab.governance.access import HubError
 from medlab.studies.spec import StudySpec
 from medlab.web import i18n
 
@@ -165,6 +167,22 @@ def test_a_stewards_page_shows_the_waiting_task_with_its_command(site: Site) -> 
     assert "web apixaban" in page and "alan" in page
     # The operator sees the node's page too, with a placeholder for who approves.
     assert f"medlab node approve {store} {task} --by STEWARD" in site.waiting_page["olga"]
+
+
+def test_a_stewards_page_links_to_the_nodes_console_while_it_runs(site: Site) -> None:
+    # A node whose steward runs `medlab node console` reports its loopback address.
+    store = site.stores[1]
+    assert "local console" not in site.page("steward-hospital_b", "/steward/hospital_b").text
+    reported = profile.build(store).model_dump(mode="json")
+    profiles.record(
+        site.hub.sessions, "hospital_b", reported | {"console": "http://127.0.0.1:8766/"}
+    )
+    page = site.page("steward-hospital_b", "/steward/hospital_b").text
+    assert '<a href="http://127.0.0.1:8766/" rel="noreferrer">' in page
+    bad = reported | {"console": "http://evil.example/"}  # never a link off the loopback
+    with pytest.raises(HubError, match=r"\$\.console"):
+        profiles.record(site.hub.sessions, "hospital_b", bad)
+    profiles.record(site.hub.sessions, "hospital_b", reported)
 
 
 def test_a_stewards_page_shows_quality_policy_budgets_and_log(site: Site) -> None:

@@ -1,5 +1,6 @@
-"""``medlab hub …``, ``medlab node agent | tasks | approve | refuse``, ``medlab study submit |
-status | fetch``: the federation from the command line, a thin layer over its modules."""
+"""``medlab hub …``, ``medlab node agent | tasks | approve | refuse | console``, ``medlab
+study submit | status | fetch``: the federation from the command line, a thin layer over its
+modules."""
 
 from __future__ import annotations
 
@@ -192,12 +193,13 @@ def tasks(
 ) -> None:
     """The node's tasks: each with its id, study, state and what it asks (``--json``: each
     in full, with its spec, cohorts in words and what each analysis releases)."""
+    from medlab.federation.node.decisions import in_full, summary
     from medlab.federation.node.inbox import Inbox
 
     inbox = Inbox(store)
     if show is not None:
         task = inbox.get(show)
-        shown = _task_in_full(task)
+        shown = in_full(task)
         if as_json:
             emit_json(shown)
             return
@@ -211,9 +213,9 @@ def tasks(
         return
     found = inbox.all()
     if as_json:  # each task in full: its spec, cohorts in words, what would leave
-        emit_json([_task_in_full(t) | {"spec": t.envelope.get("spec")} for t in found])
+        emit_json([in_full(t) | {"spec": t.envelope.get("spec")} for t in found])
         return
-    rows = [_task_summary(t) for t in found]
+    rows = [summary(t) for t in found]
     table = Table("id", "study", "state", "researcher", "project", "analyses")
     for r in rows:
         table.add_row(
@@ -227,53 +229,15 @@ def tasks(
     stdout.print(table)
 
 
-def _task_summary(task: Any) -> dict[str, Any]:
-    e = task.envelope
-    spec = e.get("spec", {})
-    return {
-        "task_id": task.task_id,
-        "study_id": task.study_id,
-        "study": spec.get("name", "?"),
-        "state": task.state,
-        "reason": task.reason,
-        "researcher": e.get("researcher"),
-        "project": e.get("project"),
-        "analyses": [f"{a.get('type')} {a.get('name')}" for a in spec.get("analyses", [])],
-        "received_at": task.received_at,
-    }
-
-
-def _task_in_full(task: Any) -> dict[str, Any]:
-    from medlab.studies.words import cohorts_in_words, releases_in_words
-
-    shown = _task_summary(task)
-    spec = task.envelope.get("spec", {})
-    shown["cohorts"] = cohorts_in_words(spec)
-    shown["analyses"] = releases_in_words(spec)
-    shown["released"] = (
-        None if task.output is None else [r["payload"] for r in task.output["releases"]]
-    )
-    return shown
-
-
 def approve(
     store: StoreArg,
     task_id: Annotated[str, typer.Argument(help="The task's id (medlab node tasks).")],
     by: Annotated[str, typer.Option("--by", help="Who approves (logged).")] = "steward",
 ) -> None:
     """Approve a task waiting for the steward (or its released payload under review)."""
-    from medlab.federation.node.inbox import Inbox
-    from medlab.ledger import parties
+    from medlab.federation.node import decisions
 
-    inbox = Inbox(store)
-    task = inbox.get(task_id)
-    if task.state == "awaiting_result_review":
-        inbox.move(task_id, task.state, expect=(task.state,), results_approved_by=by)
-        what = "release"
-    else:
-        inbox.move(task_id, "awaiting_approval", expect=("awaiting_approval",), approved_by=by)
-        what = "run"
-    parties.node(store).log("task_approved", task_id=task_id, what=what, by=by)
+    what = decisions.approve(store, task_id, by)
     stdout.print(f"approved: {task_id} may {what} (the agent goes on)", highlight=False)
 
 
@@ -284,16 +248,53 @@ def refuse(
     by: Annotated[str, typer.Option("--by", help="Who refuses (logged).")] = "steward",
 ) -> None:
     """Refuse a waiting task; the reason goes to the researcher."""
-    from medlab.federation.node.inbox import Inbox
-    from medlab.ledger import parties
+    from medlab.federation.node import decisions
 
-    if not reason.strip() or len(reason) > 2000:
-        raise UsageError("--reason: one to 2,000 characters")
-    Inbox(store).move(
-        task_id, "refused", reason, expect=("awaiting_approval", "awaiting_result_review")
-    )
-    parties.node(store).log("task_refused", task_id=task_id, by=by, reason=reason)
+    decisions.refuse(store, task_id, reason, by)
     stdout.print(f"refused: {task_id} ({reason})", highlight=False)
+
+
+def console(
+    store: StoreArg,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8766,
+    host: Annotated[
+        str, typer.Option("--host", help="The loopback address to listen on (only).")
+    ] = "127.0.0.1",
+    by: Annotated[str, typer.Option("--by", help="Who decides (logged).")] = "steward",
+) -> None:
+    """Serve the node's local console on 127.0.0.1: the waiting tasks with what they would
+    release, approved or refused with a click; the token to sign in is printed once."""
+    import os
+    import secrets
+    import signal
+    import sys
+
+    import uvicorn
+
+    from medlab.federation.node.console import console_file, create_console
+    from medlab.federation.node.inbox import inbox_path
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise UsageError(f"--host {host}: the console listens on the loopback address only")
+    if not store.exists():
+        raise UsageError(f"{store}: no such node store")
+    if not inbox_path(store).exists():
+        stdout.print(f"{store}: no task received yet (the agent has not run)", highlight=False)
+    token = secrets.token_urlsafe(32)
+    shown = f"[{host}]" if host == "::1" else host
+    url = f"http://{shown}:{port}/"
+    app = create_console(store, token, by)
+    found = console_file(store)
+    found.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+    stdout.print(f"node console for {store.name} at {url}", highlight=False)
+    stdout.print("sign in with this token (shown once):", highlight=False)
+    print(token, flush=True)
+    # uvicorn re-raises the stop signal once it has shut down: end here, tidily.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        found.unlink(missing_ok=True)
 
 
 # -- the researcher's side --------------------------------------------------------------

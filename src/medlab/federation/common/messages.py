@@ -250,3 +250,8 @@ class NodeProfile(_Message):
     budgets: Annotated[list[ProfileBudget], Field(max_length=1000)]
     tasks: Annotated[list[ProfileTask], Field(max_length=1000)]
     log: Annotated[list[dict[str, Any]], Field(max_length=500)]
+    # The node's local console while it runs (``medlab node console``): a loopback address,
+    # reachable from the node's own machine only.
+    console: (
+        Annotated[str, Field(pattern=r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}/$")] | None
+    ) = None

@@ -27,6 +27,7 @@ from medlab.federation.common.messages import (
     ProfileTask,
     TaskState,
 )
+from medlab.federation.node.console import running_at
 from medlab.federation.node.inbox import Inbox
 from medlab.governance.audit import entries
 from medlab.ledger import parties
@@ -76,6 +77,7 @@ def _build(store: Path) -> NodeProfile:
         budgets=budgets,
         tasks=tasks,
         log=log_entries(store),
+        console=running_at(store),
     )
 
 
