@@ -287,3 +287,18 @@ def test_a_matched_arm_a_few_persons_short_of_the_arm_before_withholds_its_balan
     row = out.values["covariate_balance"]["condition:5"]
     assert row["before"] == 0.2
     assert (row["matching"] is not None) is shown
+
+
+def test_the_steward_reads_one_journal_entry_per_population_and_rule() -> None:
+    many = Balance(
+        "covariate_balance",
+        {f"drug:{i}": {"before": 0.1} for i in range(300)},
+        {"before": _arms()},
+        {f"drug:{i}": {"before": (1, 49, 30, 30)} for i in range(300)},
+    )
+    node = gate.NodeSide()
+    gate.apply(ReleasePolicy(), Release("comparative", "s", (many,)), node)
+    rows = [d for d in node.journal if d.element == "covariate_balance"]
+    assert [(d.item, d.rule) for d in rows] == [
+        ("before: 300 covariates", "a holding or lacking count: count below 10")
+    ]

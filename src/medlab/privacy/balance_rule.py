@@ -65,6 +65,7 @@ def released(gate: _Gate, balance: Balance) -> dict[str, dict[str, float | None]
         else:
             barred[column] = None
     digits = gate.digits("smd")
+    withheld: dict[tuple[str, str], int] = {}  # (population, rule): covariates withheld
     out: dict[str, dict[str, float | None]] = {}
     for covariate, columns in balance.smd.items():
         row: dict[str, float | None] = {}
@@ -83,9 +84,13 @@ def released(gate: _Gate, balance: Balance) -> dict[str, dict[str, float | None]
                 )
             if hidden or reason or value is None:
                 if reason and reason != "audit" and not hidden:
-                    gate.record(balance.name, f"{covariate}@{column}", reason, "withheld")
+                    key = (column, reason)
+                    withheld[key] = withheld.get(key, 0) + 1
                 row[column] = None
             else:
                 row[column] = round_to(value, digits)
         out[covariate] = row
+    # One journal entry per population and rule (a domain of the vocabulary is thousands).
+    for (column, rule), n in sorted(withheld.items()):
+        gate.record(balance.name, f"{column}: {n} covariates", rule, "withheld")
     return out
