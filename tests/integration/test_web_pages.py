@@ -24,6 +24,7 @@ from medlab.federation.hub.service import init_hub
 from medlab.federation.node import profile
 from medlab.federation.node.agent import Agent
 from medlab.federation.node.inbox import Inbox
+from medlab.governance import audit
 from medlab.governance.access import HubError
 from medlab.studies.spec import StudySpec
 from medlab.web import i18n
@@ -167,6 +168,34 @@ def test_a_stewards_page_shows_the_waiting_task_with_its_command(site: Site) -> 
     assert "web apixaban" in page and "alan" in page
     # The operator sees the node's page too, with a placeholder for who approves.
     assert f"medlab node approve {store} {task} --by STEWARD" in site.waiting_page["olga"]
+
+
+def test_a_pages_own_reloads_are_logged_once_a_minute(site: Site) -> None:
+    # A running study's page reloads itself (?live=1, its query kept); an auditor reads one
+    # web event per user and page a minute of those, and every other view.
+    client = site.browser("alan")
+    path = f"/studies/{site.study.id}"
+
+    def views() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in audit.events(site.hub.party.log_dir)
+            if e["type"] == "web" and e.get("path") == path and e.get("user") == "alan"
+        ]
+
+    before = len(views())
+    for _ in range(3):
+        assert client.get(f"{path}?adjustment=none&live=1").status_code == 200
+    assert len(views()) == before + 1
+    assert client.get(path).status_code == 200
+    assert len(views()) == before + 2
+
+
+def test_a_running_studys_page_reloads_itself_with_its_query(site: Site) -> None:
+    running = site.lab["alan"].submit(webapp.spec("web live"), project="apixaban-safety")
+    page = site.page("alan", f"/studies/{running.id}?adjustment=iptw").text
+    assert '<meta http-equiv="refresh" content="3; url=?adjustment=iptw&amp;live=1">' in page
+    assert "This page refreshes every 3 seconds" in page
 
 
 def test_a_stewards_page_links_to_the_nodes_console_while_it_runs(site: Site) -> None:

@@ -6,6 +6,7 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +25,13 @@ from medlab.web.base import Web, language
 from medlab.web.results import sections
 
 LIVE = ("submitted", "running")  # a study page refreshes itself while the study is one
+
+
+def _reload(request: Request) -> str:
+    """The study page's own reload: after ``REFRESH_SECONDS``, the same page and query with
+    ``live=1`` (the hub logs such reloads once a minute)."""
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "live"]
+    return f"{REFRESH_SECONDS}; url=?{urlencode([*query, ('live', '1')])}"
 REFRESH_SECONDS = 3
 RESULT_FILES = ("results.json", "evidence.json", "spec.json")
 
@@ -95,7 +103,8 @@ def routes(web: Web) -> APIRouter:
             why=why,
             sections=shown,
             charts=[c for sec in shown for c in sec.charts],
-            refresh=REFRESH_SECONDS if status.state in LIVE else None,
+            refresh=_reload(request) if status.state in LIVE else None,
+            refresh_seconds=REFRESH_SECONDS,
             may_approve=may_approve,
             words=words,
         )

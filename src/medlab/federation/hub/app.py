@@ -33,6 +33,9 @@ from medlab.inputs import parse_document
 from medlab.web import install, is_page
 
 UNAUDITED = frozenset({"/api/v1/health", "/api/v1/hub-key"})
+# A running study's page reloads itself every few seconds (``?live=1``): one ``web`` event per
+# user and page a minute says as much to an auditor as one per reload.
+LIVE_EVERY_S = 60.0
 MAX_BODY = 64 << 20  # a study's released output is aggregates: 64 MiB is already absurd
 MAX_WAIT = 30.0
 
@@ -71,6 +74,19 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
     )
     allow = gate(hub)
     web = install(app, hub)
+    live_logged: dict[tuple[str | None, str], float] = {}  # (user, page): last logged reload
+
+    def quiet_reload(request: Request, who: Principal | None, status: int) -> bool:
+        """Whether this is a page's own reload logged less than a minute ago."""
+        if request.query_params.get("live") != "1" or status != 200:
+            return False
+        key, now = (None if who is None else who.name, request.url.path), time.monotonic()
+        if now - live_logged.get(key, -LIVE_EVERY_S) < LIVE_EVERY_S:
+            return True
+        if len(live_logged) > 10_000:
+            live_logged.clear()
+        live_logged[key] = now
+        return False
 
     @app.middleware("http")
     async def audited(request: Request, call_next: Any) -> Response:
@@ -78,7 +94,9 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         path = request.url.path
         who: Principal | None = getattr(request.state, "principal", None)
         noted = getattr(request.state, "audit", {})
-        if is_page(request) and not path.startswith("/static/"):
+        if quiet_reload(request, who, response.status_code):
+            pass
+        elif is_page(request) and not path.startswith("/static/"):
             # Every page served is a ``web`` event: who, the path, the outcome.
             fields = {
                 "user": None if who is None else who.name,
