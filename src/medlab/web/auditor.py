@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from sqlalchemy import select
 
 from medlab.federation.hub import db
 from medlab.governance import audit
@@ -118,20 +119,35 @@ def known_keys(web: Web) -> set[str]:
 
 def node_logs(web: Web) -> dict[str, list[dict[str, Any]]]:
     """The node log entries the nodes published with their releases (each completed
-    study's evidence carries them), per node, oldest first."""
-    found: dict[str, dict[int, dict[str, Any]]] = {}
+    study's evidence carries them), per node, oldest first. A study's evidence is written
+    once, when it is combined, so each is read once and kept (``web.published``)."""
     with web.hub.sessions() as s:
-        files = s.query(db.StudyFile).filter(db.StudyFile.name == "evidence.json")
-        for f in files:
-            evidence = json.loads(f.content)
-            for node, info in (evidence.get("nodes") or {}).items():
-                for item in (info.get("log") or {}).get("entries", []):
-                    entry = json.loads(item["entry"])
-                    statement = entry.get("statement") or {}
-                    row = {"index": item["index"], "study_id": f.study_id, **statement}
-                    row |= {k: v for k, v in entry.items() if k not in ("statement", "signature")}
-                    found.setdefault(node, {})[item["index"]] = row
-    return {node: [rows[i] for i in sorted(rows)] for node, rows in sorted(found.items())}
+        studies = s.scalars(
+            select(db.StudyFile.study_id).where(db.StudyFile.name == "evidence.json")
+        ).all()
+        for study_id in studies:
+            if study_id not in web.published:
+                found = s.get(db.StudyFile, (study_id, "evidence.json"))
+                assert found is not None
+                web.published[study_id] = _published(study_id, json.loads(found.content))
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for study_id in studies:
+        for node, index, row in web.published[study_id]:
+            rows.setdefault(node, {})[index] = row
+    return {node: [found[i] for i in sorted(found)] for node, found in sorted(rows.items())}
+
+
+def _published(study_id: str, evidence: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """The node log entries one study's evidence carries: (node, index, entry as a row)."""
+    out = []
+    for node, info in (evidence.get("nodes") or {}).items():
+        for item in (info.get("log") or {}).get("entries", []):
+            entry = json.loads(item["entry"])
+            statement = entry.get("statement") or {}
+            row = {"index": item["index"], "study_id": study_id, **statement}
+            row |= {k: v for k, v in entry.items() if k not in ("statement", "signature")}
+            out.append((node, int(item["index"]), row))
+    return out
 
 
 def _event(e: dict[str, Any]) -> dict[str, Any]:

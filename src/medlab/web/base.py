@@ -5,7 +5,7 @@ role or token scope the API refuses is refused here too."""
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -59,9 +59,11 @@ def csrf_token(token: str) -> str:
 
 @dataclass
 class Web:
-    """The hub the pages read, and their templates."""
+    """The hub the pages read, and their templates (and, per study, the node log entries
+    its evidence published: written once, read once)."""
 
     hub: Hub
+    published: dict[str, list[tuple[str, int, dict[str, Any]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env = Environment(

@@ -32,6 +32,8 @@ def _reload(request: Request) -> str:
     ``live=1`` (the hub logs such reloads once a minute)."""
     query = [(k, v) for k, v in request.query_params.multi_items() if k != "live"]
     return f"{REFRESH_SECONDS}; url=?{urlencode([*query, ('live', '1')])}"
+
+
 REFRESH_SECONDS = 3
 RESULT_FILES = ("results.json", "evidence.json", "spec.json")
 
