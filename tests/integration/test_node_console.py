@@ -133,8 +133,10 @@ def test_forms_from_elsewhere_other_hosts_and_no_session_change_nothing(
 ) -> None:
     store, console = node
     before = [(t.task_id, t.state, t.approved_by) for t in Inbox(store).all()]
+    assert console.client().post("/signin", data={"token": "令牌"}).status_code == 401
     client = _signed_in(console)
     assert client.post("/tasks/t_1/approve", data={"csrf": "forged"}).status_code == 403
+    assert client.post("/tasks/t_1/approve", data={"csrf": "伪造"}).status_code == 403
     assert console.client().post("/tasks/t_1/approve", data={"csrf": "x"}).status_code == 303
     rebound = client.get("/", headers={"host": "evil.example:80"})
     assert rebound.status_code == 421  # a page of another name (DNS rebinding)

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from medlab import __version__
+from medlab.federation.common.auth import same_secret
 from medlab.federation.hub.service import Hub
 from medlab.governance import access
 from medlab.governance.access import HubError, Principal
@@ -113,7 +114,7 @@ class Web:
         who = self.need(request)
         found = self.session(request)
         assert found is not None
-        if not hmac.compare_digest(csrf, csrf_token(found[1])):
+        if not same_secret(csrf, csrf_token(found[1])):
             raise HubError(403, "forbidden", "the form is not from this session; reload it")
         return who
 

@@ -9,6 +9,7 @@ nonce it has seen (no replay). A researcher's token is random; the hub keeps onl
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ def check_request(
 def new_token() -> str:
     """A researcher's bearer token (shown once)."""
     return "mlt_" + secrets.token_urlsafe(32)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether a secret someone sent (a token, a form token) is the expected one, in constant
+    time; any text may be sent, so both are compared as UTF-8 bytes."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def token_hash(token: str) -> str:

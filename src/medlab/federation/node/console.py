@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
 from medlab.errors import MedlabError
+from medlab.federation.common.auth import same_secret
 from medlab.federation.node import decisions
 from medlab.federation.node.inbox import Inbox
 from medlab.privacy.node_policy import describe, node_policy
@@ -123,7 +124,7 @@ def create_console(store: Path, token: str, by: str) -> FastAPI:
         return HTMLResponse(env.get_template(name).render(**ctx), code, HEADERS)
 
     def signed_in(request: Request) -> bool:
-        return hmac.compare_digest(request.cookies.get(COOKIE, ""), token)
+        return same_secret(request.cookies.get(COOKIE, ""), token)
 
     @app.middleware("http")
     async def loopback_only(request: Request, call_next: Any) -> Response:
@@ -143,7 +144,7 @@ def create_console(store: Path, token: str, by: str) -> FastAPI:
 
     @app.post("/signin")
     def signin(token_given: str = Form("", alias="token")) -> Response:
-        if not hmac.compare_digest(token_given, token):
+        if not same_secret(token_given, token):
             return render("signin", 401, error="not the console's token")
         answer = RedirectResponse("/", 303, HEADERS)
         answer.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
@@ -172,7 +173,7 @@ def create_console(store: Path, token: str, by: str) -> FastAPI:
     def decide(request: Request, csrf: str, act: Any) -> Response:
         if not signed_in(request):
             return RedirectResponse("/signin", 303, HEADERS)
-        if not hmac.compare_digest(csrf, form_token(token)):
+        if not same_secret(csrf, form_token(token)):
             return page(error="the form is not from this console; reload it", code=403)
         try:
             notice = act()
