@@ -189,6 +189,14 @@ def test_a_pages_own_reloads_are_logged_once_a_minute(site: Site) -> None:
     assert len(views()) == before + 1
     assert client.get(path).status_code == 200
     assert len(views()) == before + 2
+    # An API call is an event every time, ?live=1 or not.
+    api = f"/api/v1/studies/{site.study.id}"
+    calls = [e for e in audit.events(site.hub.party.log_dir) if e.get("path") == api]
+    headers = {"authorization": f"Bearer {site.lab.tokens['alan']}"}
+    for _ in range(2):
+        assert site.api.get(f"{api}?live=1", headers=headers).status_code == 200
+    again = [e for e in audit.events(site.hub.party.log_dir) if e.get("path") == api]
+    assert len(again) == len(calls) + 2
 
 
 def test_a_running_studys_page_reloads_itself_with_its_query(site: Site) -> None:

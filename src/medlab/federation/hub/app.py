@@ -78,7 +78,8 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
 
     def quiet_reload(request: Request, who: Principal | None, status: int) -> bool:
         """Whether this is a page's own reload logged less than a minute ago."""
-        if request.query_params.get("live") != "1" or status != 200:
+        live = request.query_params.get("live") == "1"
+        if not live or request.method != "GET" or status != 200:
             return False
         key, now = (None if who is None else who.name, request.url.path), time.monotonic()
         if now - live_logged.get(key, -LIVE_EVERY_S) < LIVE_EVERY_S:
@@ -94,9 +95,9 @@ def create_app(hub: Hub, settle_every: float = 1.0) -> FastAPI:
         path = request.url.path
         who: Principal | None = getattr(request.state, "principal", None)
         noted = getattr(request.state, "audit", {})
-        if quiet_reload(request, who, response.status_code):
-            pass
-        elif is_page(request) and not path.startswith("/static/"):
+        if is_page(request) and not path.startswith("/static/"):
+            if quiet_reload(request, who, response.status_code):
+                return response  # pages only: an API call is an event every time
             # Every page served is a ``web`` event: who, the path, the outcome.
             fields = {
                 "user": None if who is None else who.name,
