@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medlab.cdm.store import init_store
+from medlab.cdm.store import init_store, store_lock
 from medlab.cli.main import main
 from medlab.federation import launch
 from medlab.federation.node import profile
@@ -141,6 +141,23 @@ def test_forms_from_elsewhere_other_hosts_and_no_session_change_nothing(
     rebound = client.get("/", headers={"host": "evil.example:80"})
     assert rebound.status_code == 421  # a page of another name (DNS rebinding)
     assert [(t.task_id, t.state, t.approved_by) for t in Inbox(store).all()] == before
+
+
+def test_the_page_never_waits_for_a_store_a_running_task_holds(
+    node: tuple[Path, Console],
+) -> None:
+    # The agent holds the store from a task's first cohort to its last release.
+    store, console = node
+    client = _signed_in(console)
+    with store_lock(store):
+        start = time.monotonic()
+        page = client.get("/", timeout=10)
+        assert time.monotonic() - start < 5
+        assert page.status_code == 200 and "t_1" in page.text
+        assert "a running task holds the store" in page.text
+        csrf = form_token(console.token)
+        assert client.post("/tasks/t_1/approve", data={"csrf": csrf}).status_code == 200
+    assert "the steward approves each task" in client.get("/").text  # once it is free
 
 
 def test_the_profile_links_to_the_console_while_it_runs(node: tuple[Path, Console]) -> None:

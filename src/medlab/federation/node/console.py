@@ -23,7 +23,8 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
-from medlab.errors import MedlabError
+from medlab.cdm.store import store_lock
+from medlab.errors import MedlabError, StoreBusy
 from medlab.federation.common.auth import same_secret
 from medlab.federation.node import decisions
 from medlab.federation.node.inbox import Inbox
@@ -150,6 +151,18 @@ def create_console(store: Path, token: str, by: str) -> FastAPI:
         answer.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
         return answer
 
+    policy_words: list[str] = []  # the last read, for while a running task holds the store
+
+    def policy() -> list[str]:
+        """The node's policy in words; never waits for a store a running task holds."""
+        try:
+            with store_lock(store, timeout=0):
+                policy_words[:] = describe(node_policy(store).policy)
+        except StoreBusy:
+            if not policy_words:
+                return ["(a running task holds the store: the policy shows once it is free)"]
+        return list(policy_words)
+
     def page(notice: str | None = None, error: str | None = None, code: int = 200) -> Response:
         tasks = Inbox(store).all()
         waiting = [decisions.in_full(t) for t in tasks if t.state in decisions.WAITING]
@@ -158,7 +171,7 @@ def create_console(store: Path, token: str, by: str) -> FastAPI:
             code,
             waiting=waiting,
             tasks=[decisions.summary(t) for t in reversed(tasks)],
-            policy=describe(node_policy(store).policy),
+            policy=policy(),
             csrf=form_token(token),
             notice=notice,
             error=error,
