@@ -310,7 +310,8 @@ def _balance(
     populations: dict[str, Population],
 ) -> Balance:
     """Each balance covariate's SMD before adjustment (on the final step's arms) and after
-    each adjustment (on the arms of its model), keyed by the settings alone."""
+    each adjustment (on the arms of its model), keyed by the settings and the node's
+    vocabulary alone."""
     columns = [bal.BEFORE, *settings.adjustments]
     arms: dict[str, dict[str, Population]] = {}
     if steps:
@@ -319,9 +320,7 @@ def _balance(
         if f"{adjustment}:target_persons" in populations:
             arms[adjustment] = {arm: populations[f"{adjustment}:{arm}_persons"] for arm in _ARMS}
     computed = site.covariate_balance
-    named = site.balance_covariates or [
-        c for c in settings.balance_covariates if not c.endswith(":*")
-    ]
+    named = site.balance_covariates  # the settings' list, each KIND:* expanded at the node
     cell = {
         c: {column: computed[column][c] for column in columns if c in computed.get(column, {})}
         for c in named
