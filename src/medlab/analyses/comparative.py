@@ -412,8 +412,10 @@ def local(
         estimates.append(est.cox(adj.frame, adjustment, adj.stratum, adj.weights, after, *model))
         km[adjustment] = est.kaplan_meier(adj.frame, adj.weights, **grid)
         arms[adjustment] = _arms(adj.frame)
-        balance[adjustment] = bal.cells(
-            kept_x, cov.ids, named, kept_t, people[adj.keep], adj.balance
+        balance[adjustment] = (
+            balance[bal.BEFORE]  # every row, unit weights: the same cells as before
+            if adjustment == "none"
+            else bal.cells(kept_x, cov.ids, named, kept_t, people[adj.keep], adj.balance)
         )
     controls = []
     for control, true_log_hr in settings.control_outcomes():
